@@ -1,0 +1,14 @@
+"""Use cases over ports: the service a compute API, a proxy and a periodic
+job call, and the protocols its adapters satisfy."""
+
+from .ports import Clock, ConsoleConnectionRepository, TokenSource
+from .service import MAX_TTL, ConsoleAuthService, ServicePolicy
+
+__all__ = [
+    "MAX_TTL",
+    "Clock",
+    "ConsoleAuthService",
+    "ConsoleConnectionRepository",
+    "ServicePolicy",
+    "TokenSource",
+]

@@ -1,0 +1,189 @@
+"""The use cases: issue a console, check a presented token, clean up.
+
+Depends only on the ports and the domain, so the same code runs on SQLite,
+a cell database, memcached or memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+from uuid import UUID
+
+from console_auth.domain import (
+    ConsoleConnection,
+    ConsoleOptions,
+    ConsoleType,
+    InstanceMismatch,
+    InvalidRequest,
+    InvalidToken,
+    InvalidTokenReason,
+    IssuedConsole,
+    check_token,
+    hash_token,
+    parse_access_url,
+)
+from console_auth.domain.model import check_host
+from pydantic import SecretStr
+
+from .ports import Clock, ConsoleConnectionRepository, TokenSource
+
+logger = logging.getLogger(__name__)
+
+MAX_TTL: Final = timedelta(days=30)
+"""Tokens are for opening a console now, not for bookmarking; the bound also
+keeps memcached's relative expiry meaningful."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServicePolicy:
+    """The knobs a deployment turns; defaults suit a single-cell cloud."""
+
+    default_ttl: timedelta = timedelta(minutes=10)
+    require_instance_uuid: bool = False
+    """Refuse URLs without an instance uuid once every issued URL has one."""
+    purge_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _check_ttl(self.default_ttl)
+        if self.purge_batch_size < 1:
+            raise InvalidRequest("purge batch size must be at least 1")
+
+
+class ConsoleAuthService:
+    """Authorize, validate, revoke and purge console connections."""
+
+    def __init__(
+        self,
+        repository: ConsoleConnectionRepository,
+        clock: Clock,
+        tokens: TokenSource,
+        policy: ServicePolicy | None = None,
+    ) -> None:
+        self._repository = repository
+        self._clock = clock
+        self._tokens = tokens
+        self._policy = policy or ServicePolicy()
+
+    @property
+    def policy(self) -> ServicePolicy:
+        return self._policy
+
+    def authorize(
+        self,
+        instance_uuid: UUID | str,
+        host: str,
+        port: int,
+        console_type: ConsoleType | str,
+        *,
+        options: ConsoleOptions | Mapping[str, Any] | None = None,
+        access_url_base: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> IssuedConsole:
+        """Store a new connection and return its token, the only time it is seen."""
+        ttl = self._policy.default_ttl if ttl is None else _check_ttl(ttl)
+        token = check_token(self._tokens.new_token())
+        now = self._clock.now()
+        connection = ConsoleConnection.build(
+            instance_uuid=_uuid(instance_uuid),
+            host=host,
+            port=port,
+            console_type=console_type,
+            options={} if options is None else options,
+            access_url_base=access_url_base,
+            token_hash=hash_token(token),
+            expires_at=now + ttl,
+            issued_at=now,
+        )
+        self._repository.add(connection)
+        logger.info(
+            "authorized %s console for instance %s on %s:%s (token hash %.8s)",
+            connection.console_type.value,
+            connection.instance_uuid,
+            connection.host,
+            connection.port,
+            connection.token_hash,
+        )
+        return IssuedConsole(token=SecretStr(token), connection=connection)
+
+    def validate(
+        self, token: str | bytes, instance_uuid: UUID | str | None = None
+    ) -> ConsoleConnection:
+        """The connection the token grants, or a typed refusal.
+
+        Shape and uuid are checked before the store is asked, so garbage
+        costs no round trip.
+        """
+        token_hash = hash_token(check_token(token))
+        expected = None if instance_uuid is None else _uuid(instance_uuid)
+        if expected is None and self._policy.require_instance_uuid:
+            raise InstanceMismatch("an instance uuid is required with the console token")
+        connection = self._repository.get_by_hash(token_hash)
+        if connection is None:
+            logger.info("refused console token (hash %.8s): unknown", token_hash)
+            raise InvalidToken(InvalidTokenReason.UNKNOWN)
+        if connection.is_expired(self._clock.now()):
+            logger.info("refused console token (hash %.8s): expired", token_hash)
+            raise InvalidToken(InvalidTokenReason.EXPIRED)
+        if expected is not None and expected != connection.instance_uuid:
+            logger.warning(
+                "refused console token (hash %.8s): issued for instance %s, presented for %s",
+                token_hash,
+                connection.instance_uuid,
+                expected,
+            )
+            raise InstanceMismatch("the console token was not issued for this instance")
+        return connection
+
+    def validate_url(self, url: str) -> ConsoleConnection:
+        """Validate the token and uuid an access URL (or request target) carries."""
+        token, instance_uuid = parse_access_url(url)
+        return self.validate(token, instance_uuid)
+
+    def revoke_instance(self, instance_uuid: UUID | str) -> int:
+        """Forget every token of an instance (deleted, migrated, rebuilt)."""
+        count = self._repository.delete_by_instance(_uuid(instance_uuid))
+        logger.info("revoked %d console tokens of instance %s", count, instance_uuid)
+        return count
+
+    def purge_expired(self, host: str | None = None) -> int:
+        """Delete expired connections, of one compute host when given, in
+        batches so no transaction holds the table for long."""
+        if host is not None:
+            try:
+                host = check_host(host)
+            except ValueError as exc:
+                raise InvalidRequest(f"host {exc}") from None
+        now = self._clock.now()
+        batch = self._policy.purge_batch_size
+        total = 0
+        while True:
+            deleted = self._repository.delete_expired(now, host, batch)
+            total += deleted
+            if deleted < batch:
+                break
+        logger.info("purged %d expired console tokens%s", total, f" of {host}" if host else "")
+        return total
+
+
+def _uuid(value: UUID | str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str) and len(value) == 36:
+        try:
+            parsed = UUID(value)
+        except ValueError:
+            pass
+        else:
+            if str(parsed) == value.lower():
+                return parsed
+    raise InvalidRequest("instance uuid must be a UUID in its 36-character form")
+
+
+def _check_ttl(ttl: timedelta) -> timedelta:
+    if not isinstance(ttl, timedelta) or not timedelta(0) < ttl <= MAX_TTL:
+        raise InvalidRequest(f"ttl must be a timedelta above zero and at most {MAX_TTL}")
+    return ttl

@@ -1,0 +1,39 @@
+"""The pure core: what a console connection is and the rules for its token.
+
+Imports only the standard library and pydantic, so every process that handles
+connections (API, proxy, periodic job) can load it without a driver.
+"""
+
+from .errors import (
+    BackendUnavailable,
+    ConsoleAuthError,
+    InstanceMismatch,
+    InvalidRequest,
+    InvalidToken,
+    InvalidTokenReason,
+    UnsupportedVersion,
+)
+from .model import ConsoleConnection, ConsoleOptions, ConsoleType, IssuedConsole, SerialMode
+from .tokens import TOKEN_BYTES, TOKEN_LENGTH, check_token, hash_token
+from .urls import build_access_url, parse_access_url
+
+__all__ = [
+    "TOKEN_BYTES",
+    "TOKEN_LENGTH",
+    "BackendUnavailable",
+    "ConsoleAuthError",
+    "ConsoleConnection",
+    "ConsoleOptions",
+    "ConsoleType",
+    "InstanceMismatch",
+    "InvalidRequest",
+    "InvalidToken",
+    "InvalidTokenReason",
+    "IssuedConsole",
+    "SerialMode",
+    "UnsupportedVersion",
+    "build_access_url",
+    "check_token",
+    "hash_token",
+    "parse_access_url",
+]

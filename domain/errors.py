@@ -1,0 +1,74 @@
+"""The errors callers of console-auth can catch.
+
+::
+
+    ConsoleAuthError          root: callers may catch just this
+    ├─ InvalidToken           unknown, malformed or expired; .reason says which
+    ├─ InstanceMismatch       good token, wrong (or required but missing) instance uuid
+    ├─ InvalidRequest         bad host, port, options, URL, uuid or primitive
+    ├─ UnsupportedVersion     primitive from a version this library never wrote
+    └─ BackendUnavailable     the store cannot be reached; the driver error is chained
+
+Messages name the problem and never contain a token: a proxy may log them
+verbatim, and a token in a log is a live credential.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ConsoleAuthError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class InvalidTokenReason(StrEnum):
+    """Why a presented token was refused; stable values for logs and metrics."""
+
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+
+
+class InvalidToken(ConsoleAuthError):
+    """Raised by validation when a token must not open a console.
+
+    Proxies usually answer all reasons alike; ``reason`` exists for
+    operators' metrics, not for the end user.
+    """
+
+    def __init__(self, reason: InvalidTokenReason) -> None:
+        self.reason = reason
+        super().__init__(f"console token is invalid ({reason.value})")
+
+
+class InstanceMismatch(ConsoleAuthError):
+    """Raised when a good token is presented for another instance.
+
+    The uuid in the URL routes the proxy to a cell; a token for another
+    instance there would otherwise open the wrong console.
+    """
+
+
+class InvalidRequest(ConsoleAuthError, ValueError):
+    """Raised before anything is stored when input is unusable.
+
+    Subclasses ``ValueError`` so generic input handling in a host service
+    still catches it.
+    """
+
+
+class UnsupportedVersion(ConsoleAuthError):
+    """Raised when a primitive comes from a version this library cannot read.
+
+    During a rolling upgrade an older reader must fail loudly rather than
+    guess the meaning of fields it has never seen.
+    """
+
+
+class BackendUnavailable(ConsoleAuthError):
+    """Raised when the token store cannot answer, as opposed to answering no.
+
+    A proxy must not tell a user "invalid token" because a database was
+    restarting; the original driver error is kept as ``__cause__``.
+    """

@@ -1,0 +1,234 @@
+"""``ConsoleConnection``: what a token grants, as stored and as sent between
+processes.
+
+Frozen, validated on construction, and free of any storage concern: adapters
+convert rows and cache values to and from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Self
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from . import versions
+from .errors import InvalidRequest
+from .tokens import is_token_hash
+from .urls import build_access_url, check_base_url
+
+MAX_HOST_LENGTH: Final = 253
+MAX_EXTRA_OPTIONS: Final = 16
+MAX_OPTION_TEXT: Final = 255
+_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_OPTION_KEY: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+
+
+class ConsoleType(StrEnum):
+    """Console kinds Nova's drivers hand out today."""
+
+    NOVNC = "novnc"
+    SPICE_HTML5 = "spice-html5"
+    SPICE_DIRECT = "spice-direct"
+    SERIAL = "serial"
+    WEBMKS = "webmks"
+
+
+class SerialMode(StrEnum):
+    """Which side of a serial console's TCP socket listens."""
+
+    CONNECT = "connect"
+    BIND = "bind"
+
+
+def _check_text(value: str) -> str:
+    if len(value) > MAX_OPTION_TEXT or not value.isprintable():
+        raise ValueError(f"must be printable text of at most {MAX_OPTION_TEXT} characters")
+    return value
+
+
+OptionText = Annotated[str, AfterValidator(_check_text)]
+ExtraValue = bool | int | float | OptionText
+
+
+class ConsoleOptions(BaseModel):
+    """Driver-specific connection details the proxy needs.
+
+    Known keys are typed; ``extra`` leaves bounded room for a driver's own
+    keys without letting a caller store an arbitrary document per token.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    internal_access_path: OptionText | None = None
+    use_tls: bool = False
+    tls_port: int | None = Field(default=None, ge=1, le=65535)
+    mode: SerialMode | None = None
+    extra: dict[str, ExtraValue] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _bounded_extra(cls, extra: dict[str, ExtraValue]) -> dict[str, ExtraValue]:
+        if len(extra) > MAX_EXTRA_OPTIONS:
+            raise ValueError(f"at most {MAX_EXTRA_OPTIONS} extra options are allowed")
+        for key, value in extra.items():
+            if _OPTION_KEY.fullmatch(key) is None:
+                raise ValueError(f"extra option key {key[:64]!r} must match {_OPTION_KEY.pattern}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"extra option {key!r} must be a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+                raise ValueError(f"extra option {key!r} must fit in 64 bits")
+        return extra
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def check_host(host: str) -> str:
+    """A hostname (RFC 1123) or an IP literal; anything else cannot be dialled."""
+    if not host or len(host) > MAX_HOST_LENGTH or not host.isascii():
+        raise ValueError(f"must be an ASCII hostname or IP of 1-{MAX_HOST_LENGTH} characters")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise ValueError("must be a hostname or an IP address")
+    return host
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class ConsoleConnection(BaseModel):
+    """Everything a proxy needs to connect a client whose token checked out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance_uuid: UUID
+    host: Annotated[str, AfterValidator(check_host)]
+    port: int = Field(ge=1, le=65535)
+    console_type: ConsoleType
+    options: ConsoleOptions = Field(default_factory=ConsoleOptions)
+    access_url_base: str | None = None
+    token_hash: str
+    expires_at: UtcDatetime
+    issued_at: UtcDatetime | None = None
+
+    @field_validator("token_hash")
+    @classmethod
+    def _hash_shape(cls, value: str) -> str:
+        if not is_token_hash(value):
+            raise ValueError("must be 64 lowercase hex characters (a SHA-256)")
+        return value
+
+    @field_validator("access_url_base")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_base_url(value)
+        except InvalidRequest as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _issued_before_expiry(self) -> Self:
+        if self.issued_at is not None and self.issued_at > self.expires_at:
+            raise ValueError("issued_at must not be after expires_at")
+        return self
+
+    def is_expired(self, now: datetime) -> bool:
+        """Valid iff ``now < expires_at``: at the expiry instant it is gone."""
+        return now >= self.expires_at
+
+    @classmethod
+    def build(cls, **fields: Any) -> ConsoleConnection:
+        """Construct, turning validation errors into ``InvalidRequest``."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise invalid_request(exc) from None
+
+    def to_primitive(self, target_version: versions.Version | str | None = None) -> dict[str, Any]:
+        """A JSON-safe envelope another process, maybe of an older release, can read."""
+        target = (
+            versions.CURRENT if target_version is None else versions.parse_version(target_version)
+        )
+        versions.check_writable(target)
+        data = self.model_dump(mode="json")
+        versions.backport(data, target)
+        return {
+            versions.NAME_KEY: versions.NAME,
+            versions.VERSION_KEY: f"{target[0]}.{target[1]}",
+            versions.DATA_KEY: data,
+        }
+
+    @classmethod
+    def from_primitive(cls, primitive: Mapping[str, Any]) -> ConsoleConnection:
+        """Read any version's envelope: older ones get defaults for later
+        fields, newer minor ones lose the fields this release does not know."""
+        if not isinstance(primitive, Mapping):
+            raise InvalidRequest("primitive must be a mapping")
+        if primitive.get(versions.NAME_KEY) != versions.NAME:
+            raise InvalidRequest(f"primitive is not a {versions.NAME}")
+        version = versions.parse_version(primitive.get(versions.VERSION_KEY))
+        versions.check_readable(version)
+        data = primitive.get(versions.DATA_KEY)
+        if not isinstance(data, Mapping):
+            raise InvalidRequest("primitive data must be a mapping")
+        return cls.build(**{key: value for key, value in data.items() if key in cls.model_fields})
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """Name each bad field without echoing its value (it may be hostile)."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'input'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)
+    )
+    return InvalidRequest(f"invalid console connection: {problems}")
+
+
+class IssuedConsole(BaseModel):
+    """What ``authorize`` hands back: the clean token, this once.
+
+    ``token`` is a ``SecretStr`` so that printing or logging the object shows
+    ``**********``; ``access_url`` is computed on access for the same reason.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    token: SecretStr
+    connection: ConsoleConnection
+
+    @property
+    def access_url(self) -> str | None:
+        """The URL to give the user, or ``None`` when no base was configured."""
+        base = self.connection.access_url_base
+        if base is None:
+            return None
+        return build_access_url(
+            base,
+            self.token.get_secret_value(),
+            self.connection.instance_uuid,
+            nested_in_path=self.connection.console_type is ConsoleType.NOVNC,
+        )

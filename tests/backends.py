@@ -1,0 +1,45 @@
+"""Every repository adapter, behind one way of getting a fresh, empty one.
+
+The contract suite and the stateful tests run over ``BACKENDS``; a new
+backend is added here and must then pass them unchanged. ``fresh()`` is a
+context manager so that a backend can reuse one expensive resource (an
+engine, a server) and only empty it between tests or hypothesis examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.application import ConsoleConnectionRepository
+
+
+class Backend(Protocol):
+    name: str
+
+    def fresh(self) -> AbstractContextManager[ConsoleConnectionRepository]: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryBackend:
+    name = "memory"
+
+    @contextmanager
+    def fresh(self) -> Iterator[ConsoleConnectionRepository]:
+        yield InMemoryConsoleConnectionRepository()
+
+    def close(self) -> None:
+        pass
+
+
+BACKEND_NAMES = ["memory"]
+
+
+def open_backend(name: str, workdir: str) -> Backend:
+    """Open the named backend; ``workdir`` is a private temporary directory."""
+    if name == "memory":
+        return MemoryBackend()
+    raise LookupError(name)
