@@ -13,6 +13,8 @@ from datetime import timedelta
 from typing import Any, Final
 from uuid import UUID
 
+from pydantic import SecretStr
+
 from console_auth.domain import (
     ConsoleConnection,
     ConsoleOptions,
@@ -27,7 +29,6 @@ from console_auth.domain import (
     parse_access_url,
 )
 from console_auth.domain.model import check_host
-from pydantic import SecretStr
 
 from .ports import Clock, ConsoleConnectionRepository, TokenSource
 

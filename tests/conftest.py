@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from console_auth.application import ConsoleConnectionRepository
+from tests.backends import BACKEND_NAMES, Backend, open_backend
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(
@@ -15,4 +21,24 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
+)
+
+
+@pytest.fixture(scope="session", params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Each backend, opened once per session."""
+    with tempfile.TemporaryDirectory(prefix=f"console-auth-{request.param}-") as workdir:
+        opened = open_backend(request.param, workdir)
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+
+@pytest.fixture
+def repository(backend: Backend) -> Iterator[ConsoleConnectionRepository]:
+    """An empty repository of each backend."""
+    with backend.fresh() as repo:
+        yield repo
