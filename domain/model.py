@@ -91,7 +91,7 @@ class ConsoleOptions(BaseModel):
                 raise ValueError(f"extra option key {key[:64]!r} must match {_OPTION_KEY.pattern}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"extra option {key!r} must be a finite number")
-            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
                 raise ValueError(f"extra option {key!r} must fit in 64 bits")
         return extra
 

@@ -1,0 +1,54 @@
+"""The public names of each layer are pinned: removing one is a breaking change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import console_auth.application
+import console_auth.domain
+
+
+def test_domain_exports() -> None:
+    assert console_auth.domain.__all__ == [
+        "TOKEN_BYTES",
+        "TOKEN_LENGTH",
+        "BackendUnavailable",
+        "ConsoleAuthError",
+        "ConsoleConnection",
+        "ConsoleOptions",
+        "ConsoleType",
+        "InstanceMismatch",
+        "InvalidRequest",
+        "InvalidToken",
+        "InvalidTokenReason",
+        "IssuedConsole",
+        "SerialMode",
+        "UnsupportedVersion",
+        "build_access_url",
+        "check_token",
+        "hash_token",
+        "parse_access_url",
+    ]
+
+
+def test_application_exports() -> None:
+    assert console_auth.application.__all__ == [
+        "MAX_TTL",
+        "Clock",
+        "ConsoleAuthService",
+        "ConsoleConnectionRepository",
+        "ServicePolicy",
+        "TokenSource",
+    ]
+
+
+def test_the_core_loads_no_driver() -> None:
+    """A proxy importing the domain must not pay for SQLAlchemy."""
+    code = (
+        "import sys, console_auth.domain, console_auth.application; "
+        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'dependency_injector') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

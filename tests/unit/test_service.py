@@ -1,0 +1,218 @@
+"""The use cases on the in-memory adapter with a fake clock and tokens."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.application import MAX_TTL, ConsoleAuthService, ServicePolicy
+from console_auth.domain import (
+    ConsoleConnection,
+    ConsoleType,
+    InstanceMismatch,
+    InvalidRequest,
+    InvalidToken,
+    InvalidTokenReason,
+    hash_token,
+)
+from tests.fakes import T0, FakeClock, FixedTokenSource
+
+INSTANCE = uuid.UUID("6f1b2a0e-1c1d-4d6e-9a1f-0123456789ab")
+
+
+def make(**policy: object) -> tuple[ConsoleAuthService, FakeClock]:
+    clock = FakeClock()
+    service = ConsoleAuthService(
+        InMemoryConsoleConnectionRepository(),
+        clock,
+        FixedTokenSource(),
+        ServicePolicy(**policy),  # type: ignore[arg-type]
+    )
+    return service, clock
+
+
+def test_authorize_stores_only_the_hash_and_returns_the_token_once() -> None:
+    service, _ = make()
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc", ttl=timedelta(seconds=30))
+    token = issued.token.get_secret_value()
+    assert issued.connection.token_hash == hash_token(token)
+    assert token not in repr(issued)
+    assert token not in str(issued)
+    assert token not in issued.connection.model_dump_json()
+    assert issued.connection.expires_at == T0 + timedelta(seconds=30)
+    assert issued.connection.issued_at == T0
+    assert issued.access_url is None
+
+
+def test_default_ttl_comes_from_the_policy() -> None:
+    service, _ = make(default_ttl=timedelta(minutes=3))
+    issued = service.authorize(INSTANCE, "compute-1", 5900, ConsoleType.SERIAL)
+    assert issued.connection.expires_at == T0 + timedelta(minutes=3)
+
+
+def test_validate_returns_the_stored_connection_until_expiry() -> None:
+    service, clock = make()
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc", ttl=timedelta(seconds=60))
+    token = issued.token.get_secret_value()
+    clock.advance(timedelta(seconds=60) - timedelta(microseconds=1))
+    assert service.validate(token, INSTANCE) == issued.connection
+    clock.advance(timedelta(microseconds=1))
+    with pytest.raises(InvalidToken) as caught:
+        service.validate(token, INSTANCE)
+    assert caught.value.reason is InvalidTokenReason.EXPIRED
+
+
+@pytest.mark.parametrize(
+    "token", ["", "short", "x" * 44, "t" * 42 + "!", "ü" * 43, b"\xff" * 43, None, 42]
+)
+def test_malformed_tokens_never_reach_the_repository(token: object) -> None:
+    class Exploding(InMemoryConsoleConnectionRepository):
+        def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+            raise AssertionError("the repository was asked")
+
+    service = ConsoleAuthService(Exploding(), FakeClock(), FixedTokenSource())
+    with pytest.raises(InvalidToken) as caught:
+        service.validate(token)  # type: ignore[arg-type]
+    assert caught.value.reason is InvalidTokenReason.MALFORMED
+
+
+def test_unknown_token_is_reported_as_unknown() -> None:
+    service, _ = make()
+    with pytest.raises(InvalidToken) as caught:
+        service.validate("A" * 43)
+    assert caught.value.reason is InvalidTokenReason.UNKNOWN
+
+
+def test_bytes_tokens_are_accepted() -> None:
+    service, _ = make()
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc")
+    assert service.validate(issued.token.get_secret_value().encode()) == issued.connection
+
+
+def test_instance_uuid_must_match() -> None:
+    service, _ = make()
+    token = service.authorize(INSTANCE, "compute-1", 5900, "novnc").token.get_secret_value()
+    assert service.validate(token, str(INSTANCE).upper()).instance_uuid == INSTANCE
+    with pytest.raises(InstanceMismatch):
+        service.validate(token, uuid.uuid4())
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_missing_instance_uuid_follows_the_policy(required: bool) -> None:
+    service, _ = make(require_instance_uuid=required)
+    token = service.authorize(INSTANCE, "compute-1", 5900, "novnc").token.get_secret_value()
+    if required:
+        with pytest.raises(InstanceMismatch, match="required"):
+            service.validate(token)
+    else:
+        assert service.validate(token).instance_uuid == INSTANCE
+
+
+@pytest.mark.parametrize(
+    "bad", ["nope", "6f1b2a0e1c1d4d6e9a1f0123456789ab", "{6f1b2a0e-1c1d-4d6e-9a1f-0123456789ab}"]
+)
+def test_malformed_instance_uuid_is_a_bad_request(bad: str) -> None:
+    service, _ = make()
+    token = service.authorize(INSTANCE, "compute-1", 5900, "novnc").token.get_secret_value()
+    with pytest.raises(InvalidRequest, match="instance uuid"):
+        service.validate(token, bad)
+    with pytest.raises(InvalidRequest, match="instance uuid"):
+        service.authorize(bad, "compute-1", 5900, "novnc")
+
+
+def test_validate_url_reads_the_novnc_path_parameter() -> None:
+    service, _ = make()
+    issued = service.authorize(
+        INSTANCE, "compute-1", 5900, "novnc", access_url_base="https://proxy.example/vnc.html"
+    )
+    assert issued.access_url is not None
+    assert "path=%3Ftoken%3D" in issued.access_url
+    assert service.validate_url(issued.access_url) == issued.connection
+
+
+def test_revoke_instance_counts_and_removes_its_tokens() -> None:
+    service, _ = make()
+    tokens = [
+        service.authorize(INSTANCE, "compute-1", 5900 + i, "novnc").token.get_secret_value()
+        for i in range(3)
+    ]
+    other = service.authorize(uuid.uuid4(), "compute-1", 5900, "novnc")
+    assert service.revoke_instance(str(INSTANCE)) == 3
+    for token in tokens:
+        with pytest.raises(InvalidToken):
+            service.validate(token)
+    assert service.validate(other.token.get_secret_value()) == other.connection
+
+
+def test_purge_loops_over_batches_and_keeps_live_tokens() -> None:
+    service, clock = make(purge_batch_size=2)
+    for i in range(5):
+        service.authorize(INSTANCE, "compute-1", 5900 + i, "novnc", ttl=timedelta(seconds=10))
+    live = service.authorize(INSTANCE, "compute-2", 5900, "novnc", ttl=timedelta(hours=1))
+    clock.advance(timedelta(seconds=10))
+    assert service.purge_expired(host="compute-2") == 0
+    assert service.purge_expired() == 5
+    assert service.validate(live.token.get_secret_value()) == live.connection
+
+
+@pytest.mark.parametrize(
+    "ttl", [timedelta(0), timedelta(seconds=-1), MAX_TTL + timedelta(microseconds=1), 60]
+)
+def test_ttl_out_of_range_is_refused(ttl: object) -> None:
+    service, _ = make()
+    with pytest.raises(InvalidRequest, match="ttl"):
+        service.authorize(INSTANCE, "compute-1", 5900, "novnc", ttl=ttl)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("host", "bad host"),
+        ("host", "-leading.example"),
+        ("host", "a" * 254),
+        ("port", 0),
+        ("port", 65536),
+        ("console_type", "telnet"),
+        ("access_url_base", "javascript:alert(1)"),
+        ("access_url_base", "https://user:pw@proxy.example/"),
+        ("access_url_base", "https://proxy.example/?token=x"),
+        ("options", {"extra": {f"k{i}": i for i in range(17)}}),
+        ("options", {"unknown": 1}),
+    ],
+)
+def test_bad_authorize_input_is_named_and_stores_nothing(field: str, value: object) -> None:
+    service, _ = make()
+    good = service.authorize(INSTANCE, "compute-1", 5900, "novnc")
+    request: dict[str, object] = {
+        "instance_uuid": INSTANCE,
+        "host": "compute-1",
+        "port": 5900,
+        "console_type": "novnc",
+        field: value,
+    }
+    with pytest.raises(InvalidRequest, match=field):
+        service.authorize(**request)  # type: ignore[arg-type]
+    assert service.revoke_instance(INSTANCE) == 1
+    with pytest.raises(InvalidToken):
+        service.validate(good.token.get_secret_value())
+
+
+def test_logs_name_the_hash_prefix_never_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    service, clock = make()
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc", ttl=timedelta(seconds=1))
+    token = issued.token.get_secret_value()
+    service.validate(token, INSTANCE)
+    with pytest.raises(InstanceMismatch):
+        service.validate(token, uuid.uuid4())
+    clock.advance(timedelta(seconds=2))
+    with pytest.raises(InvalidToken) as caught:
+        service.validate(token)
+    assert token not in str(caught.value)
+    assert caplog.records
+    assert issued.connection.token_hash[:8] in caplog.text
+    assert token not in caplog.text
