@@ -88,6 +88,10 @@ class ConsoleAuthService:
         ttl = self._policy.default_ttl if ttl is None else _check_ttl(ttl)
         token = check_token(self._tokens.new_token())
         now = self._clock.now()
+        try:
+            expires_at = now + ttl
+        except OverflowError:
+            raise InvalidRequest("ttl puts the expiry past the supported date range") from None
         connection = ConsoleConnection.build(
             instance_uuid=_uuid(instance_uuid),
             host=host,
@@ -96,7 +100,7 @@ class ConsoleAuthService:
             options={} if options is None else options,
             access_url_base=access_url_base,
             token_hash=hash_token(token),
-            expires_at=now + ttl,
+            expires_at=expires_at,
             issued_at=now,
         )
         self._repository.add(connection)

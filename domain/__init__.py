@@ -4,6 +4,8 @@ Imports only the standard library and pydantic, so every process that handles
 connections (API, proxy, periodic job) can load it without a driver.
 """
 
+import logging
+
 from .errors import (
     BackendUnavailable,
     ConsoleAuthError,
@@ -37,3 +39,7 @@ __all__ = [
     "hash_token",
     "parse_access_url",
 ]
+
+# A library's warnings must not reach stderr through logging's last-resort
+# handler in a host that configured no logging; the host decides.
+logging.getLogger("console_auth").addHandler(logging.NullHandler())

@@ -77,7 +77,7 @@ class ConsoleOptions(BaseModel):
 
     internal_access_path: OptionText | None = None
     use_tls: bool = False
-    tls_port: int | None = Field(default=None, ge=1, le=65535)
+    tls_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
     mode: SerialMode | None = None
     extra: dict[str, ExtraValue] = Field(default_factory=dict)
 
@@ -99,12 +99,20 @@ class ConsoleOptions(BaseModel):
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be timezone-aware")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the supported date range in UTC") from None
 
 
 def check_host(host: str) -> str:
     """A hostname (RFC 1123) or an IP literal; anything else cannot be dialled."""
-    if not host or len(host) > MAX_HOST_LENGTH or not host.isascii():
+    if (
+        not 0 < len(host) <= MAX_HOST_LENGTH
+        or not host.isascii()
+        or not host.isprintable()
+        or " " in host
+    ):
         raise ValueError(f"must be an ASCII hostname or IP of 1-{MAX_HOST_LENGTH} characters")
     try:
         return str(ipaddress.ip_address(host))
@@ -126,7 +134,7 @@ class ConsoleConnection(BaseModel):
 
     instance_uuid: UUID
     host: Annotated[str, AfterValidator(check_host)]
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, strict=True)
     console_type: ConsoleType
     options: ConsoleOptions = Field(default_factory=ConsoleOptions)
     access_url_base: str | None = None

@@ -58,9 +58,11 @@ def check_base_url(url: str) -> str:
             f"access URL base query already has {', '.join(sorted(owned))}, which this "
             "library sets"
         )
-    for key, value in pairs:
-        if key == NOVNC_PATH_PARAM and {TOKEN_PARAM, INSTANCE_PARAM} & _path_keys(value):
-            raise InvalidRequest("access URL base path parameter already carries a token")
+    paths = [value for key, value in pairs if key == NOVNC_PATH_PARAM]
+    if len(paths) > 1:
+        raise InvalidRequest("access URL base has more than one path parameter")
+    if paths:
+        _check_novnc_path(paths[0])
     return url
 
 
@@ -98,7 +100,11 @@ def parse_access_url(url: str) -> tuple[str, str | None]:
     if TOKEN_PARAM not in found:
         for key, value in pairs:
             if key == NOVNC_PATH_PARAM:
-                found = _ours(parse_qsl(urlsplit(value).query, keep_blank_values=True))
+                try:
+                    nested = parse_qsl(urlsplit(value).query, keep_blank_values=True)
+                except ValueError:
+                    raise InvalidRequest("access URL path parameter is malformed") from None
+                found = _ours(nested)
                 break
     if TOKEN_PARAM not in found:
         raise InvalidRequest("access URL carries no token")
@@ -117,8 +123,14 @@ def _ours(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return found
 
 
-def _path_keys(path: str) -> set[str]:
+def _check_novnc_path(path: str) -> None:
+    """noVNC opens its websocket at ``/<path>``: a fragment would swallow the
+    token we append, and ``//`` would make it an authority, another host."""
+    if "#" in path or path.startswith("//"):
+        raise InvalidRequest("access URL base path parameter must be a plain relative path")
     try:
-        return {key for key, _ in parse_qsl(urlsplit(path).query, keep_blank_values=True)}
+        keys = {key for key, _ in parse_qsl(urlsplit(path).query, keep_blank_values=True)}
     except ValueError:
-        return set()
+        raise InvalidRequest("access URL base path parameter is malformed") from None
+    if {TOKEN_PARAM, INSTANCE_PARAM} & keys:
+        raise InvalidRequest("access URL base path parameter already carries a token")

@@ -52,9 +52,10 @@ def parse_version(value: object) -> Version:
         return (value[0], value[1])
     if isinstance(value, str):
         major, dot, minor = value.partition(".")
-        if dot and major.isdigit() and minor.isdigit() and major.isascii() and minor.isascii():
+        parts = (major, minor)
+        if dot and all(p.isascii() and p.isdigit() and len(p) <= 6 for p in parts):
             return (int(major), int(minor))
-    raise UnsupportedVersion(f"{NAME} version {value!r} is not of the form X.Y")
+    raise UnsupportedVersion(f"{NAME} version {str(value)[:20]!r} is not of the form X.Y")
 
 
 def check_writable(target: Version) -> None:

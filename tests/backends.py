@@ -12,7 +12,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
+from sqlalchemy import delete
+
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.application import ConsoleConnectionRepository
 
 
@@ -35,11 +39,32 @@ class MemoryBackend:
         pass
 
 
-BACKEND_NAMES = ["memory"]
+class SqliteBackend:
+    """One migrated SQLite file per session; emptying it is cheaper than
+    migrating a new one per test or hypothesis example."""
+
+    name = "sqlite"
+
+    def __init__(self, workdir: str) -> None:
+        self.engine = open_engine(f"sqlite:///{workdir}/tokens.sqlite3", auto_migrate=True)
+
+    @contextmanager
+    def fresh(self) -> Iterator[ConsoleConnectionRepository]:
+        with self.engine.begin() as conn:
+            conn.execute(delete(CONSOLE_CONNECTIONS))
+        yield SqlConsoleConnectionRepository(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+BACKEND_NAMES = ["memory", "sqlite"]
 
 
 def open_backend(name: str, workdir: str) -> Backend:
     """Open the named backend; ``workdir`` is a private temporary directory."""
     if name == "memory":
         return MemoryBackend()
+    if name == "sqlite":
+        return SqliteBackend(workdir)
     raise LookupError(name)

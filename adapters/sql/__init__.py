@@ -1,0 +1,19 @@
+"""The SQL adapter: SQLAlchemy 2 Core on pooled connections, schema by Alembic.
+
+Importing it connects to nothing; ``open_engine`` does, once per process.
+"""
+
+from .engine import SQLITE_PRAGMAS, open_engine
+from .migrate import HEAD, current_revision, downgrade, upgrade, upgrade_script
+from .repository import SqlConsoleConnectionRepository
+
+__all__ = [
+    "HEAD",
+    "SQLITE_PRAGMAS",
+    "SqlConsoleConnectionRepository",
+    "current_revision",
+    "downgrade",
+    "open_engine",
+    "upgrade",
+    "upgrade_script",
+]

@@ -1,0 +1,172 @@
+"""Deployment settings: environment variables over an optional TOML file.
+
+A setting's name is its environment suffix (``token_ttl`` reads
+``CONSOLE_AUTH_TOKEN_TTL``; nesting uses ``__``), so the table in the README,
+the TOML keys and the variables are one vocabulary. ``load_settings`` is the
+way in: it turns every mistake into ``InvalidRequest`` naming the setting,
+never its value, because a database URL may carry a password.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from console_auth.application import MAX_TTL
+from console_auth.domain import InvalidRequest
+
+ENV_PREFIX: Final = "CONSOLE_AUTH_"
+CONFIG_FILE_ENV: Final = f"{ENV_PREFIX}CONFIG_FILE"
+
+
+class DatabaseSettings(BaseModel):
+    """Where the ``database`` backend keeps tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(default="sqlite:///console-auth.sqlite3", repr=False)
+    auto_migrate: bool | None = None
+    """``None``: migrate SQLite on open (a file nobody else administers), but
+    leave server databases to ``console-auth db upgrade``, run by an operator
+    once per release rather than by every process racing at start-up."""
+
+    @field_validator("url")
+    @classmethod
+    def _parseable(cls, url: str) -> str:
+        try:
+            make_url(url)
+        except (ArgumentError, ValueError):
+            # SQLAlchemy's message quotes the URL, password and all.
+            raise ValueError(
+                "must be a SQLAlchemy URL such as dialect+driver://user:password@host/db"
+            ) from None
+        return url
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        yield "url", safe_url(self.url)
+        yield from super().__repr_args__()
+
+
+class Settings(BaseSettings):
+    """Everything a deployment chooses; defaults run a single host on SQLite."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    console_tokens_backend: Literal["database", "memory"] = "database"
+    token_ttl: int = Field(default=600, ge=1, le=int(MAX_TTL.total_seconds()))
+    """Seconds an issued token stays valid unless ``authorize`` is given a ttl."""
+    require_instance_uuid: bool = False
+    purge_batch_size: int = Field(default=1000, ge=1)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Settings from the environment over ``config_file`` (or the file named
+    by ``CONSOLE_AUTH_CONFIG_FILE``), checked whole before anything uses them."""
+    path = _config_path(config_file)
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(path)
+        try:  # alone first, so unknown keys and bad values are blamed on the file
+            _sourced(data, with_env=False)()
+        except ValidationError as exc:
+            raise _invalid(exc, f" in {path}") from None
+    try:
+        layered = _sourced(data, with_env=True)()
+    except ValidationError as exc:
+        raise _invalid(exc, " in the environment") from None
+    except SettingsError as exc:  # e.g. a nested variable holding malformed JSON
+        raise InvalidRequest(f"invalid configuration in the environment: {exc}") from None
+    return Settings.model_construct(layered.model_fields_set, **dict(layered))
+
+
+def resolve_auto_migrate(url: str, auto_migrate: bool | None) -> bool:
+    """An explicit choice wins; otherwise only SQLite migrates itself."""
+    if auto_migrate is not None:
+        return auto_migrate
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for messages and ``repr``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable URL>"
+
+
+def _config_path(config_file: str | Path | None) -> Path | None:
+    if config_file is None:
+        config_file = os.environ.get(CONFIG_FILE_ENV) or None
+    return None if config_file is None else Path(config_file)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise InvalidRequest(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _sourced(file_data: Mapping[str, Any], *, with_env: bool) -> type[Settings]:
+    """``Settings`` reading the file's data, under the environment if asked.
+
+    pydantic-settings chooses sources per class (``model_validate`` reads the
+    environment too), so the data rides on a throwaway subclass rather than
+    on global state; ``load_settings`` hands back a plain ``Settings``.
+    """
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            file = InitSettingsSource(settings_cls, dict(file_data))
+            return (init_settings, env_settings, file) if with_env else (init_settings, file)
+
+    return _Sourced
+
+
+def _invalid(exc: ValidationError, where: str) -> InvalidRequest:
+    problems = "; ".join(
+        f"{_describe(error['loc'])}: "
+        + ("unknown setting" if error["type"] == "extra_forbidden" else _message(error["msg"]))
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
+    return InvalidRequest(f"invalid configuration{where}: {problems}")
+
+
+def _describe(loc: tuple[int | str, ...]) -> str:
+    """``database.url (CONSOLE_AUTH_DATABASE__URL)``: both names an operator may have used."""
+    parts = [str(part) for part in loc]
+    if not parts:
+        return "settings"
+    return f"{'.'.join(parts)} ({ENV_PREFIX}{'__'.join(parts).upper()})"
+
+
+def _message(msg: str) -> str:
+    return msg.removeprefix("Value error, ")

@@ -1,0 +1,57 @@
+"""Driver faults turned into this library's errors, in one place.
+
+Callers catch ``ConsoleAuthError``; a raw SQLAlchemy error escaping would
+make a proxy treat a restarting database as a bug. Messages name the fault
+by exception class and driver error code only: driver messages may quote
+values (PostgreSQL's ``DETAIL``), so they stay in the chained cause, where
+``hide_parameters=True`` has already kept bound values out of the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import exc as sa_exc
+
+from console_auth.domain import BackendUnavailable, InvalidRequest
+
+DUPLICATE_HASH = "a connection with this token hash is already stored"
+
+
+@contextmanager
+def mapped_errors(*, on_conflict: str | None = None) -> Iterator[None]:
+    """Map SQLAlchemy errors raised inside the block, most specific first.
+
+    ``on_conflict`` is the ``InvalidRequest`` message for an integrity
+    error (an insert's duplicate key); without it an integrity error is a
+    store fault like any other.
+    """
+    try:
+        yield
+    except sa_exc.IntegrityError as exc:
+        if on_conflict is not None:
+            raise InvalidRequest(on_conflict) from exc
+        raise BackendUnavailable(f"SQL token store refused a write: {describe(exc)}") from exc
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise BackendUnavailable(f"SQL token store unavailable: {describe(exc)}") from exc
+    except (sa_exc.DisconnectionError, sa_exc.TimeoutError) as exc:
+        raise BackendUnavailable(f"SQL token store unavailable: {describe(exc)}") from exc
+    except sa_exc.DBAPIError as exc:  # e.g. a file that is not a database, a missing table
+        raise BackendUnavailable(f"SQL token store failed: {describe(exc)}") from exc
+
+
+def describe(exc: sa_exc.SQLAlchemyError) -> str:
+    """Class and code of the fault, e.g. ``sqlite3.OperationalError SQLITE_BUSY``."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+    if orig is None:
+        return type(exc).__name__
+    name = f"{type(orig).__module__}.{type(orig).__qualname__}"
+    code = (
+        getattr(orig, "sqlite_errorname", None)  # sqlite3
+        or getattr(orig, "sqlstate", None)  # psycopg 3
+        or getattr(orig, "pgcode", None)  # psycopg2
+    )
+    if code is None and orig.args and isinstance(orig.args[0], int):
+        code = orig.args[0]  # MySQL/MariaDB drivers: the server's errno
+    return name if code is None else f"{name} {code}"

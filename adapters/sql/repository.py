@@ -1,0 +1,163 @@
+"""``ConsoleConnectionRepository`` on SQL: Core statements on pooled
+connections, no ORM session.
+
+Statements are built once at import (building is not connecting) so the
+hot path, ``get_by_hash``, only binds a hash and reads one row. Every row is
+validated on the way out: rows may come from raw SQL, a restore or another
+release, and a proxy must get a typed error, never a crash or a bad host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, bindparam, delete, insert, select
+
+from console_auth.domain import (
+    BackendUnavailable,
+    ConsoleConnection,
+    ConsoleOptions,
+    InvalidRequest,
+)
+from console_auth.domain.model import invalid_request
+
+from .errors import DUPLICATE_HASH, mapped_errors
+from .tables import CONSOLE_CONNECTIONS
+
+logger = logging.getLogger(__name__)
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND: Final = timedelta(microseconds=1)
+DELETE_CHUNK: Final = 500
+"""Ids per ``IN (...)``: below every dialect's bound-parameter limit."""
+
+_T: Final = CONSOLE_CONNECTIONS
+_COLUMNS: Final = (
+    _T.c.token_hash,
+    _T.c.instance_uuid,
+    _T.c.host,
+    _T.c.port,
+    _T.c.console_type,
+    _T.c.options,
+    _T.c.access_url_base,
+    _T.c.expires_at_us,
+    _T.c.issued_at_us,
+)
+_INSERT: Final = insert(_T)
+_BY_HASH: Final = select(*_COLUMNS).where(_T.c.token_hash == bindparam("token_hash"))
+_BY_INSTANCE: Final = delete(_T).where(_T.c.instance_uuid == bindparam("instance_uuid"))
+
+
+def to_microseconds(moment: datetime) -> int:
+    """Exact integer microseconds since the epoch (no float on the way)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidRequest("time must be timezone-aware")
+    return (moment - EPOCH) // MICROSECOND
+
+
+def from_microseconds(value: int) -> datetime:
+    """Inverse of ``to_microseconds``; covers all of ``datetime``'s years 1-9999."""
+    return EPOCH + timedelta(microseconds=value)
+
+
+class SqlConsoleConnectionRepository:
+    """Safe for threads: it holds only the engine, whose pool hands each call
+    its own connection."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def add(self, connection: ConsoleConnection) -> None:
+        row = _to_row(connection)
+        with mapped_errors(on_conflict=DUPLICATE_HASH), self._engine.begin() as conn:
+            conn.execute(_INSERT, row)
+
+    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+        with mapped_errors(), self._engine.connect() as conn:
+            row = conn.execute(_BY_HASH, {"token_hash": token_hash}).first()
+        return None if row is None else _to_model(row)
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        with mapped_errors(), self._engine.begin() as conn:
+            return conn.execute(_BY_INSTANCE, {"instance_uuid": str(instance_uuid)}).rowcount
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        """Select the oldest ids, then delete by id, in one transaction.
+
+        Two statements because MySQL refuses ``LIMIT`` in a subquery of a
+        ``DELETE`` on the same table; the delete re-checks the condition so
+        it stays correct where the select ran outside the transaction
+        (SQLite's driver begins only at the first write).
+        """
+        if limit < 1:
+            return 0
+        expired = _T.c.expires_at_us <= to_microseconds(now)
+        where = expired if host is None else expired & (_T.c.host == host)
+        with mapped_errors(), self._engine.begin() as conn:
+            ids = conn.scalars(
+                select(_T.c.id).where(where).order_by(_T.c.expires_at_us, _T.c.id).limit(limit)
+            ).all()
+            deleted = 0
+            for start in range(0, len(ids), DELETE_CHUNK):
+                chunk = ids[start : start + DELETE_CHUNK]
+                deleted += conn.execute(delete(_T).where(_T.c.id.in_(chunk), where)).rowcount
+        return deleted
+
+
+def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
+    issued_at = connection.issued_at
+    return {
+        "token_hash": connection.token_hash,
+        "instance_uuid": str(connection.instance_uuid),
+        "host": connection.host,
+        "port": connection.port,
+        "console_type": connection.console_type.value,
+        "options": json.dumps(connection.options.model_dump(mode="json"), sort_keys=True),
+        "access_url_base": connection.access_url_base,
+        "expires_at_us": to_microseconds(connection.expires_at),
+        "issued_at_us": None if issued_at is None else to_microseconds(issued_at),
+    }
+
+
+def _to_model(row: Sequence[Any]) -> ConsoleConnection:
+    (token_hash, instance_uuid, host, port, console_type, options, base, expires, issued) = row
+    try:
+        return ConsoleConnection.model_validate(
+            {
+                "token_hash": token_hash,
+                "instance_uuid": instance_uuid,
+                "host": host,
+                "port": port,
+                "console_type": console_type,
+                "options": _options(options),
+                "access_url_base": base,
+                "expires_at": from_microseconds(expires),
+                "issued_at": None if issued is None else from_microseconds(issued),
+            }
+        )
+    except ValidationError as exc:  # from None: pydantic's text quotes the stored values
+        raise _unreadable(token_hash, str(invalid_request(exc))) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # bad JSON, a time out of range
+        raise _unreadable(token_hash, f"{type(exc).__name__} while decoding") from exc
+
+
+def _unreadable(token_hash: object, problem: str) -> BackendUnavailable:
+    """The store answered with something this release cannot use: for the
+    caller that is a store fault, not an unknown token."""
+    logger.error("unreadable console connection row (token hash %.8s): %s", token_hash, problem)
+    return BackendUnavailable(f"stored console connection is unreadable: {problem}")
+
+
+def _options(text: str) -> object:
+    """Options as this release knows them: keys a newer release added are
+    dropped, as ``ConsoleConnection.from_primitive`` drops newer fields."""
+    data = json.loads(text)
+    if isinstance(data, dict):
+        return {key: value for key, value in data.items() if key in ConsoleOptions.model_fields}
+    return data
