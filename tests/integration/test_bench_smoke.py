@@ -1,0 +1,82 @@
+"""The benchmark still runs end to end and measures what it claims to.
+
+Only the plumbing is checked here: the figures of a run this small say
+nothing, and speed targets belong to ``python -m bench --check``, where
+a slow machine fails a benchmark rather than the test suite.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sqlite3
+from contextlib import closing, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.cli import main
+from bench.runner import OPERATIONS
+from bench.sqlite import FLOOR_FILE, LIBRARY_FILE
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """One quick run for every test here: it is the slow part."""
+    workdir = tmp_path_factory.mktemp("bench")
+    stdout = io.StringIO()  # not capsys: that fixture is per test, this run is not
+    with redirect_stdout(stdout):
+        status = main(["--quick", "--json", "--workdir", str(workdir)])
+    assert status == 0
+    return json.loads(stdout.getvalue()), workdir
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_every_operation_has_a_rate_for_both_sides(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    operations = quick_run[0]["operations"]
+    assert set(operations) == set(OPERATIONS)
+    for figures in operations.values():
+        assert _positive(figures["library_per_s"])
+        assert _positive(figures["floor_per_s"])
+        assert _positive(figures["ratio"])
+
+
+def test_growth_is_measured_on_both_table_sizes(quick_run: tuple[dict[str, Any], Path]) -> None:
+    growth = quick_run[0]["growth"]
+    assert growth["big_rows"] > growth["small_rows"]
+    for side in ("library", "floor"):
+        assert _positive(growth[f"{side}_small_us_per_op"])
+        assert _positive(growth[f"{side}_big_us_per_op"])
+        assert _positive(growth[f"{side}_growth"])
+
+
+def test_every_target_gets_a_verdict(quick_run: tuple[dict[str, Any], Path]) -> None:
+    output = quick_run[0]
+    names = {target["name"] for target in output["targets"]}
+    assert names == {
+        "validate_hit ratio",
+        "authorize ratio",
+        "purge ratio",
+        "validate-hit growth",
+    }
+    assert isinstance(output["passed"], bool)
+
+
+def test_floor_and_library_share_one_schema(quick_run: tuple[dict[str, Any], Path]) -> None:
+    workdir = quick_run[1]
+    library, floor = _schema(workdir / LIBRARY_FILE), _schema(workdir / FLOOR_FILE)
+    assert any(name == "console_connections" for _, name, _ in library)
+    assert library == floor
+    assert quick_run[0]["schema_identical"] is True
+
+
+def _schema(path: Path) -> list[tuple[str, str, str | None]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
