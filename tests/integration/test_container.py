@@ -1,0 +1,171 @@
+"""The container wires what the settings choose, opens a database only for
+the ``database`` backend, and lets a test swap any one provider."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from dependency_injector import providers
+
+from console_auth.adapters.container import build_container, create_service
+from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.adapters.settings import DatabaseSettings, Settings
+from console_auth.adapters.sql import HEAD, SqlConsoleConnectionRepository, current_revision
+from console_auth.application import ConsoleAuthService
+from console_auth.domain import InstanceMismatch
+from tests.fakes import T0, FakeClock, FixedTokenSource
+
+INSTANCE = "6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f"
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CONSOLE_AUTH_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def db_file(tmp_path: Path) -> Path:
+    return tmp_path / "tokens.sqlite3"
+
+
+def settings_for(
+    backend: str, db_file: Path, *, auto_migrate: bool | None = None, **fields: object
+) -> Settings:
+    database = DatabaseSettings(url=f"sqlite:///{db_file}", auto_migrate=auto_migrate)
+    return Settings.model_validate(
+        {"console_tokens_backend": backend, "database": database, **fields}
+    )
+
+
+def test_memory_backend_opens_no_engine(db_file: Path) -> None:
+    container = build_container(settings_for("memory", db_file))
+
+    service = container.service()
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc")
+    assert service.validate(issued.token.get_secret_value()) == issued.connection
+
+    assert isinstance(container.repository(), InMemoryConsoleConnectionRepository)
+    assert not container.engine.initialized
+    assert not db_file.exists()
+
+
+def test_database_backend_migrates_sqlite_and_disposes_on_shutdown(db_file: Path) -> None:
+    container = build_container(settings_for("database", db_file))
+
+    service = container.service()
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc")
+    assert service.validate(issued.token.get_secret_value()) == issued.connection
+
+    assert isinstance(container.repository(), SqlConsoleConnectionRepository)
+    assert container.engine.initialized
+    assert current_revision(container.engine()) == HEAD
+    container.shutdown_resources()
+    assert not container.engine.initialized
+
+
+def test_an_explicit_auto_migrate_false_leaves_sqlite_alone(db_file: Path) -> None:
+    container = build_container(settings_for("database", db_file, auto_migrate=False))
+    try:
+        assert current_revision(container.engine()) is None
+    finally:
+        container.shutdown_resources()
+
+
+def test_the_policy_follows_the_settings(db_file: Path) -> None:
+    settings = settings_for(
+        "memory", db_file, token_ttl=30, require_instance_uuid=True, purge_batch_size=2
+    )
+    service = build_container(settings).service()
+
+    assert service.policy.default_ttl == timedelta(seconds=30)
+    assert service.policy.purge_batch_size == 2
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc")
+    with pytest.raises(InstanceMismatch):
+        service.validate(issued.token.get_secret_value())
+    assert service.validate(issued.token.get_secret_value(), INSTANCE) == issued.connection
+
+
+def test_overrides_apply_inside_the_block_only(db_file: Path) -> None:
+    container = build_container(settings_for("database", db_file))
+    repository = InMemoryConsoleConnectionRepository()
+
+    with (
+        container.repository.override(providers.Object(repository)),
+        container.clock.override(providers.Object(FakeClock(T0))),
+        container.tokens.override(providers.Object(FixedTokenSource())),
+    ):
+        issued = container.service().authorize(INSTANCE, "compute-1", 5900, "novnc")
+
+    assert issued.connection.issued_at == T0
+    assert repository.get_by_hash(issued.connection.token_hash) == issued.connection
+    assert not container.engine.initialized
+    assert isinstance(container.repository(), SqlConsoleConnectionRepository)
+    container.shutdown_resources()
+
+
+def test_the_whole_service_can_be_overridden(db_file: Path) -> None:
+    container = build_container(settings_for("database", db_file))
+    double = ConsoleAuthService(
+        InMemoryConsoleConnectionRepository(), FakeClock(), FixedTokenSource()
+    )
+
+    with container.service.override(providers.Object(double)):
+        assert container.service() is double
+    assert container.service() is not double
+    container.shutdown_resources()
+
+
+def test_without_settings_the_environment_is_read(
+    db_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND", "memory")
+    monkeypatch.setenv("CONSOLE_AUTH_TOKEN_TTL", "42")
+
+    container = build_container()
+
+    assert container.config.console_tokens_backend() == "memory"
+    assert container.service().policy.default_ttl == timedelta(seconds=42)
+
+
+def test_create_service_is_ready_to_use(db_file: Path) -> None:
+    service = create_service(settings_for("memory", db_file))
+
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "spice-html5")
+    assert service.validate(issued.token.get_secret_value()).console_type == "spice-html5"
+
+
+def test_importing_reads_no_config_and_connects_nowhere(tmp_path: Path) -> None:
+    """Settings that would fail to load or connect are harmless until used."""
+    environment = {
+        **os.environ,
+        "CONSOLE_AUTH_CONFIG_FILE": str(tmp_path / "absent.toml"),
+        "CONSOLE_AUTH_DATABASE__URL": f"sqlite:///{tmp_path}/no/such/dir/x.sqlite3",
+    }
+    script = "import console_auth.adapters.container, console_auth.adapters.cli"
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("CONSOLE_AUTH_DATABASE__URL", f"sqlite:///{tmp_path}/readme.sqlite3")
+    namespace: dict[str, object] = {}
+
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+
+    assert isinstance(namespace["service"], ConsoleAuthService)
+    assert namespace["connection"] == namespace["issued"].connection  # type: ignore[attr-defined]
+    assert (tmp_path / "readme.sqlite3").exists()
