@@ -7,6 +7,7 @@ convert rows and cache values to and from it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -96,6 +97,10 @@ class ConsoleOptions(BaseModel):
         return extra
 
 
+_cached_base_url = functools.lru_cache(maxsize=1024)(check_base_url)
+"""A deployment has a handful of proxy base URLs; rows repeat them."""
+
+
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be timezone-aware")
@@ -105,8 +110,13 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("is outside the supported date range in UTC") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def check_host(host: str) -> str:
-    """A hostname (RFC 1123) or an IP literal; anything else cannot be dialled."""
+    """A hostname (RFC 1123) or an IP literal; anything else cannot be dialled.
+
+    Cached: a cloud has few compute hosts and every stored row is checked on
+    read, so this would otherwise dominate a token lookup. Only results are
+    cached, never errors."""
     if (
         not 0 < len(host) <= MAX_HOST_LENGTH
         or not host.isascii()
@@ -155,7 +165,7 @@ class ConsoleConnection(BaseModel):
         if value is None:
             return None
         try:
-            return check_base_url(value)
+            return _cached_base_url(value)
         except InvalidRequest as exc:
             raise ValueError(str(exc)) from None
 

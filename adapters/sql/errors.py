@@ -41,9 +41,17 @@ def mapped_errors(*, on_conflict: str | None = None) -> Iterator[None]:
         raise BackendUnavailable(f"SQL token store failed: {describe(exc)}") from exc
 
 
-def describe(exc: sa_exc.SQLAlchemyError) -> str:
-    """Class and code of the fault, e.g. ``sqlite3.OperationalError SQLITE_BUSY``."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+def describe(exc: BaseException) -> str:
+    """Class and code of the fault, e.g. ``sqlite3.OperationalError SQLITE_BUSY``.
+
+    Takes SQLAlchemy's wrapper or a raw driver exception (the lookup path
+    talks to the driver directly)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        orig: BaseException | None = exc.orig
+    elif isinstance(exc, sa_exc.SQLAlchemyError):
+        orig = None
+    else:
+        orig = exc
     if orig is None:
         return type(exc).__name__
     name = f"{type(orig).__module__}.{type(orig).__qualname__}"

@@ -9,6 +9,7 @@ release, and a proxy must get a typed error, never a crash or a bad host.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from console_auth.domain import (
 )
 from console_auth.domain.model import invalid_request
 
+from .driver import Prepared, driver_cursor
 from .errors import DUPLICATE_HASH, mapped_errors
 from .tables import CONSOLE_CONNECTIONS
 
@@ -49,7 +51,8 @@ _COLUMNS: Final = (
     _T.c.expires_at_us,
     _T.c.issued_at_us,
 )
-_INSERT: Final = insert(_T)
+_OPTION_FIELDS: Final = frozenset(ConsoleOptions.model_fields)
+_INSERT: Final = insert(_T).values({c.key: bindparam(c.key) for c in _COLUMNS})
 _BY_HASH: Final = select(*_COLUMNS).where(_T.c.token_hash == bindparam("token_hash"))
 _BY_INSTANCE: Final = delete(_T).where(_T.c.instance_uuid == bindparam("instance_uuid"))
 
@@ -72,20 +75,26 @@ class SqlConsoleConnectionRepository:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._insert = Prepared(engine, _INSERT)
+        self._by_hash = Prepared(engine, _BY_HASH)
+        self._by_instance = Prepared(engine, _BY_INSTANCE)
 
     def add(self, connection: ConsoleConnection) -> None:
-        row = _to_row(connection)
-        with mapped_errors(on_conflict=DUPLICATE_HASH), self._engine.begin() as conn:
-            conn.execute(_INSERT, row)
+        params = self._insert.bind(_to_row(connection))
+        with driver_cursor(self._engine, commit=True, on_conflict=DUPLICATE_HASH) as cursor:
+            cursor.execute(self._insert.sql, params)
 
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
-        with mapped_errors(), self._engine.connect() as conn:
-            row = conn.execute(_BY_HASH, {"token_hash": token_hash}).first()
+        with driver_cursor(self._engine) as cursor:
+            cursor.execute(self._by_hash.sql, self._by_hash.bind({"token_hash": token_hash}))
+            row = cursor.fetchone()
         return None if row is None else _to_model(row)
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
-        with mapped_errors(), self._engine.begin() as conn:
-            return conn.execute(_BY_INSTANCE, {"instance_uuid": str(instance_uuid)}).rowcount
+        params = self._by_instance.bind({"instance_uuid": str(instance_uuid)})
+        with driver_cursor(self._engine, commit=True) as cursor:
+            cursor.execute(self._by_instance.sql, params)
+            return int(cursor.rowcount)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Select the oldest ids, then delete by id, in one transaction.
@@ -118,7 +127,7 @@ def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
         "host": connection.host,
         "port": connection.port,
         "console_type": connection.console_type.value,
-        "options": json.dumps(connection.options.model_dump(mode="json"), sort_keys=True),
+        "options": connection.options.model_dump_json(),
         "access_url_base": connection.access_url_base,
         "expires_at_us": to_microseconds(connection.expires_at),
         "issued_at_us": None if issued_at is None else to_microseconds(issued_at),
@@ -154,10 +163,14 @@ def _unreadable(token_hash: object, problem: str) -> BackendUnavailable:
     return BackendUnavailable(f"stored console connection is unreadable: {problem}")
 
 
+@functools.lru_cache(maxsize=1024)
 def _options(text: str) -> object:
     """Options as this release knows them: keys a newer release added are
-    dropped, as ``ConsoleConnection.from_primitive`` drops newer fields."""
+    dropped, as ``ConsoleConnection.from_primitive`` drops newer fields.
+
+    Cached because drivers repeat a few option sets across many rows; safe
+    to share, since validation copies the dict into a new model."""
     data = json.loads(text)
     if isinstance(data, dict):
-        return {key: value for key, value in data.items() if key in ConsoleOptions.model_fields}
+        return {key: value for key, value in data.items() if key in _OPTION_FIELDS}
     return data
