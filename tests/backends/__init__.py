@@ -1,0 +1,41 @@
+"""Every repository adapter, behind one way of getting a fresh, empty one.
+
+The contract suite, the property tests and the stateful tests run over
+``BACKEND_NAMES``; a new backend gets a module here, a line in ``_MODULES``,
+and must then pass them unchanged. ``fresh()`` is a context manager so that a
+backend can reuse one expensive resource (an engine, a server) and only empty
+it between tests or hypothesis examples.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from console_auth.application import ConsoleConnectionRepository
+
+
+class Backend(Protocol):
+    name: str
+
+    def fresh(self) -> AbstractContextManager[ConsoleConnectionRepository]: ...
+
+    def close(self) -> None: ...
+
+
+_MODULES = {
+    "memory": "tests.backends.memory",
+    "sqlite": "tests.backends.sqlite",
+}
+BACKEND_NAMES = list(_MODULES)
+
+
+def open_backend(name: str, workdir: str) -> Backend:
+    """Open the named backend; ``workdir`` is a private temporary directory.
+
+    Each module's ``open_backend(name, workdir)`` finds or starts what it
+    needs, and fails (never skips) when a required server is missing.
+    """
+    opened: Backend = importlib.import_module(_MODULES[name]).open_backend(name, workdir)
+    return opened

@@ -1,0 +1,35 @@
+"""The embedded default: one migrated SQLite file per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import delete
+
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
+from console_auth.application import ConsoleConnectionRepository
+
+
+class SqliteBackend:
+    """Emptying one file is cheaper than migrating a new one per test or
+    hypothesis example."""
+
+    name = "sqlite"
+
+    def __init__(self, workdir: str) -> None:
+        self.engine = open_engine(f"sqlite:///{workdir}/tokens.sqlite3", auto_migrate=True)
+
+    @contextmanager
+    def fresh(self) -> Iterator[ConsoleConnectionRepository]:
+        with self.engine.begin() as conn:
+            conn.execute(delete(CONSOLE_CONNECTIONS))
+        yield SqlConsoleConnectionRepository(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_backend(name: str, workdir: str) -> SqliteBackend:
+    return SqliteBackend(workdir)
