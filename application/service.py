@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, Final
 from uuid import UUID
 
@@ -87,8 +87,8 @@ class ConsoleAuthService:
         """Store a new connection and return its token, the only time it is seen."""
         ttl = self._policy.default_ttl if ttl is None else _check_ttl(ttl)
         token = check_token(self._tokens.new_token())
-        now = self._clock.now()
-        try:
+        try:  # in UTC: a TTL is elapsed time, and wall time jumps at DST
+            now = self._clock.now().astimezone(UTC)
             expires_at = now + ttl
         except OverflowError:
             raise InvalidRequest("ttl puts the expiry past the supported date range") from None

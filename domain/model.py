@@ -101,6 +101,9 @@ _cached_base_url = functools.lru_cache(maxsize=1024)(check_base_url)
 """A deployment has a handful of proxy base URLs; rows repeat them."""
 
 
+_OPTION_FIELDS: Final = frozenset(ConsoleOptions.model_fields)
+
+
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be timezone-aware")
@@ -125,9 +128,14 @@ def check_host(host: str) -> str:
     ):
         raise ValueError(f"must be an ASCII hostname or IP of 1-{MAX_HOST_LENGTH} characters")
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:  # one spelling per address, so purge by host finds every row
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:  # spelled alike on every Python release
+            return f"::ffff:{mapped}{'%' + address.scope_id if address.scope_id else ''}"
+        return str(address)
     labels = host.removesuffix(".").split(".")
     if not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
         raise ValueError("must be a hostname or an IP address")
@@ -214,7 +222,11 @@ class ConsoleConnection(BaseModel):
         data = primitive.get(versions.DATA_KEY)
         if not isinstance(data, Mapping):
             raise InvalidRequest("primitive data must be a mapping")
-        return cls.build(**{key: value for key, value in data.items() if key in cls.model_fields})
+        fields = {key: value for key, value in data.items() if key in cls.model_fields}
+        options = fields.get("options")
+        if isinstance(options, Mapping):  # a newer minor may add option keys too
+            fields["options"] = {k: v for k, v in options.items() if k in _OPTION_FIELDS}
+        return cls.build(**fields)
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:

@@ -19,8 +19,16 @@ def test_good_hosts(host: str) -> None:
     assert a_connection(host=host).host
 
 
-def test_ipv6_hosts_are_stored_canonically() -> None:
-    assert a_connection(host="2001:DB8:0::1").host == "2001:db8::1"
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [("2001:DB8:0::1", "2001:db8::1"), ("::FFFF:1.2.3.4", "::ffff:1.2.3.4"), ("010.1.1.1", None)],
+)
+def test_ip_hosts_have_one_spelling(written: str, stored: str | None) -> None:
+    if stored is None:
+        with pytest.raises(ValidationError):
+            a_connection(host=written)
+    else:
+        assert a_connection(host=written).host == stored
 
 
 @pytest.mark.parametrize(
