@@ -132,9 +132,9 @@ def check_host(host: str) -> str:
     except ValueError:
         pass
     else:  # one spelling per address, so purge by host finds every row
-        mapped = getattr(address, "ipv4_mapped", None)
-        if mapped is not None:  # spelled alike on every Python release
-            return f"::ffff:{mapped}{'%' + address.scope_id if address.scope_id else ''}"
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            zone = f"%{address.scope_id}" if address.scope_id else ""
+            return f"::ffff:{address.ipv4_mapped}{zone}"  # alike on every Python release
         return str(address)
     labels = host.removesuffix(".").split(".")
     if not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
