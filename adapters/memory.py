@@ -11,6 +11,7 @@ from datetime import datetime
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection, InvalidRequest
+from console_auth.domain.leases import PortLease
 
 
 class InMemoryConsoleConnectionRepository:
@@ -46,3 +47,96 @@ class InMemoryConsoleConnectionRepository:
             for token_hash in doomed:
                 del self._by_hash[token_hash]
         return len(doomed)
+
+
+class InMemoryPortLeaseRepository:
+    """Leases by (host, port) under one lock: the reference for the others."""
+
+    def __init__(self) -> None:
+        self._leases: dict[tuple[str, int], PortLease] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, lease: PortLease, now: datetime) -> PortLease | None:
+        key = (lease.host, lease.port)
+        with self._lock:
+            current = self._leases.get(key)
+            if current is not None and current.blocks(lease, now):
+                return current
+            self._leases[key] = lease
+        return None
+
+    def renew(self, lease: PortLease, expires_at: datetime, now: datetime) -> PortLease | None:
+        key = (lease.host, lease.port)
+        with self._lock:
+            current = self._leases.get(key)
+            if current is None or current.lease_id != lease.lease_id or not current.is_live(now):
+                return None
+            renewed = current.model_copy(update={"expires_at": expires_at})
+            self._leases[key] = renewed
+        return renewed
+
+    def release(self, lease: PortLease) -> bool:
+        key = (lease.host, lease.port)
+        with self._lock:
+            current = self._leases.get(key)
+            if current is None or current.lease_id != lease.lease_id:
+                return False
+            del self._leases[key]
+        return True
+
+    def leases(
+        self, now: datetime, *, host: str | None = None, instance_uuid: UUID | None = None
+    ) -> list[PortLease]:
+        with self._lock:
+            found = [
+                lease
+                for lease in self._leases.values()
+                if lease.is_live(now)
+                and (host is None or lease.host == host)
+                and (instance_uuid is None or lease.instance_uuid == instance_uuid)
+            ]
+        return sorted(found, key=lambda lease: (lease.host, lease.port))
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        with self._lock:
+            doomed = [k for k, v in self._leases.items() if v.instance_uuid == instance_uuid]
+            for key in doomed:
+                del self._leases[key]
+        return len(doomed)
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        with self._lock:
+            doomed = [
+                k
+                for k, v in self._leases.items()
+                if v.expires_at <= now and (host is None or v.host == host)
+            ][:limit]
+            for key in doomed:
+                del self._leases[key]
+        return len(doomed)
+
+
+class InMemoryPortReservationRepository:
+    """Reserved (host, port) pairs in a set under a lock."""
+
+    def __init__(self) -> None:
+        self._reserved: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def reserve(self, host: str, port: int) -> bool:
+        with self._lock:
+            if (host, port) in self._reserved:
+                return False
+            self._reserved.add((host, port))
+        return True
+
+    def release(self, host: str, port: int) -> bool:
+        with self._lock:
+            if (host, port) not in self._reserved:
+                return False
+            self._reserved.remove((host, port))
+        return True
+
+    def reserved(self, host: str, first: int, last: int) -> set[int]:
+        with self._lock:
+            return {p for h, p in self._reserved if h == host and first <= p <= last}

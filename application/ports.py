@@ -10,6 +10,7 @@ from typing import Protocol
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
+from console_auth.domain.leases import PortLease
 
 
 class ConsoleConnectionRepository(Protocol):
@@ -51,4 +52,59 @@ class TokenSource(Protocol):
 
     def new_token(self) -> str:
         """A token of ``TOKEN_LENGTH`` URL-safe characters, never seen before."""
+        ...
+
+
+class PortLeaseRepository(Protocol):
+    """Who holds each console port: at most one live lease per (host, port).
+
+    ``claim`` is the one operation that must be atomic in the store: two
+    proxies racing for a port, or two computes racing to hand it out, must
+    see exactly one winner.
+    """
+
+    def claim(self, lease: PortLease, now: datetime) -> PortLease | None:
+        """Store ``lease`` for its (host, port) unless a live lease there
+        blocks it (``PortLease.blocks``); return the blocker, or ``None``
+        when stored."""
+        ...
+
+    def renew(self, lease: PortLease, expires_at: datetime, now: datetime) -> PortLease | None:
+        """Move the stored lease's expiry if it is still live and still has
+        ``lease.lease_id``; return it renewed, or ``None`` when it is gone."""
+        ...
+
+    def release(self, lease: PortLease) -> bool:
+        """Delete the (host, port) lease if it still has ``lease.lease_id``."""
+        ...
+
+    def leases(
+        self, now: datetime, *, host: str | None = None, instance_uuid: UUID | None = None
+    ) -> list[PortLease]:
+        """Live leases, filtered when asked, ordered by host and port."""
+        ...
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        """Delete every lease of the instance; return how many."""
+        ...
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        """Delete at most ``limit`` leases with ``expires_at <= now``."""
+        ...
+
+
+class PortReservationRepository(Protocol):
+    """Host ports reserved for serial devices, unique per (host, port), kept
+    across processes and restarts (Nova kept them in a process-local set)."""
+
+    def reserve(self, host: str, port: int) -> bool:
+        """Reserve the port; ``False`` if it was already reserved."""
+        ...
+
+    def release(self, host: str, port: int) -> bool:
+        """Free the port; ``False`` if it was not reserved."""
+        ...
+
+    def reserved(self, host: str, first: int, last: int) -> set[int]:
+        """The host's reserved ports within ``first..last`` inclusive."""
         ...

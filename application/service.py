@@ -28,7 +28,7 @@ from console_auth.domain import (
     hash_token,
     parse_access_url,
 )
-from console_auth.domain.model import check_host
+from console_auth.domain.model import parse_host, parse_instance_uuid
 
 from .ports import Clock, ConsoleConnectionRepository, TokenSource
 
@@ -85,6 +85,32 @@ class ConsoleAuthService:
         ttl: timedelta | None = None,
     ) -> IssuedConsole:
         """Store a new connection and return its token, the only time it is seen."""
+        return self.store(
+            self.prepare(
+                instance_uuid,
+                host,
+                port,
+                console_type,
+                options=options,
+                access_url_base=access_url_base,
+                ttl=ttl,
+            )
+        )
+
+    def prepare(
+        self,
+        instance_uuid: UUID | str,
+        host: str,
+        port: int,
+        console_type: ConsoleType | str,
+        *,
+        options: ConsoleOptions | Mapping[str, Any] | None = None,
+        access_url_base: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> IssuedConsole:
+        """A new token and its validated connection, not stored yet: for a
+        caller that must first take something else with the token's hash (a
+        serial port's hold). Pass the result to ``store``."""
         ttl = self._policy.default_ttl if ttl is None else _check_ttl(ttl)
         token = check_token(self._tokens.new_token())
         try:  # in UTC: a TTL is elapsed time, and wall time jumps at DST
@@ -93,7 +119,7 @@ class ConsoleAuthService:
         except OverflowError:
             raise InvalidRequest("ttl puts the expiry past the supported date range") from None
         connection = ConsoleConnection.build(
-            instance_uuid=_uuid(instance_uuid),
+            instance_uuid=parse_instance_uuid(instance_uuid),
             host=host,
             port=port,
             console_type=console_type,
@@ -103,6 +129,11 @@ class ConsoleAuthService:
             expires_at=expires_at,
             issued_at=now,
         )
+        return IssuedConsole(token=SecretStr(token), connection=connection)
+
+    def store(self, issued: IssuedConsole) -> IssuedConsole:
+        """Store a prepared console; from here on its token validates."""
+        connection = issued.connection
         self._repository.add(connection)
         logger.info(
             "authorized %s console for instance %s on %s:%s (token hash %.8s)",
@@ -112,7 +143,7 @@ class ConsoleAuthService:
             connection.port,
             connection.token_hash,
         )
-        return IssuedConsole(token=SecretStr(token), connection=connection)
+        return issued
 
     def validate(
         self, token: str | bytes, instance_uuid: UUID | str | None = None
@@ -123,7 +154,7 @@ class ConsoleAuthService:
         costs no round trip.
         """
         token_hash = hash_token(check_token(token))
-        expected = None if instance_uuid is None else _uuid(instance_uuid)
+        expected = None if instance_uuid is None else parse_instance_uuid(instance_uuid)
         if expected is None and self._policy.require_instance_uuid:
             raise InstanceMismatch("an instance uuid is required with the console token")
         connection = self._repository.get_by_hash(token_hash)
@@ -150,18 +181,14 @@ class ConsoleAuthService:
 
     def revoke_instance(self, instance_uuid: UUID | str) -> int:
         """Forget every token of an instance (deleted, migrated, rebuilt)."""
-        count = self._repository.delete_by_instance(_uuid(instance_uuid))
+        count = self._repository.delete_by_instance(parse_instance_uuid(instance_uuid))
         logger.info("revoked %d console tokens of instance %s", count, instance_uuid)
         return count
 
     def purge_expired(self, host: str | None = None) -> int:
         """Delete expired connections, of one compute host when given, in
         batches so no transaction holds the table for long."""
-        if host is not None:
-            try:
-                host = check_host(host)
-            except ValueError as exc:
-                raise InvalidRequest(f"host {exc}") from None
+        host = None if host is None else parse_host(host)
         now = self._clock.now()
         batch = self._policy.purge_batch_size
         total = 0
@@ -172,20 +199,6 @@ class ConsoleAuthService:
                 break
         logger.info("purged %d expired console tokens%s", total, f" of {host}" if host else "")
         return total
-
-
-def _uuid(value: UUID | str) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str) and len(value) == 36:
-        try:
-            parsed = UUID(value)
-        except ValueError:
-            pass
-        else:
-            if str(parsed) == value.lower():
-                return parsed
-    raise InvalidRequest("instance uuid must be a UUID in its 36-character form")
 
 
 def _check_ttl(ttl: timedelta) -> timedelta:

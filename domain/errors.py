@@ -7,7 +7,12 @@
     ├─ InstanceMismatch       good token, wrong (or required but missing) instance uuid
     ├─ InvalidRequest         bad host, port, options, URL, uuid or primitive
     ├─ UnsupportedVersion     primitive from a version this library never wrote
-    └─ BackendUnavailable     the store cannot be reached; the driver error is chained
+    ├─ BackendUnavailable     the store cannot be reached; the driver error is chained
+    └─ PortUnavailable        a console port cannot be had (serial consoles)
+       ├─ NoFreeConsolePort   every defined port is connected or held
+       ├─ PortAlreadyConnected  the port has a live connection
+       ├─ LeaseLost           a heartbeat or disconnect for a lease that is gone
+       └─ PortRangeExhausted  no port of the range is left to reserve
 
 Messages name the problem and never contain a token: a proxy may log them
 verbatim, and a token in a log is a live credential.
@@ -72,3 +77,27 @@ class BackendUnavailable(ConsoleAuthError):
     A proxy must not tell a user "invalid token" because a database was
     restarting; the original driver error is kept as ``__cause__``.
     """
+
+
+class PortUnavailable(ConsoleAuthError):
+    """Root of the serial-port conditions: the request was fine, the port is
+    taken. An API maps these to "409 Conflict", not to "400"."""
+
+
+class NoFreeConsolePort(PortUnavailable):
+    """Raised by ``authorize_serial`` when every defined port is taken, so the
+    API can tell the user that no more consoles are available."""
+
+
+class PortAlreadyConnected(PortUnavailable):
+    """Raised by ``connect`` when another client is on the port: a serial
+    port takes one client at a time."""
+
+
+class LeaseLost(PortUnavailable):
+    """Raised by ``heartbeat`` when the lease expired or was replaced: the
+    proxy must drop its client, someone else may own the port now."""
+
+
+class PortRangeExhausted(PortUnavailable):
+    """Raised by ``allocate_port`` when every port of the range is reserved."""

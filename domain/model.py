@@ -142,6 +142,32 @@ def check_host(host: str) -> str:
     return host
 
 
+def parse_host(host: object) -> str:
+    """``check_host`` for callers outside a model: ``InvalidRequest``."""
+    if not isinstance(host, str):
+        raise InvalidRequest("host must be text")
+    try:
+        return check_host(host)
+    except ValueError as exc:
+        raise InvalidRequest(f"host {exc}") from None
+
+
+def parse_instance_uuid(value: object) -> UUID:
+    """A ``UUID``, or text in its canonical 36-character form (any case):
+    what Nova puts in URLs. Other spellings are refused, not guessed."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str) and len(value) == 36:
+        try:
+            parsed = UUID(value)
+        except ValueError:
+            pass
+        else:
+            if str(parsed) == value.lower():
+                return parsed
+    raise InvalidRequest("instance uuid must be a UUID in its 36-character form")
+
+
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 

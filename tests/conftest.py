@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from console_auth.application import ConsoleConnectionRepository
-from tests.backends import BACKEND_NAMES, Backend, open_backend
+from tests.backends import BACKEND_NAMES, PORT_BACKEND_NAMES, Backend, PortBackend, open_backend
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(
@@ -42,3 +43,14 @@ def repository(backend: Backend) -> Iterator[ConsoleConnectionRepository]:
     """An empty repository of each backend."""
     with backend.fresh() as repo:
         yield repo
+
+
+@pytest.fixture(scope="session", params=PORT_BACKEND_NAMES)
+def port_backend(request: pytest.FixtureRequest) -> Iterator[PortBackend]:
+    """Each backend whose adapters store serial-port leases."""
+    with tempfile.TemporaryDirectory(prefix=f"console-auth-ports-{request.param}-") as workdir:
+        opened = open_backend(request.param, workdir)
+        try:
+            yield cast(PortBackend, opened)
+        finally:
+            opened.close()

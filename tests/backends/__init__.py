@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from console_auth.application import ConsoleConnectionRepository
+from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 
 
 class Backend(Protocol):
@@ -24,11 +25,21 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class PortBackend(Backend, Protocol):
+    """A backend that also stores serial-port leases and reservations."""
+
+    def fresh_ports(
+        self,
+    ) -> AbstractContextManager[tuple[PortLeaseRepository, PortReservationRepository]]: ...
+
+
 _MODULES = {
     "memory": "tests.backends.memory",
     "sqlite": "tests.backends.sqlite",
 }
 BACKEND_NAMES = list(_MODULES)
+PORT_BACKEND_NAMES = ["memory"]
+"""Backends whose adapters store serial-port leases (issue 5), so far."""
 
 
 def open_backend(name: str, workdir: str) -> Backend:

@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.adapters.memory import (
+    InMemoryConsoleConnectionRepository,
+    InMemoryPortLeaseRepository,
+    InMemoryPortReservationRepository,
+)
 from console_auth.application import ConsoleConnectionRepository
+from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 
 
 class MemoryBackend:
@@ -15,6 +20,10 @@ class MemoryBackend:
     @contextmanager
     def fresh(self) -> Iterator[ConsoleConnectionRepository]:
         yield InMemoryConsoleConnectionRepository()
+
+    @contextmanager
+    def fresh_ports(self) -> Iterator[tuple[PortLeaseRepository, PortReservationRepository]]:
+        yield InMemoryPortLeaseRepository(), InMemoryPortReservationRepository()
 
     def close(self) -> None:
         pass

@@ -1,0 +1,259 @@
+"""Serial console ports: one client per port, known to every process.
+
+Nova keeps allocated ports in a process-local set and cannot tell who is
+connected where. Here every claim on a port is a ``PortLease`` in the shared
+store, so the compute side hands out a free port, the proxy refuses a second
+client, and the API can say "no port left", across processes and restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+from console_auth.domain import (
+    ConsoleOptions,
+    ConsoleType,
+    InvalidRequest,
+    IssuedConsole,
+)
+from console_auth.domain.errors import (
+    LeaseLost,
+    NoFreeConsolePort,
+    PortAlreadyConnected,
+    PortRangeExhausted,
+)
+from console_auth.domain.leases import LeaseKind, PortLease
+from console_auth.domain.model import parse_host, parse_instance_uuid
+
+from .ports import Clock, PortLeaseRepository, PortReservationRepository, TokenSource
+from .service import ConsoleAuthService
+
+logger = logging.getLogger(__name__)
+
+MAX_DEFINED_PORTS: Final = 64
+"""Far above any real instance's serial devices, low enough to bound a
+request."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortPolicy:
+    """How long a proxy's lease lasts without a heartbeat."""
+
+    lease_ttl: timedelta = timedelta(seconds=60)
+    purge_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if not timedelta(0) < self.lease_ttl <= timedelta(days=1):
+            raise InvalidRequest("lease ttl must be above zero and at most one day")
+        if self.purge_batch_size < 1:
+            raise InvalidRequest("purge batch size must be at least 1")
+
+
+class ConsolePortService:
+    """Authorize, connect, heartbeat and disconnect serial consoles, and
+    reserve the host ports their devices listen on."""
+
+    def __init__(
+        self,
+        consoles: ConsoleAuthService,
+        leases: PortLeaseRepository,
+        reservations: PortReservationRepository,
+        clock: Clock,
+        tokens: TokenSource,
+        policy: PortPolicy | None = None,
+    ) -> None:
+        self._consoles = consoles
+        self._leases = leases
+        self._reservations = reservations
+        self._clock = clock
+        self._tokens = tokens
+        self._policy = policy or PortPolicy()
+
+    def authorize_serial(
+        self,
+        instance_uuid: UUID | str,
+        host: str,
+        defined_ports: Sequence[int],
+        *,
+        options: ConsoleOptions | Mapping[str, Any] | None = None,
+        access_url_base: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> IssuedConsole:
+        """Issue a serial console on the first defined port that is neither
+        connected nor held by a live, unused token.
+
+        The hold is taken before the token is stored, so two computes racing
+        for the same instance never hand out one port twice.
+        """
+        ports = _check_ports(defined_ports)
+        issued = self._consoles.prepare(
+            instance_uuid,
+            host,
+            ports[0],
+            ConsoleType.SERIAL,
+            options=options,
+            access_url_base=access_url_base,
+            ttl=ttl,
+        )
+        first = issued.connection
+        now = self._now()
+        for port in ports:
+            hold = PortLease(
+                host=first.host,
+                port=port,
+                instance_uuid=first.instance_uuid,
+                kind=LeaseKind.HELD,
+                lease_id=self._tokens.new_token(),
+                token_hash=first.token_hash,
+                since=now,
+                expires_at=first.expires_at,
+            )
+            if self._leases.claim(hold, now) is not None:
+                continue
+            candidate = IssuedConsole(
+                token=issued.token, connection=first.model_copy(update={"port": port})
+            )
+            try:
+                return self._consoles.store(candidate)
+            except BaseException:
+                self._leases.release(hold)
+                raise
+        raise NoFreeConsolePort(
+            f"every defined serial port of instance {first.instance_uuid} on {first.host} "
+            "is connected or held"
+        )
+
+    def connect(
+        self, token: str | bytes, instance_uuid: UUID | str | None, proxy_id: str
+    ) -> PortLease:
+        """Validate the token and take its port for this proxy's client."""
+        connection = self._consoles.validate(token, instance_uuid)
+        if connection.console_type is not ConsoleType.SERIAL:
+            raise InvalidRequest("only serial consoles take port leases")
+        now = self._now()
+        lease = PortLease.model_validate(
+            {
+                "host": connection.host,
+                "port": connection.port,
+                "instance_uuid": connection.instance_uuid,
+                "kind": LeaseKind.CONNECTED,
+                "lease_id": self._tokens.new_token(),
+                "token_hash": connection.token_hash,
+                "proxy_id": _proxy_id(proxy_id),
+                "since": now,
+                "expires_at": now + self._policy.lease_ttl,
+            }
+        )
+        blocker = self._leases.claim(lease, now)
+        if blocker is not None:
+            raise PortAlreadyConnected(
+                f"serial port {connection.host}:{connection.port} already has a client "
+                f"(since {blocker.since.isoformat()})"
+            )
+        logger.info(
+            "serial port %s:%s connected by proxy %s (token hash %.8s)",
+            lease.host,
+            lease.port,
+            lease.proxy_id,
+            lease.token_hash,
+        )
+        return lease
+
+    def heartbeat(self, lease: PortLease) -> PortLease:
+        """Extend a live lease; ``LeaseLost`` if it expired or was replaced."""
+        now = self._now()
+        renewed = self._leases.renew(lease, now + self._policy.lease_ttl, now)
+        if renewed is None:
+            raise LeaseLost(f"the lease on serial port {lease.host}:{lease.port} is gone")
+        return renewed
+
+    def disconnect(self, lease: PortLease) -> bool:
+        """Free the port; ``False`` if the lease was already gone."""
+        released = self._leases.release(lease)
+        logger.info("serial port %s:%s disconnected", lease.host, lease.port)
+        return released
+
+    def leases(
+        self, *, host: str | None = None, instance_uuid: UUID | str | None = None
+    ) -> list[PortLease]:
+        """Live leases (connected ports and held ones), for operators."""
+        return self._leases.leases(
+            self._now(),
+            host=None if host is None else parse_host(host),
+            instance_uuid=None if instance_uuid is None else parse_instance_uuid(instance_uuid),
+        )
+
+    def release_instance(self, instance_uuid: UUID | str) -> int:
+        """Drop every lease of an instance (deleted, migrated): call it with
+        ``ConsoleAuthService.revoke_instance``."""
+        return self._leases.delete_by_instance(parse_instance_uuid(instance_uuid))
+
+    def purge_expired(self, host: str | None = None) -> int:
+        """Delete expired leases in bounded batches (they already free their
+        ports; this reclaims the space)."""
+        host = None if host is None else parse_host(host)
+        now, batch, total = self._now(), self._policy.purge_batch_size, 0
+        while (deleted := self._leases.delete_expired(now, host, batch)) == batch:
+            total += deleted
+        return total + deleted
+
+    def allocate_port(self, host: str, port_range: range | tuple[int, int]) -> int:
+        """Reserve the lowest free port of the range for a new serial device.
+
+        Reads what is reserved, then reserves candidates in order; the
+        store's uniqueness settles races, so a port is never handed out
+        twice.
+        """
+        host = parse_host(host)
+        first, last = _check_range(port_range)
+        taken = self._reservations.reserved(host, first, last)
+        for port in range(first, last + 1):
+            if port not in taken and self._reservations.reserve(host, port):
+                logger.info("reserved serial port %s:%s", host, port)
+                return port
+        raise PortRangeExhausted(f"every port of {first}-{last} on {host} is reserved")
+
+    def release_port(self, host: str, port: int) -> bool:
+        """Give a reserved port back; ``False`` if it was not reserved."""
+        return self._reservations.release(parse_host(host), _check_ports([port])[0])
+
+    def _now(self) -> datetime:
+        return self._clock.now().astimezone(UTC)
+
+
+def _check_ports(ports: Sequence[int]) -> list[int]:
+    if isinstance(ports, str | bytes) or not 0 < len(ports) <= MAX_DEFINED_PORTS:
+        raise InvalidRequest(f"defined ports must be a list of 1-{MAX_DEFINED_PORTS} ports")
+    checked = list(ports)
+    if any(type(p) is not int or not 1 <= p <= 65535 for p in checked):
+        raise InvalidRequest("defined ports must be integers in 1-65535")
+    if len(set(checked)) != len(checked):
+        raise InvalidRequest("defined ports must not repeat")
+    return checked
+
+
+def _check_range(port_range: range | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(port_range, range):
+        if port_range.step != 1 or not port_range:
+            raise InvalidRequest("port range must be a non-empty range with step 1")
+        bounds = (port_range.start, port_range.stop - 1)
+    else:
+        bounds = tuple(port_range)  # type: ignore[assignment]
+    if (
+        len(bounds) != 2
+        or any(type(b) is not int or not 1 <= b <= 65535 for b in bounds)
+        or bounds[0] > bounds[1]
+    ):
+        raise InvalidRequest("port range must be first-last within 1-65535, first <= last")
+    return bounds[0], bounds[1]
+
+
+def _proxy_id(proxy_id: str) -> str:
+    if not isinstance(proxy_id, str) or not 0 < len(proxy_id) <= 255 or not proxy_id.isprintable():
+        raise InvalidRequest("proxy id must be printable text of 1-255 characters")
+    return proxy_id
