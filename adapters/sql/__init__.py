@@ -5,12 +5,15 @@ Importing it connects to nothing; ``open_engine`` does, once per process.
 
 from .engine import SQLITE_PRAGMAS, open_engine
 from .migrate import HEAD, current_revision, downgrade, upgrade, upgrade_script
+from .ports import SqlPortLeaseRepository, SqlPortReservationRepository
 from .repository import SqlConsoleConnectionRepository
 
 __all__ = [
     "HEAD",
     "SQLITE_PRAGMAS",
     "SqlConsoleConnectionRepository",
+    "SqlPortLeaseRepository",
+    "SqlPortReservationRepository",
     "current_revision",
     "downgrade",
     "open_engine",

@@ -4,18 +4,29 @@ A token lookup or insert is one short statement; Core's per-call execution
 context costs several times the database's own work for it (measured in
 ``bench/``). Statements are still written in Core and compiled once per
 engine for its dialect, and connections still come from the engine's pool,
-so pre-ping, invalidation and reset-on-return keep working. Driver errors are
-mapped here as ``errors.mapped_errors`` maps Core's.
+so the checkout liveness check, invalidation and reset-on-return keep
+working. Driver errors are mapped here as ``errors.mapped_errors`` maps
+Core's.
+
+Paramstyles: psycopg and PyMySQL both take named ``%(name)s`` parameters and
+a mapping; SQLite's ``?`` and other positional styles get a tuple in the
+compiled order. On server engines the connection autocommits (see
+``engine``), so a statement here is its own transaction and ``commit`` costs
+nothing; on SQLite (and on an engine built without autocommit) the commit is
+real, and anything left open is rolled back when the pool takes the
+connection back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final, cast
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
@@ -50,27 +61,65 @@ def driver_cursor(
     a disconnect also invalidates it, so the next call gets a fresh one.
     ``on_conflict`` turns an integrity error into that ``InvalidRequest``.
     """
-    dbapi = engine.dialect.loaded_dbapi
+    dialect = engine.dialect
+    dbapi = dialect.loaded_dbapi
     with mapped_errors():  # the pool's own errors (a checkout timeout) come wrapped
         try:
             conn = engine.raw_connection()
         except dbapi.Error as exc:  # a failed first connect comes raw
             raise BackendUnavailable(f"SQL token store unavailable: {describe(exc)}") from exc
     try:
-        cursor = conn.cursor()
+        reuse = dialect.name != "sqlite"
+        cursor = _kept_cursor(conn) if reuse else conn.cursor()
         try:
             yield cursor
-            if commit:
+            if commit and not _autocommits(dialect, conn.dbapi_connection):
                 conn.commit()
+        except BaseException:
+            conn.info.pop(_CURSOR, None)
+            raise
         finally:
-            cursor.close()
+            if not reuse:
+                cursor.close()
     except dbapi.IntegrityError as exc:
         if on_conflict is None:
             raise BackendUnavailable(f"SQL token store refused a write: {describe(exc)}") from exc
         raise InvalidRequest(on_conflict) from exc
     except dbapi.Error as exc:
-        if engine.dialect.is_disconnect(exc, conn.dbapi_connection, None):
+        if dialect.is_disconnect(exc, conn.dbapi_connection, None):
             conn.invalidate(exc)
         raise BackendUnavailable(f"SQL token store unavailable: {describe(exc)}") from exc
     finally:
         conn.close()  # back to the pool
+
+
+_CURSOR: Final = "console_auth.driver_cursor"
+
+
+def _kept_cursor(conn: PoolProxiedConnection) -> DBAPICursor:
+    """One cursor per pooled server connection, kept in the pool's per-connection
+    ``info`` (cleared when the connection is replaced).
+
+    A new psycopg cursor costs about 17 us (its adapters and row loaders are
+    rebuilt), a quarter of a loopback lookup. Safe because a pooled
+    connection serves one caller at a time, and the cursors of psycopg and
+    PyMySQL hold no server state once a result is read. SQLite's cursors
+    are closed instead: an unexhausted one would keep its read snapshot.
+    """
+    kept = conn.info.get(_CURSOR)
+    if kept is not None and kept[0] is conn.dbapi_connection:
+        return cast(DBAPICursor, kept[1])
+    cursor = conn.cursor()
+    conn.info[_CURSOR] = (conn.dbapi_connection, cursor)
+    return cursor
+
+
+def _autocommits(dialect: Dialect, dbapi_connection: Any) -> bool:
+    """Whether the driver connection is in autocommit mode (no round trip:
+    psycopg keeps a flag, PyMySQL reads the last reply's status bits)."""
+    if dialect.name == "sqlite":
+        return False
+    try:
+        return bool(dialect.detect_autocommit_setting(dbapi_connection))
+    except NotImplementedError:
+        return False

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from sqlalchemy import exc as sa_exc
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
 
 DUPLICATE_HASH = "a connection with this token hash is already stored"
+
+RETRYABLE_MYSQL_ERRNOS: Final = frozenset({1205, 1213})
+"""InnoDB's lock wait timeout and deadlock victim: the statement (in
+autocommit, the whole unit) was rolled back, so running it again is safe."""
+RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock detected and serialization failure: the
+transaction was rolled back whole."""
 
 
 @contextmanager
@@ -63,3 +71,16 @@ def describe(exc: BaseException) -> str:
     if code is None and orig.args and isinstance(orig.args[0], int):
         code = orig.args[0]  # MySQL/MariaDB drivers: the server's errno
     return name if code is None else f"{name} {code}"
+
+
+def is_retryable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or the driver error it wraps) says that the server
+    rolled the work back to break a deadlock or a lock wait, so that the
+    same work may simply run again."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:  # psycopg 3
+        return True
+    args = orig.args  # MySQL/MariaDB drivers: the server's errno first
+    return bool(args) and isinstance(args[0], int) and args[0] in RETRYABLE_MYSQL_ERRNOS

@@ -24,10 +24,11 @@ from sqlalchemy import Connection, Engine
 from console_auth.domain import InvalidRequest, UnsupportedVersion
 
 from .errors import mapped_errors
+from .transactions import transaction
 
 SCRIPT_LOCATION: Final = "console_auth.adapters.sql:migrations"
 VERSION_TABLE: Final = "console_auth_alembic_version"
-HEAD: Final = "0001"
+HEAD: Final = "0002"
 """The newest revision; a test pins it to the scripts' head."""
 
 _ALEMBIC: Final = threading.Lock()
@@ -81,9 +82,11 @@ def _migrating(engine: Engine) -> Iterator[Config]:
     schema behind a failure; an explicit ``BEGIN IMMEDIATE`` makes the run
     atomic and takes the write lock first, so processes that auto-migrate at
     the same start-up wait for each other (up to the busy timeout) instead
-    of creating the same table twice.
+    of creating the same table twice. PostgreSQL's DDL is transactional too
+    (server engines autocommit, so the transaction is asked for explicitly);
+    MariaDB/MySQL commit each DDL statement whatever is asked.
     """
-    with _ALEMBIC, mapped_errors(), engine.begin() as connection:
+    with _ALEMBIC, mapped_errors(), transaction(engine) as connection:
         if connection.dialect.name == "sqlite":
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         config = script_config()

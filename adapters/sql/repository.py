@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -29,15 +31,23 @@ from console_auth.domain import (
 from console_auth.domain.model import invalid_request
 
 from .driver import Prepared, driver_cursor
-from .errors import DUPLICATE_HASH, mapped_errors
+from .errors import DUPLICATE_HASH, is_retryable, mapped_errors
 from .tables import CONSOLE_CONNECTIONS
+from .transactions import transaction
 
 logger = logging.getLogger(__name__)
+_R = TypeVar("_R")
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND: Final = timedelta(microseconds=1)
 DELETE_CHUNK: Final = 500
 """Ids per ``IN (...)``: below every dialect's bound-parameter limit."""
+WRITE_ATTEMPTS: Final = 4
+"""Runs of a write the server rolled back as a deadlock victim or after a
+lock wait timeout, before its ``BackendUnavailable`` reaches the caller."""
+RETRY_PAUSE_S: Final = 0.02
+"""First pause between runs, doubled each time and jittered, so the
+transactions that collided do not collide again in step."""
 
 _T: Final = CONSOLE_CONNECTIONS
 _COLUMNS: Final = (
@@ -52,7 +62,8 @@ _COLUMNS: Final = (
     _T.c.issued_at_us,
 )
 _OPTION_FIELDS: Final = frozenset(ConsoleOptions.model_fields)
-_INSERT: Final = insert(_T).values({c.key: bindparam(c.key) for c in _COLUMNS})
+_INSERT: Final = insert(_T).inline().values({c.key: bindparam(c.key) for c in _COLUMNS})
+"""``inline()``: no ``RETURNING id`` on PostgreSQL, nobody reads it."""
 _BY_HASH: Final = select(*_COLUMNS).where(_T.c.token_hash == bindparam("token_hash"))
 _BY_INSTANCE: Final = delete(_T).where(_T.c.instance_uuid == bindparam("instance_uuid"))
 
@@ -81,8 +92,12 @@ class SqlConsoleConnectionRepository:
 
     def add(self, connection: ConsoleConnection) -> None:
         params = self._insert.bind(_to_row(connection))
-        with driver_cursor(self._engine, commit=True, on_conflict=DUPLICATE_HASH) as cursor:
-            cursor.execute(self._insert.sql, params)
+
+        def insert() -> None:
+            with driver_cursor(self._engine, commit=True, on_conflict=DUPLICATE_HASH) as cursor:
+                cursor.execute(self._insert.sql, params)
+
+        retry_rolled_back(insert)
 
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
         with driver_cursor(self._engine) as cursor:
@@ -92,9 +107,13 @@ class SqlConsoleConnectionRepository:
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
         params = self._by_instance.bind({"instance_uuid": str(instance_uuid)})
-        with driver_cursor(self._engine, commit=True) as cursor:
-            cursor.execute(self._by_instance.sql, params)
-            return int(cursor.rowcount)
+
+        def delete() -> int:
+            with driver_cursor(self._engine, commit=True) as cursor:
+                cursor.execute(self._by_instance.sql, params)
+                return int(cursor.rowcount)
+
+        return retry_rolled_back(delete)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Select the oldest ids, then delete by id, in one transaction.
@@ -102,21 +121,52 @@ class SqlConsoleConnectionRepository:
         Two statements because MySQL refuses ``LIMIT`` in a subquery of a
         ``DELETE`` on the same table; the delete re-checks the condition so
         it stays correct where the select ran outside the transaction
-        (SQLite's driver begins only at the first write).
+        (SQLite's driver begins only at the first write) or where another
+        purge deleted some of the rows first (READ COMMITTED). A batch is
+        deleted whole or not at all.
         """
         if limit < 1:
             return 0
         expired = _T.c.expires_at_us <= to_microseconds(now)
         where = expired if host is None else expired & (_T.c.host == host)
-        with mapped_errors(), self._engine.begin() as conn:
-            ids = conn.scalars(
-                select(_T.c.id).where(where).order_by(_T.c.expires_at_us, _T.c.id).limit(limit)
-            ).all()
-            deleted = 0
-            for start in range(0, len(ids), DELETE_CHUNK):
-                chunk = ids[start : start + DELETE_CHUNK]
-                deleted += conn.execute(delete(_T).where(_T.c.id.in_(chunk), where)).rowcount
-        return deleted
+        oldest = select(_T.c.id).where(where).order_by(_T.c.expires_at_us, _T.c.id).limit(limit)
+
+        def purge() -> int:
+            with mapped_errors(), transaction(self._engine) as conn:
+                ids = conn.scalars(oldest).all()
+                deleted = 0
+                for start in range(0, len(ids), DELETE_CHUNK):
+                    chunk = ids[start : start + DELETE_CHUNK]
+                    deleted += conn.execute(delete(_T).where(_T.c.id.in_(chunk), where)).rowcount
+            return deleted
+
+        return retry_rolled_back(purge)
+
+
+def retry_rolled_back(write: Callable[[], _R]) -> _R:
+    """Run ``write``, again (a bounded number of times) while the server
+    rolls it back to break a deadlock or a lock wait.
+
+    Only such faults are retried: the server guarantees nothing of the
+    write survived. A lost connection is not, since an insert may have
+    committed before the answer was lost.
+    """
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            return write()
+        except BackendUnavailable as exc:
+            if attempt == WRITE_ATTEMPTS or not is_retryable(exc.__cause__):
+                raise
+            pause = RETRY_PAUSE_S * 2 ** (attempt - 1) * (0.5 + random.random())  # noqa: S311
+            logger.warning(
+                "SQL token store rolled a write back (%s); attempt %d of %d in %.0f ms",
+                exc,
+                attempt + 1,
+                WRITE_ATTEMPTS,
+                pause * 1000,
+            )
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _to_row(connection: ConsoleConnection) -> dict[str, Any]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import delete
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.application import ConsoleConnectionRepository
+from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
+from tests.backends.sql_ports import fresh_sql_ports
 
 
 class SqliteBackend:
@@ -26,6 +28,11 @@ class SqliteBackend:
         with self.engine.begin() as conn:
             conn.execute(delete(CONSOLE_CONNECTIONS))
         yield SqlConsoleConnectionRepository(self.engine)
+
+    def fresh_ports(
+        self,
+    ) -> AbstractContextManager[tuple[PortLeaseRepository, PortReservationRepository]]:
+        return fresh_sql_ports(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

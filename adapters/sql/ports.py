@@ -1,0 +1,210 @@
+"""Serial-port leases and reservations on SQL.
+
+``claim`` is optimistic and portable: read the (host, port) row, decide with
+``PortLease.blocks``, then insert (the unique (host, port) settles a race
+between inserters) or update the row *only if it still has the lease id that
+was read* (settles a race between replacers). A loser reads again. No
+``SELECT ... FOR UPDATE``, which SQLite lacks, and every write is one
+statement, so it commits alone on autocommitting server engines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, RowMapping, Table, delete, insert, select, update
+from sqlalchemy import exc as sa_exc
+
+from console_auth.domain import BackendUnavailable
+from console_auth.domain.leases import PortLease
+from console_auth.domain.model import invalid_request
+
+from .errors import mapped_errors
+from .repository import from_microseconds, retry_rolled_back, to_microseconds
+from .tables import PORT_LEASES, PORT_RESERVATIONS
+from .transactions import transaction
+
+logger = logging.getLogger(__name__)
+
+CLAIM_ATTEMPTS: Final = 16
+"""Reads of a contended port before giving up: each lost race means another
+claim won, so a handful always settles; the bound only stops a livelock."""
+
+_L: Final = PORT_LEASES
+_R: Final = PORT_RESERVATIONS
+_LEASE_COLUMNS: Final = (
+    _L.c.host,
+    _L.c.port,
+    _L.c.instance_uuid,
+    _L.c.kind,
+    _L.c.lease_id,
+    _L.c.token_hash,
+    _L.c.proxy_id,
+    _L.c.since_us,
+    _L.c.expires_at_us,
+)
+
+
+class SqlPortLeaseRepository:
+    """Leases in ``console_port_leases``, one row per (host, port)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def claim(self, lease: PortLease, now: datetime) -> PortLease | None:
+        row = _lease_row(lease)
+        for _ in range(CLAIM_ATTEMPTS):
+            current = self._current(lease.host, lease.port)
+            if current is None:
+                if _insert(self._engine, _L, row):
+                    return None
+                continue
+            if current.blocks(lease, now):
+                return current
+            replace = (
+                update(_L)
+                .where(_L.c.host == lease.host, _L.c.port == lease.port)
+                .where(_L.c.lease_id == current.lease_id)
+                .values(row)
+            )
+            if _write(self._engine, replace) == 1:
+                return None
+        raise BackendUnavailable(
+            f"serial port {lease.host}:{lease.port} stayed contended over {CLAIM_ATTEMPTS} reads"
+        )
+
+    def renew(self, lease: PortLease, expires_at: datetime, now: datetime) -> PortLease | None:
+        renew = (
+            update(_L)
+            .where(_L.c.host == lease.host, _L.c.port == lease.port)
+            .where(_L.c.lease_id == lease.lease_id)
+            .where(_L.c.expires_at_us > to_microseconds(now))
+            .values(expires_at_us=to_microseconds(expires_at))
+        )
+        if _write(self._engine, renew) != 1:
+            return None
+        return lease.model_copy(update={"expires_at": expires_at})
+
+    def release(self, lease: PortLease) -> bool:
+        release = delete(_L).where(
+            _L.c.host == lease.host, _L.c.port == lease.port, _L.c.lease_id == lease.lease_id
+        )
+        return _write(self._engine, release) == 1
+
+    def leases(
+        self, now: datetime, *, host: str | None = None, instance_uuid: UUID | None = None
+    ) -> list[PortLease]:
+        query = select(*_LEASE_COLUMNS).where(_L.c.expires_at_us > to_microseconds(now))
+        if host is not None:
+            query = query.where(_L.c.host == host)
+        if instance_uuid is not None:
+            query = query.where(_L.c.instance_uuid == str(instance_uuid))
+        with mapped_errors(), self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(_L.c.host, _L.c.port)).mappings().all()
+        return [_lease(row) for row in rows]
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        return _write(self._engine, delete(_L).where(_L.c.instance_uuid == str(instance_uuid)))
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        """One bounded batch by id, as for connections."""
+        if limit < 1:
+            return 0
+        expired = _L.c.expires_at_us <= to_microseconds(now)
+        where = expired if host is None else expired & (_L.c.host == host)
+        oldest = select(_L.c.id).where(where).order_by(_L.c.expires_at_us, _L.c.id).limit(limit)
+
+        def purge() -> int:
+            with mapped_errors(), transaction(self._engine) as conn:
+                ids = conn.scalars(oldest).all()
+                if not ids:
+                    return 0
+                return int(conn.execute(delete(_L).where(_L.c.id.in_(ids), where)).rowcount)
+
+        return retry_rolled_back(purge)
+
+    def _current(self, host: str, port: int) -> PortLease | None:
+        query = select(*_LEASE_COLUMNS).where(_L.c.host == host, _L.c.port == port)
+        with mapped_errors(), self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _lease(row)
+
+
+class SqlPortReservationRepository:
+    """Reservations in ``console_port_reservations``, keyed by (host, port)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def reserve(self, host: str, port: int) -> bool:
+        row = {"host": host, "port": port, "reserved_at_us": to_microseconds(datetime.now(UTC))}
+        return _insert(self._engine, _R, row)
+
+    def release(self, host: str, port: int) -> bool:
+        return _write(self._engine, delete(_R).where(_R.c.host == host, _R.c.port == port)) == 1
+
+    def reserved(self, host: str, first: int, last: int) -> set[int]:
+        query = select(_R.c.port).where(_R.c.host == host, _R.c.port.between(first, last))
+        with mapped_errors(), self._engine.connect() as conn:
+            return set(conn.scalars(query).all())
+
+
+def _insert(engine: Engine, table: Table, row: Mapping[str, Any]) -> bool:
+    """Insert one row; ``False`` when its unique key is already taken."""
+
+    def write() -> bool:
+        with mapped_errors():
+            try:
+                with transaction(engine) as conn:
+                    conn.execute(insert(table), dict(row))
+            except sa_exc.IntegrityError:
+                return False
+        return True
+
+    return retry_rolled_back(write)
+
+
+def _write(engine: Engine, statement: Any) -> int:
+    """Run one UPDATE or DELETE in its own transaction; return its row count."""
+
+    def write() -> int:
+        with mapped_errors(), transaction(engine) as conn:
+            return int(conn.execute(statement).rowcount)
+
+    return retry_rolled_back(write)
+
+
+def _lease_row(lease: PortLease) -> dict[str, Any]:
+    return {
+        "host": lease.host,
+        "port": lease.port,
+        "instance_uuid": str(lease.instance_uuid),
+        "kind": lease.kind.value,
+        "lease_id": lease.lease_id,
+        "token_hash": lease.token_hash,
+        "proxy_id": lease.proxy_id,
+        "since_us": to_microseconds(lease.since),
+        "expires_at_us": to_microseconds(lease.expires_at),
+    }
+
+
+def _lease(row: RowMapping) -> PortLease:
+    try:
+        return PortLease.model_validate(
+            {
+                **{key: row[key] for key in ("host", "port", "kind", "lease_id", "token_hash")},
+                "instance_uuid": row["instance_uuid"],
+                "proxy_id": row["proxy_id"],
+                "since": from_microseconds(row["since_us"]),
+                "expires_at": from_microseconds(row["expires_at_us"]),
+            }
+        )
+    except (ValidationError, OverflowError) as exc:
+        problem = str(invalid_request(exc)) if isinstance(exc, ValidationError) else "bad time"
+        logger.error("unreadable port lease row: %s", problem)
+        raise BackendUnavailable(f"stored port lease is unreadable: {problem}") from None
