@@ -1,7 +1,10 @@
 """The object graph, declared once: which adapter fills which port.
 
 Replaces bootstrap code. Providers are lazy, so nothing connects until a
-service is asked for, and the ``memory`` backend never opens an engine.
+service is asked for: the ``memory`` backend never opens an engine, nor does
+``memcached`` unless the database is its ``fallback``. The memcached adapter
+is imported only when chosen, so deployments without the ``memcached`` extra
+(pymemcache) run the others.
 Tests swap one provider with ``container.repository.override(...)`` used as a
 context manager.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
 from sqlalchemy import Engine
@@ -18,7 +22,19 @@ from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
 from console_auth.adapters.settings import Settings, load_settings, resolve_auto_migrate
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
-from console_auth.application import ConsoleAuthService, ServicePolicy
+from console_auth.application import (
+    ConsoleAuthService,
+    ConsoleConnectionRepository,
+    FallbackConsoleConnectionRepository,
+    ServicePolicy,
+)
+from console_auth.domain import InvalidRequest
+
+if TYPE_CHECKING:
+    from console_auth.adapters.memcached import (
+        MemcachedClient,
+        MemcachedConsoleConnectionRepository,
+    )
 
 
 def _engine(url: str, auto_migrate: bool | None) -> Iterator[Engine]:
@@ -28,6 +44,54 @@ def _engine(url: str, auto_migrate: bool | None) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def _memcached_client(
+    servers: list[str],
+    connect_timeout: float,
+    timeout: float,
+    max_idle: int,
+    retry_attempts: int,
+    retry_timeout: float,
+    dead_timeout: float,
+) -> Iterator[MemcachedClient]:
+    """One client (a connection pool per server) per container, closed by
+    ``shutdown_resources()``; it connects on its first command."""
+    try:
+        from console_auth.adapters.memcached import MemcachedClient
+    except ImportError as exc:
+        raise InvalidRequest(
+            "the memcached backend needs pymemcache: install console-auth[memcached]"
+        ) from exc
+    client = MemcachedClient(
+        servers,
+        connect_timeout=connect_timeout,
+        timeout=timeout,
+        max_idle=max_idle,
+        retry_attempts=retry_attempts,
+        retry_timeout=retry_timeout,
+        dead_timeout=dead_timeout,
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _memcached_repository(
+    client: MemcachedClient, key_prefix: str, expired_retention: int
+) -> MemcachedConsoleConnectionRepository:
+    from console_auth.adapters.memcached import MemcachedConsoleConnectionRepository
+
+    return MemcachedConsoleConnectionRepository(
+        client, key_prefix=key_prefix, expired_retention=expired_retention
+    )
+
+
+def _with_fallback(
+    primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository
+) -> ConsoleConnectionRepository:
+    return FallbackConsoleConnectionRepository(primary, secondary)
 
 
 def _policy(token_ttl: int, require_instance_uuid: bool, purge_batch_size: int) -> ServicePolicy:
@@ -48,10 +112,39 @@ class Container(containers.DeclarativeContainer):
     engine = providers.Resource(
         _engine, url=config.database.url, auto_migrate=config.database.auto_migrate
     )
-    repository = providers.Selector(
+    memcached_client = providers.Resource(
+        _memcached_client,
+        servers=config.memcached.servers,
+        connect_timeout=config.memcached.connect_timeout,
+        timeout=config.memcached.timeout,
+        max_idle=config.memcached.max_idle,
+        retry_attempts=config.memcached.retry_attempts,
+        retry_timeout=config.memcached.retry_timeout,
+        dead_timeout=config.memcached.dead_timeout,
+    )
+    database_repository = providers.Singleton(SqlConsoleConnectionRepository, engine=engine)
+    memcached_repository = providers.Singleton(
+        _memcached_repository,
+        client=memcached_client,
+        key_prefix=config.memcached.key_prefix,
+        expired_retention=config.memcached.expired_retention,
+    )
+    primary_repository = providers.Selector(
         config.console_tokens_backend,
-        database=providers.Singleton(SqlConsoleConnectionRepository, engine=engine),
+        database=database_repository,
+        memcached=memcached_repository,
         memory=providers.Singleton(InMemoryConsoleConnectionRepository),
+    )
+    # ``fallback`` other than "none" only while switching backends.
+    repository = providers.Selector(
+        config.fallback,
+        none=primary_repository,
+        database=providers.Singleton(
+            _with_fallback, primary=primary_repository, secondary=database_repository
+        ),
+        memcached=providers.Singleton(
+            _with_fallback, primary=primary_repository, secondary=memcached_repository
+        ),
     )
     policy = providers.Singleton(
         _policy,
@@ -69,7 +162,7 @@ def build_container(settings: Settings | None = None) -> Container:
     """A container for ``settings`` (default: ``load_settings()``).
 
     Call ``container.shutdown_resources()`` when done: it disposes the
-    database engine, if one was opened.
+    database engine and closes the memcached client, if they were opened.
     """
     container = Container()
     container.config.from_pydantic(load_settings() if settings is None else settings)

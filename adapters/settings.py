@@ -13,12 +13,20 @@ import os
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -61,6 +69,77 @@ class DatabaseSettings(BaseModel):
         yield from super().__repr_args__()
 
 
+class MemcachedSettings(BaseModel):
+    """Where the ``memcached`` backend keeps tokens, and how it treats failures.
+
+    Several servers are shards (rendezvous hashing, as pymemcache's
+    ``HashClient`` places keys); a server that fails makes only its own
+    shard's tokens fail, with ``BackendUnavailable``, never re-hashed and
+    never a silent miss.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    servers: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1:11211",)
+    """``host:port`` each; from the environment, comma-separated."""
+    key_prefix: str = Field(default="console_auth", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    """Namespace of every key, so deployments (or cells) can share servers."""
+    connect_timeout: float = Field(default=1.0, gt=0, le=60)
+    timeout: float = Field(default=1.0, gt=0, le=60)
+    """Seconds a command may wait for its reply."""
+    max_idle: int = Field(default=16, ge=0, le=1024)
+    """Idle connections kept per server (more open under load, then close)."""
+    retry_attempts: int = Field(default=1, ge=0, le=10)
+    """Retries of a command on a fresh connection after a connection error."""
+    retry_timeout: float = Field(default=0.05, ge=0, le=10)
+    """Seconds before such a retry."""
+    dead_timeout: float = Field(default=2.0, ge=0, le=300)
+    """Seconds a failed server's shard fails fast before it is tried again."""
+    expired_retention: int = Field(default=3600, ge=1, le=int(MAX_TTL.total_seconds()))
+    """Seconds an expired token stays readable and purgeable before memcached
+    drops it by itself."""
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("servers")
+    @classmethod
+    def _addresses(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
+        if not servers:
+            raise ValueError("must name at least one server")
+        names = [_server_name(server) for server in servers]
+        if len(set(names)) != len(names):
+            raise ValueError("must not name a server twice")
+        return tuple(names)
+
+
+def _server_name(text: str) -> str:
+    """``host:port`` with the default port filled in, or a ``ValueError``;
+    parsed here rather than by the adapter so that checking settings never
+    needs the ``memcached`` extra installed."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("an IPv6 server must look like [address]:port")
+        port = rest[1:] or "11211"
+        shown = f"[{host}]"
+    elif text.count(":") > 1:
+        host, port, shown = text, "11211", f"[{text}]"
+    else:
+        host, _, port = text.partition(":")
+        port, shown = port or "11211", host
+    if not host or not host.isascii() or not host.isprintable() or " " in host:
+        raise ValueError("each server must be host:port")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError("each server port must be a number from 1 to 65535")
+    return f"{shown}:{int(port)}"
+
+
 class Settings(BaseSettings):
     """Everything a deployment chooses; defaults run a single host on SQLite."""
 
@@ -68,12 +147,24 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    console_tokens_backend: Literal["database", "memory"] = "database"
+    console_tokens_backend: Literal["database", "memcached", "memory"] = "database"
     token_ttl: int = Field(default=600, ge=1, le=int(MAX_TTL.total_seconds()))
     """Seconds an issued token stays valid unless ``authorize`` is given a ttl."""
     require_instance_uuid: bool = False
     purge_batch_size: int = Field(default=1000, ge=1)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    memcached: MemcachedSettings = Field(default_factory=MemcachedSettings)
+    fallback: Literal["none", "database", "memcached"] = "none"
+    """During a backend switch, the store validation asks when the primary
+    (``console_tokens_backend``) does not know a token; authorize writes only
+    to the primary, revoke and purge apply to both."""
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_differs(cls, fallback: str, info: ValidationInfo) -> str:
+        if fallback == info.data.get("console_tokens_backend"):
+            raise ValueError("must name another backend than console_tokens_backend")
+        return fallback
 
 
 def load_settings(config_file: str | Path | None = None) -> Settings:

@@ -1,6 +1,7 @@
 """Use cases over ports: the service a compute API, a proxy and a periodic
 job call, and the protocols its adapters satisfy."""
 
+from .fallback import FallbackConsoleConnectionRepository
 from .ports import Clock, ConsoleConnectionRepository, TokenSource
 from .service import MAX_TTL, ConsoleAuthService, ServicePolicy
 
@@ -9,6 +10,7 @@ __all__ = [
     "Clock",
     "ConsoleAuthService",
     "ConsoleConnectionRepository",
+    "FallbackConsoleConnectionRepository",
     "ServicePolicy",
     "TokenSource",
 ]

@@ -19,7 +19,7 @@ from typing import Final
 from console_auth.application import ServicePolicy
 
 from . import report
-from .runner import Progress, compare, grow
+from .runner import BenchError, Progress, compare, grow
 from .workload import TOKENS_PER_INSTANCE, Sizes
 
 FULL: Final = {
@@ -51,6 +51,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Time console-auth on a SQLite file against plain sqlite3 doing the "
         "same work, and validate hits on a small against a big table.",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "memcached", "postgresql", "mariadb"),
+        default="sqlite",
+        help="sqlite: against plain sqlite3 (default); memcached: against raw pymemcache; "
+        "postgresql, mariadb: against raw psycopg / PyMySQL running the same SQL",
+    )
+    parser.add_argument(
+        "--url",
+        help="server for --backend postgresql|mariadb (default: CONSOLE_AUTH_TEST_POSTGRESQL_URL "
+        "or CONSOLE_AUTH_TEST_MARIADB_URL); a private database is created on it and dropped",
+    )
+    parser.add_argument(
+        "--memcached",
+        metavar="HOST:PORT",
+        help="memcached server for --backend memcached (default: start one from PATH)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--ops", type=int, help=f"ops per timed batch ({FULL['ops']:,})")
@@ -134,6 +151,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    if args.backend in ("postgresql", "mariadb"):
+        from . import servers  # needs the postgresql or mysql extra
+
+        try:
+            passed = servers.main(
+                args.backend,
+                args.url,
+                sizes,
+                _progress_from(time.perf_counter_ns()),
+                as_json_output=args.json,
+            )
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        return 1 if args.check and not passed else 0
+    if args.backend == "memcached":
+        from . import memcached  # needs the memcached extra (pymemcache)
+
+        progress = _progress_from(time.perf_counter_ns())
+        try:
+            passed = memcached.main(args.memcached, sizes, progress, as_json_output=args.json)
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        return 1 if args.check and not passed else 0
     with ExitStack() as stack:
         if args.workdir is None:
             workdir = Path(

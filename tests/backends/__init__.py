@@ -36,9 +36,12 @@ class PortBackend(Backend, Protocol):
 _MODULES = {
     "memory": "tests.backends.memory",
     "sqlite": "tests.backends.sqlite",
+    "postgresql": "tests.backends.sql_servers",
+    "mariadb": "tests.backends.sql_servers",
+    "memcached": "tests.backends.memcached",
 }
 BACKEND_NAMES = list(_MODULES)
-PORT_BACKEND_NAMES = ["memory"]
+PORT_BACKEND_NAMES = ["memory", "sqlite", "postgresql", "mariadb"]
 """Backends whose adapters store serial-port leases (issue 5), so far."""
 
 

@@ -80,3 +80,32 @@ def test_floor_and_library_share_one_schema(quick_run: tuple[dict[str, Any], Pat
 def _schema(path: Path) -> list[tuple[str, str, str | None]]:
     with closing(sqlite3.connect(path)) as conn:
         return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+
+
+def test_memcached_run_measures_library_and_raw_pymemcache() -> None:
+    """``--backend memcached`` on the test server: every operation timed on
+    both sides, and the validate-hit target judged."""
+    from bench.memcached import OPERATIONS as MEMCACHED_OPERATIONS
+    from tests.backends.memcached import session_servers
+
+    servers, process = session_servers()
+    try:
+        stdout = io.StringIO()
+        with redirect_stdout(stdout):
+            status = main(
+                ["--backend", "memcached", "--memcached", servers[0], "--quick", "--json"]
+            )
+    finally:
+        if process is not None:
+            process.stop()
+
+    assert status == 0
+    output = json.loads(stdout.getvalue())
+    assert output["backend"] == "memcached"
+    assert set(output["operations"]) == set(MEMCACHED_OPERATIONS)
+    for figures in output["operations"].values():
+        assert _positive(figures["library_per_s"])
+        assert _positive(figures["raw_per_s"])
+        assert _positive(figures["ratio"])
+    assert [target["name"] for target in output["targets"]] == ["validate_hit ratio"]
+    assert isinstance(output["passed"], bool)

@@ -1,11 +1,12 @@
 """The container wires what the settings choose, opens a database only for
-the ``database`` backend, and lets a test swap any one provider."""
+the ``database`` backend (or fallback), and lets a test swap any one provider."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import pytest
 from dependency_injector import providers
 
 from console_auth.adapters.container import build_container, create_service
+from console_auth.adapters.memcached import MemcachedConsoleConnectionRepository
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
 from console_auth.adapters.settings import DatabaseSettings, Settings
 from console_auth.adapters.sql import HEAD, SqlConsoleConnectionRepository, current_revision
-from console_auth.application import ConsoleAuthService
-from console_auth.domain import InstanceMismatch
+from console_auth.application import ConsoleAuthService, FallbackConsoleConnectionRepository
+from console_auth.domain import BackendUnavailable, InstanceMismatch
+from tests.backends.memcached import fresh_prefix, session_servers
 from tests.fakes import T0, FakeClock, FixedTokenSource
 
 INSTANCE = "6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f"
@@ -33,6 +36,16 @@ def _no_outside_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def db_file(tmp_path: Path) -> Path:
     return tmp_path / "tokens.sqlite3"
+
+
+@pytest.fixture(scope="module")
+def memcached_servers() -> Iterator[list[str]]:
+    servers, process = session_servers()
+    try:
+        yield servers
+    finally:
+        if process is not None:
+            process.stop()
 
 
 def settings_for(
@@ -68,6 +81,69 @@ def test_database_backend_migrates_sqlite_and_disposes_on_shutdown(db_file: Path
     assert current_revision(container.engine()) == HEAD
     container.shutdown_resources()
     assert not container.engine.initialized
+
+
+def test_memcached_backend_opens_no_engine_and_closes_its_client(
+    db_file: Path, memcached_servers: list[str]
+) -> None:
+    memcached = {"servers": memcached_servers, "key_prefix": fresh_prefix()}
+    container = build_container(settings_for("memcached", db_file, memcached=memcached))
+
+    service = container.service()
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc")
+    assert service.validate(issued.token.get_secret_value()) == issued.connection
+
+    repository = container.repository()
+    assert isinstance(repository, MemcachedConsoleConnectionRepository)
+    assert repository.key_prefix == memcached["key_prefix"]
+    assert container.memcached_client.initialized
+    assert not container.engine.initialized
+    assert not db_file.exists()
+    container.shutdown_resources()
+    assert not container.memcached_client.initialized
+
+
+def test_memcached_with_the_database_as_fallback_opens_both(
+    db_file: Path, memcached_servers: list[str]
+) -> None:
+    memcached = {"servers": memcached_servers, "key_prefix": fresh_prefix()}
+    settings = settings_for("memcached", db_file, memcached=memcached, fallback="database")
+    container = build_container(settings)
+
+    repository = container.repository()
+
+    assert isinstance(repository, FallbackConsoleConnectionRepository)
+    assert isinstance(repository.primary, MemcachedConsoleConnectionRepository)
+    assert isinstance(repository.secondary, SqlConsoleConnectionRepository)
+    assert container.engine.initialized
+    container.shutdown_resources()
+
+
+def test_the_database_with_memcached_as_fallback(
+    db_file: Path, memcached_servers: list[str]
+) -> None:
+    memcached = {"servers": memcached_servers, "key_prefix": fresh_prefix()}
+    container = build_container(
+        settings_for("database", db_file, memcached=memcached, fallback="memcached")
+    )
+
+    repository = container.repository()
+
+    assert isinstance(repository, FallbackConsoleConnectionRepository)
+    assert isinstance(repository.primary, SqlConsoleConnectionRepository)
+    assert isinstance(repository.secondary, MemcachedConsoleConnectionRepository)
+    assert repository.primary is container.database_repository()
+    container.shutdown_resources()
+
+
+def test_an_unreachable_memcached_is_unavailable_on_first_use(db_file: Path) -> None:
+    """Building connects to nothing; the first command says what is wrong."""
+    memcached = {"servers": ["127.0.0.1:1"], "connect_timeout": 0.5}
+    container = build_container(settings_for("memcached", db_file, memcached=memcached))
+    service = container.service()
+    with pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:1\b"):
+        service.validate("A" * 43)
+    container.shutdown_resources()
 
 
 def test_an_explicit_auto_migrate_false_leaves_sqlite_alone(db_file: Path) -> None:

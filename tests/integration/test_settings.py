@@ -11,6 +11,7 @@ import pytest
 from console_auth.adapters.settings import (
     CONFIG_FILE_ENV,
     DatabaseSettings,
+    MemcachedSettings,
     Settings,
     load_settings,
     resolve_auto_migrate,
@@ -43,6 +44,18 @@ def test_defaults_run_a_single_host_on_sqlite() -> None:
         require_instance_uuid=False,
         purge_batch_size=1000,
         database=DatabaseSettings(url="sqlite:///console-auth.sqlite3", auto_migrate=None),
+        memcached=MemcachedSettings(
+            servers=("127.0.0.1:11211",),
+            key_prefix="console_auth",
+            connect_timeout=1.0,
+            timeout=1.0,
+            max_idle=16,
+            retry_attempts=1,
+            retry_timeout=0.05,
+            dead_timeout=2.0,
+            expired_retention=3600,
+        ),
+        fallback="none",
     )
 
 
@@ -112,7 +125,17 @@ def test_the_environment_overrides_the_file_key_by_key(
         ("CONSOLE_AUTH_TOKEN_TTL", "2592001", "token_ttl"),
         ("CONSOLE_AUTH_TOKEN_TTL", "ten", "token_ttl"),
         ("CONSOLE_AUTH_PURGE_BATCH_SIZE", "0", "purge_batch_size"),
-        ("CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND", "memcached", "console_tokens_backend"),
+        ("CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND", "redis", "console_tokens_backend"),
+        ("CONSOLE_AUTH_FALLBACK", "memory", "fallback"),
+        ("CONSOLE_AUTH_FALLBACK", "database", "fallback"),  # the primary already
+        ("CONSOLE_AUTH_MEMCACHED__SERVERS", "cache-1:eleven", "memcached.servers"),
+        ("CONSOLE_AUTH_MEMCACHED__SERVERS", " , ", "memcached.servers"),
+        ("CONSOLE_AUTH_MEMCACHED__SERVERS", "a:1,a:1", "memcached.servers"),
+        ("CONSOLE_AUTH_MEMCACHED__KEY_PREFIX", "has space", "memcached.key_prefix"),
+        ("CONSOLE_AUTH_MEMCACHED__TIMEOUT", "0", "memcached.timeout"),
+        ("CONSOLE_AUTH_MEMCACHED__RETRY_ATTEMPTS", "-1", "memcached.retry_attempts"),
+        ("CONSOLE_AUTH_MEMCACHED__DEAD_TIMEOUT", "-1", "memcached.dead_timeout"),
+        ("CONSOLE_AUTH_MEMCACHED__EXPIRED_RETENTION", "0", "memcached.expired_retention"),
         ("CONSOLE_AUTH_REQUIRE_INSTANCE_UUID", "perhaps", "require_instance_uuid"),
         ("CONSOLE_AUTH_DATABASE__URL", "not a url", "database.url"),
         ("CONSOLE_AUTH_DATABASE__AUTO_MIGRATE", "sometimes", "database.auto_migrate"),
@@ -130,6 +153,38 @@ def test_a_bad_variable_is_named(
     assert variable in str(caught.value)
 
 
+def test_memcached_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND", "memcached")
+    monkeypatch.setenv("CONSOLE_AUTH_FALLBACK", "database")
+    monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__SERVERS", "cache-1:11311, cache-2,[2001:db8::5]:1")
+    monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__KEY_PREFIX", "cell1.console")
+    monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__DEAD_TIMEOUT", "0")
+    monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__EXPIRED_RETENTION", "60")
+
+    settings = load_settings()
+
+    assert settings.console_tokens_backend == "memcached"
+    assert settings.fallback == "database"
+    assert settings.memcached.servers == ("cache-1:11311", "cache-2:11211", "[2001:db8::5]:1")
+    assert settings.memcached.key_prefix == "cell1.console"
+    assert settings.memcached.dead_timeout == 0
+    assert settings.memcached.expired_retention == 60
+
+
+def test_memcached_settings_from_a_toml_file(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'console_tokens_backend = "database"\nfallback = "memcached"\n'
+        '[memcached]\nservers = ["10.0.0.7:11211", "::1"]\nretry_attempts = 3\n',
+    )
+
+    settings = load_settings(path)
+
+    assert settings.fallback == "memcached"
+    assert settings.memcached.servers == ("10.0.0.7:11211", "[::1]:11211")
+    assert settings.memcached.retry_attempts == 3
+
+
 def test_the_longest_ttl_is_thirty_days(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSOLE_AUTH_TOKEN_TTL", "2592000")
 
@@ -143,6 +198,9 @@ def test_the_longest_ttl_is_thirty_days(monkeypatch: pytest.MonkeyPatch) -> None
         ("[database]\npool_size = 5\n", "database.pool_size"),
         ('token_ttl = "soon"\n', "token_ttl"),
         ('console_tokens_backend = "redis"\n', "console_tokens_backend"),
+        ("[memcached]\nservers = []\n", "memcached.servers"),
+        ("[memcached]\nweight = 2\n", "memcached.weight"),
+        ('console_tokens_backend = "memcached"\nfallback = "memcached"\n', "fallback"),
     ],
 )
 def test_an_unknown_key_or_bad_value_in_the_file_is_named(

@@ -38,6 +38,7 @@ def test_application_exports() -> None:
         "Clock",
         "ConsoleAuthService",
         "ConsoleConnectionRepository",
+        "FallbackConsoleConnectionRepository",
         "ServicePolicy",
         "TokenSource",
     ]
@@ -47,7 +48,7 @@ def test_the_core_loads_no_driver() -> None:
     """A proxy importing the domain must not pay for SQLAlchemy."""
     code = (
         "import sys, console_auth.domain, console_auth.application; "
-        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'dependency_injector') "
+        "print(sorted(m for m in ('sqlalchemy', 'alembic', 'pymemcache', 'dependency_injector') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,412 @@
+"""``ConsoleConnectionRepository`` on memcached: the legacy consoleauth path,
+kept for one deprecation cycle and done better than Nova did it.
+
+Keys (``<prefix>`` is the configured ``key_prefix``)::
+
+    <prefix>:c:<token_hash>             the connection: its versioned primitive as JSON
+    <prefix>:i:<instance_uuid>          instance index  [[hash, reclaim_at, expires_at_us, host]]
+    <prefix>:h:<sha256(host)[:32]>:<n>  host index      [[instance_uuid, reclaim_at], ...]
+    <prefix>:hosts:<n>                  host registry   [[host, reclaim_at], ...]
+
+No key and no value ever holds a token: the item is keyed by the token's
+SHA-256, as the SQL row is. Values are ``ConsoleConnection.to_primitive()``,
+so releases of one major version read each other's items during an upgrade.
+
+The indexes are CAS-updated lists (see ``index.py``). Revoke reads the
+instance index. Purge reads the registry (every host) or one host's index,
+which lists the host's *instances*, not its tokens, and then their instance
+indexes: a list per host of every token in the retention window would be
+rewritten whole by every authorize on a busy host and could outgrow
+memcached's 1 MB item limit, while a host has only so many instances. Revoke
+takes its instance out of the host index again, so that lists the instances
+with tokens of the last ``TTL + retention``. Each host's index is split into
+``HOST_BUCKETS`` items by instance uuid (``<n>`` is ``uuid % HOST_BUCKETS``),
+so a write rewrites a sixteenth of it and some 250,000 instances per host fit
+before an item reaches 1 MB (a larger one is refused, as
+``BackendUnavailable``); the registry is split alike by host. Purge reads
+all buckets of a list with one ``get_many`` per server. Host and registry
+entries are written with ``LIST_SLACK`` to spare, so they are rewritten
+about once an hour per instance or host, not by every authorize, which only
+reads them. A host's key is a hash because a host name may be longer than a
+memcached key may be.
+
+Expiry and retention. memcached drops an item at its TTL, and this
+repository has no clock of the service's: ``add`` computes the TTL from the
+wall clock, as ``expires_at`` minus now (at most ``MAX_TTL``, so a skewed or
+fake clock cannot pin memory for years) plus ``expired_retention``. The
+retention keeps an expired connection readable for a while, as every other
+backend keeps it until purged: validation then says "expired" rather than
+"unknown", and purge can count it. Past its retention a connection vanishes
+unpurged; that is the one way memcached differs from the reference, and it
+only ever turns "expired" into "unknown". Validity itself is never decided by
+memcached: the service compares ``now < expires_at`` on its own clock.
+
+Purging memcached is optional: items expire by themselves. A purge walks
+every instance of the hosts concerned (one ``get`` each), so on a large
+deployment run it rarely, or not at all.
+
+Eviction. memcached may drop an item early to free memory. An evicted token
+is an unknown token. The repository counts an eviction in ``stats.evicted``
+and logs it (hash prefix only) when an index walk (revoke, purge) finds an
+entry whose item is missing well before its TTL: revoke and purge remove
+what they delete from the instance index, and TTL reclaim comes only at
+``reclaim_at``, so nothing else explains it (but a revoke and a purge of the
+same instance racing each other, which may count one). A validation miss is
+not counted: telling an evicted token from a wrong one would cost every miss
+another round trip. memcached's own ``evictions`` statistic covers the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from console_auth.application import MAX_TTL
+from console_auth.domain import (
+    BackendUnavailable,
+    ConsoleConnection,
+    InvalidRequest,
+    UnsupportedVersion,
+)
+from console_auth.domain import versions as _versions
+
+from .client import MemcachedClient
+from .index import HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry, expiry
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFIX: Final = "console_auth"
+DEFAULT_RETENTION: Final = 3600
+"""Seconds an expired connection stays readable (and purgeable) by default."""
+KEY_PREFIX_SHAPE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+"""Keeps every key printable, space-free and under memcached's 250 bytes."""
+LIST_SLACK: Final = 3600
+"""Seconds added to host and registry entries beyond what they must cover."""
+HOST_BUCKETS: Final = 16
+"""Items per host index and in the registry; changing it moves their keys
+(purge would miss the old ones until they lapse; items still expire by
+themselves)."""
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_MAX_REMAINING_S: Final = MAX_TTL.total_seconds()
+
+
+def _fast_prefix() -> bytes:
+    """The bytes every item this release writes starts with, up to its data."""
+    version = f"{_versions.CURRENT[0]}.{_versions.CURRENT[1]}"
+    head = {_versions.NAME_KEY: _versions.NAME, _versions.VERSION_KEY: version}
+    text = json.dumps({**head, _versions.DATA_KEY: 0}, separators=(",", ":"))
+    return text.removesuffix("0}").encode("ascii")
+
+
+_FAST_PREFIX: Final = _fast_prefix()
+_FAST_START: Final = len(_FAST_PREFIX)
+_validate_json: Final = ConsoleConnection.__pydantic_validator__.validate_json
+"""``ConsoleConnection.model_validate_json`` without its Python wrapper."""
+
+
+class MemcachedStats:
+    """Counters for an operator's metrics; safe to read from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._evicted = 0
+
+    @property
+    def evicted(self) -> int:
+        """Connections an index walk found gone before memcached's TTL would
+        have dropped them: evicted (see the module doc)."""
+        return self._evicted
+
+    def record_eviction(self, token_hash: str) -> None:
+        with self._lock:
+            self._evicted += 1
+        logger.warning(
+            "console connection was evicted by memcached before its TTL (token hash %.8s)",
+            token_hash,
+        )
+
+
+class MemcachedConsoleConnectionRepository:
+    """Safe for threads: it holds the client, whose pools hand each call its
+    own connection, and counters under a lock."""
+
+    def __init__(
+        self,
+        client: MemcachedClient,
+        *,
+        key_prefix: str = DEFAULT_PREFIX,
+        expired_retention: int = DEFAULT_RETENTION,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(key_prefix, str) or KEY_PREFIX_SHAPE.fullmatch(key_prefix) is None:
+            raise InvalidRequest(f"memcached key prefix must match {KEY_PREFIX_SHAPE.pattern}")
+        if type(expired_retention) is not int or not 1 <= expired_retention <= _MAX_REMAINING_S:
+            raise InvalidRequest("expired retention must be 1 to 2592000 seconds")
+        self._client = client
+        self._prefix = key_prefix
+        self._retention = expired_retention
+        self._wall = wall_clock
+        self._instances = CasIndex(client, INSTANCE_INDEX, wall_clock)
+        self._hosts = CasIndex(client, HOST_INDEX, wall_clock)
+        self._registry = CasIndex(client, HOST_REGISTRY, wall_clock)
+        self._connection_key = f"{key_prefix}:c:"
+        self._registry_prefix = f"{key_prefix}:hosts:"
+        self.stats = MemcachedStats()
+
+    @property
+    def key_prefix(self) -> str:
+        return self._prefix
+
+    def connection_key(self, token_hash: str) -> str:
+        return self._connection_key + token_hash
+
+    def instance_key(self, instance_uuid: UUID) -> str:
+        return f"{self._prefix}:i:{instance_uuid}"
+
+    def host_key(self, host: str, instance_uuid: UUID) -> str:
+        """The host-index bucket that lists ``instance_uuid`` on ``host``."""
+        return f"{self._host_prefix(host)}{instance_uuid.int % HOST_BUCKETS}"
+
+    def host_keys(self, host: str) -> list[str]:
+        """Every bucket of ``host``'s index."""
+        prefix = self._host_prefix(host)
+        return [f"{prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
+
+    def _host_prefix(self, host: str) -> str:
+        return f"{self._prefix}:h:{_digest(host):032x}:"
+
+    def registry_key(self, host: str) -> str:
+        """The registry bucket that lists ``host``."""
+        return f"{self._registry_prefix}{_digest(host) % HOST_BUCKETS}"
+
+    def registry_keys(self) -> list[str]:
+        return [f"{self._registry_prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
+
+    def add(self, connection: ConsoleConnection) -> None:
+        """The item first, then the indexes: revoke finds a token through the
+        instance index, so a token may be handed out only once its entry is
+        there. If an index write fails the item is deleted again and the
+        error raised, so the caller never gets a token revoke cannot reach."""
+        now = self._wall()
+        reclaim_at = self._reclaim_at(connection.expires_at, now)
+        token_hash = connection.token_hash
+        expires_us = _microseconds(connection.expires_at)
+        value = json.dumps(
+            connection.to_primitive(), separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+        if not self._client.add(self.connection_key(token_hash), value, expiry(reclaim_at, now)):
+            raise InvalidRequest("a connection with this token hash is already stored")
+        instance_entry: Entry = [token_hash, reclaim_at, expires_us, connection.host]
+        instance_key = self.instance_key(connection.instance_uuid)
+        try:
+            self._instances.update(instance_key, _put(instance_entry))
+            self._hosts.update(
+                self.host_key(connection.host, connection.instance_uuid),
+                _cover(str(connection.instance_uuid), reclaim_at),
+            )
+            self._registry.update(
+                self.registry_key(connection.host), _cover(connection.host, reclaim_at)
+            )
+        except BaseException:
+            self._undo_add(token_hash, instance_key)
+            raise
+
+    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+        raw = self._client.get(self._connection_key + token_hash)
+        return None if raw is None else _decode(token_hash, raw)
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        """Delete what the instance index lists, then empty it with CAS: a
+        token added meanwhile makes the CAS fail, and the next round deletes
+        it too. Then the instance leaves its hosts' indexes, so those list
+        only instances that still have tokens (best effort: a leftover entry
+        costs a purge one ``get`` until it lapses)."""
+        existed: dict[str, bool] = {}
+        hosts: set[str] = set()
+
+        def revoke(entries: list[Entry]) -> list[Entry]:
+            for entry in entries:
+                hosts.add(entry[3])
+                if entry[0] not in existed:
+                    existed[entry[0]] = self._delete_listed(entry)
+            return []
+
+        self._instances.update(self.instance_key(instance_uuid), revoke)
+        for host in sorted(hosts):
+            try:
+                self._hosts.update(
+                    self.host_key(host, instance_uuid), _without({str(instance_uuid)})
+                )
+            except BackendUnavailable as exc:
+                logger.warning("a revoked instance stays listed in a host index: %s", exc)
+        return sum(existed.values())
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        """Walk the instances of ``host`` (or of every registered host) and
+        delete their expired connections, until ``limit`` items really went.
+
+        Counting only deletes that found their item keeps the service's loop
+        (``while deleted == batch``) right when an index lists something
+        already gone. Each instance's due entries go oldest first; instances
+        are walked in a fixed order, so repeated calls make progress."""
+        if limit < 1:
+            return 0
+        now_us = _microseconds(now)
+        hosts = (
+            [host]
+            if host is not None
+            else sorted({e[0] for e in self._registry.read_many(self.registry_keys())})
+        )
+        deleted = 0
+        for name in hosts:
+            for instance in sorted({e[0] for e in self._hosts.read_many(self.host_keys(name))}):
+                deleted += self._purge_instance(instance, name, now_us, limit - deleted)
+                if deleted >= limit:
+                    return deleted
+        return deleted
+
+    def _purge_instance(self, instance: str, host: str, now_us: int, budget: int) -> int:
+        key = f"{self._prefix}:i:{instance}"
+        due = sorted(
+            (e for e in self._instances.read(key) if e[3] == host and e[2] <= now_us),
+            key=lambda e: (e[2], e[0]),
+        )
+        walked: set[str] = set()
+        deleted = 0
+        for entry in due:
+            if deleted >= budget:
+                break
+            walked.add(entry[0])
+            deleted += self._delete_listed(entry)
+        if walked:
+            self._instances.update(key, _without(walked))
+        return deleted
+
+    def _delete_listed(self, entry: Entry) -> bool:
+        """Delete the item an index entry lists; whether it was there."""
+        token_hash, reclaim_at = entry[0], entry[1]
+        if self._client.delete(self.connection_key(token_hash)):
+            return True
+        if self._wall() < reclaim_at - SKEW:
+            self.stats.record_eviction(token_hash)
+        return False
+
+    def _reclaim_at(self, expires_at: datetime, now: float) -> int:
+        """The unix second after which memcached may drop the item."""
+        remaining = min(max((expires_at - _EPOCH).total_seconds() - now, 0.0), _MAX_REMAINING_S)
+        return math.ceil(now + remaining) + self._retention
+
+    def _undo_add(self, token_hash: str, instance_key: str) -> None:
+        """Best effort: the caller sees the original error either way."""
+        try:
+            self._client.delete(self.connection_key(token_hash))
+            self._instances.update(instance_key, _without({token_hash}))
+        except BackendUnavailable:
+            logger.warning(
+                "could not undo a failed add (token hash %.8s); its item expires by TTL, "
+                "and its token was never handed out",
+                token_hash,
+            )
+
+
+def _put(entry: Entry) -> Callable[[list[Entry]], list[Entry]]:
+    def change(entries: list[Entry]) -> list[Entry]:
+        return [e for e in entries if e[0] != entry[0]] + [entry]
+
+    return change
+
+
+def _without(ids: set[str]) -> Callable[[list[Entry]], list[Entry]]:
+    def change(entries: list[Entry]) -> list[Entry]:
+        return [e for e in entries if e[0] not in ids]
+
+    return change
+
+
+def _cover(name: str, reclaim_at: int) -> Callable[[list[Entry]], list[Entry]]:
+    """Keep ``name`` listed at least until ``reclaim_at``; usually it already
+    is, and nothing is written. A write adds ``LIST_SLACK``, so the next
+    hour's writers find it covered too."""
+
+    def change(entries: list[Entry]) -> list[Entry]:
+        if any(e[0] == name and e[1] >= reclaim_at for e in entries):
+            return entries
+        return [e for e in entries if e[0] != name] + [[name, reclaim_at + LIST_SLACK]]
+
+    return change
+
+
+def _digest(host: str) -> int:
+    """128 bits of the host's SHA-256: its keys never depend on its spelling's length."""
+    return int.from_bytes(hashlib.sha256(host.encode("utf-8")).digest()[:16], "big")
+
+
+def _microseconds(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _decode(token_hash: str, raw: bytes) -> ConsoleConnection:
+    """An item back into a connection, or a typed error.
+
+    Fast path: an item in exactly the form this release writes is its
+    envelope's fixed prefix, then the data object; pydantic validates that
+    straight from the bytes, with the same model validators as any other
+    path. Anything else (another version, another writer's spacing, a
+    corrupt value) takes the general path, ``ConsoleConnection.from_primitive``,
+    which also settles what an odd value means: a foreign or corrupt one is
+    "unreadable" (``BackendUnavailable``), one of a newer major version
+    ``UnsupportedVersion``.
+    """
+    connection: ConsoleConnection | None = None
+    if raw.startswith(_FAST_PREFIX) and raw.endswith(b"}"):
+        try:
+            connection = _validate_json(raw[_FAST_START:-1])
+        except ValidationError:
+            connection = None
+    if connection is None:
+        connection = _decode_primitive(token_hash, raw)
+    if connection.token_hash != token_hash:
+        raise _unreadable(token_hash, "it holds another token hash than its key")
+    return connection
+
+
+def _decode_primitive(token_hash: str, raw: bytes) -> ConsoleConnection:
+    try:
+        primitive: Any = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise _unreadable(token_hash, "not JSON") from None
+    except RecursionError:
+        raise _unreadable(token_hash, "nested too deeply") from None
+    if not isinstance(primitive, dict):
+        raise _unreadable(token_hash, "not a JSON object")
+    try:
+        return ConsoleConnection.from_primitive(primitive)
+    except UnsupportedVersion:
+        logger.error(
+            "console connection in memcached has a version this release cannot read "
+            "(token hash %.8s)",
+            token_hash,
+        )
+        raise
+    except InvalidRequest as exc:  # names fields, never values
+        raise _unreadable(token_hash, str(exc)) from None
+
+
+def _unreadable(token_hash: str, problem: str) -> BackendUnavailable:
+    """The store answered with something this release cannot use: for the
+    caller that is a store fault, not an unknown token."""
+    logger.error("unreadable console connection item (token hash %.8s): %s", token_hash, problem)
+    return BackendUnavailable(f"stored console connection is unreadable: {problem}")

@@ -1,0 +1,85 @@
+"""Two stores at once, for the length of a backend switch.
+
+An operator moving tokens from memcached to the database (or back) cannot
+copy live tokens across: only their hashes are stored, and a console opened
+before the switch must keep working after it. So for a while the new store
+is the *primary* and the old one the *secondary*: new tokens go only to the
+primary, and validation that misses there asks the secondary. Once the
+secondary's tokens have all expired (``MAX_TTL`` at most, the configured
+token TTL in practice; ``secondary_hits`` stops growing) the fallback is
+turned off.
+
+Depends on the port only, so any two adapters combine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from uuid import UUID
+
+from console_auth.domain import ConsoleConnection
+
+from .ports import ConsoleConnectionRepository
+
+logger = logging.getLogger(__name__)
+
+
+class FallbackConsoleConnectionRepository:
+    """Writes go to ``primary``; reads fall back to ``secondary`` on a miss;
+    deletions apply to both.
+
+    - ``add``: primary only, so the secondary drains by expiry.
+    - ``get_by_hash``: primary, then secondary when the primary has no such
+      hash. A primary that cannot answer raises: falling back on an error
+      would make an outage look like a half-working store.
+    - ``delete_by_instance``: both, the sum returned. A revoked token must not
+      live on in the store being retired.
+    - ``delete_expired``: the primary, then the secondary with what is left
+      of ``limit``, so the service's batching still holds.
+
+    An error of either store propagates (``BackendUnavailable``); every
+    operation is safe to retry.
+    """
+
+    def __init__(
+        self, primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository
+    ) -> None:
+        if primary is secondary:
+            raise ValueError("the fallback store must differ from the primary")
+        self.primary = primary
+        self.secondary = secondary
+        self._lock = threading.Lock()
+        self._secondary_hits = 0
+
+    @property
+    def secondary_hits(self) -> int:
+        """Connections found only in the secondary so far: the switch can end
+        when this stops growing."""
+        return self._secondary_hits
+
+    def add(self, connection: ConsoleConnection) -> None:
+        self.primary.add(connection)
+
+    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+        found = self.primary.get_by_hash(token_hash)
+        if found is not None:
+            return found
+        found = self.secondary.get_by_hash(token_hash)
+        if found is not None:
+            with self._lock:
+                self._secondary_hits += 1
+            logger.debug("console token (hash %.8s) found in the fallback store", token_hash)
+        return found
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        return self.primary.delete_by_instance(instance_uuid) + self.secondary.delete_by_instance(
+            instance_uuid
+        )
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        deleted = self.primary.delete_expired(now, host, limit)
+        if deleted < limit:
+            deleted += self.secondary.delete_expired(now, host, limit - deleted)
+        return deleted
