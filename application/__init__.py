@@ -2,7 +2,14 @@
 job call, and the protocols its adapters satisfy."""
 
 from .fallback import FallbackConsoleConnectionRepository
-from .ports import Clock, ConsoleConnectionRepository, TokenSource
+from .ports import (
+    Clock,
+    ConsoleConnectionRepository,
+    PortLeaseRepository,
+    PortReservationRepository,
+    TokenSource,
+)
+from .serial import ConsolePortService, PortPolicy
 from .service import MAX_TTL, ConsoleAuthService, ServicePolicy
 
 __all__ = [
@@ -10,7 +17,11 @@ __all__ = [
     "Clock",
     "ConsoleAuthService",
     "ConsoleConnectionRepository",
+    "ConsolePortService",
     "FallbackConsoleConnectionRepository",
+    "PortLeaseRepository",
+    "PortPolicy",
+    "PortReservationRepository",
     "ServicePolicy",
     "TokenSource",
 ]

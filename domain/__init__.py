@@ -13,8 +13,14 @@ from .errors import (
     InvalidRequest,
     InvalidToken,
     InvalidTokenReason,
+    LeaseLost,
+    NoFreeConsolePort,
+    PortAlreadyConnected,
+    PortRangeExhausted,
+    PortUnavailable,
     UnsupportedVersion,
 )
+from .leases import LeaseKind, PortLease
 from .model import ConsoleConnection, ConsoleOptions, ConsoleType, IssuedConsole, SerialMode
 from .tokens import TOKEN_BYTES, TOKEN_LENGTH, check_token, hash_token
 from .urls import build_access_url, parse_access_url
@@ -32,6 +38,13 @@ __all__ = [
     "InvalidToken",
     "InvalidTokenReason",
     "IssuedConsole",
+    "LeaseKind",
+    "LeaseLost",
+    "NoFreeConsolePort",
+    "PortAlreadyConnected",
+    "PortLease",
+    "PortRangeExhausted",
+    "PortUnavailable",
     "SerialMode",
     "UnsupportedVersion",
     "build_access_url",
