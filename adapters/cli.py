@@ -106,6 +106,11 @@ def _purge(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     return {"count": container.service().purge_expired(args.host)}
 
 
+def _ports(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    leases = container.ports().leases(host=args.host, instance_uuid=args.instance)
+    return {"ports": [lease.model_dump(mode="json", exclude={"lease_id"}) for lease in leases]}
+
+
 def _db(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     # Migrations run only when asked: opening must not move the schema first.
     container.config.database.auto_migrate.from_value(False)
@@ -133,6 +138,13 @@ def _print(result: dict[str, Any], *, as_json: bool) -> None:
         if key == "connection":
             for field, field_value in value.items():
                 print(f"{field}: {_text(field_value)}")
+        elif key == "ports":
+            for lease in value:
+                print(
+                    f"{lease['host']}:{lease['port']} {lease['kind']} "
+                    f"instance={lease['instance_uuid']} proxy={_text(lease['proxy_id'])} "
+                    f"since={lease['since']} until={lease['expires_at']}"
+                )
         else:
             print(f"{key}: {_text(value)}")
 
@@ -204,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
 
     purge = _command(commands, "purge", "delete expired tokens", _purge)
     purge.add_argument("--host", help="only tokens for this compute host")
+
+    ports = _command(commands, "ports", "list taken serial ports: who, since when", _ports)
+    ports.add_argument("--host", help="only this compute host's ports")
+    ports.add_argument("--instance", metavar="UUID", help="only this instance's ports")
 
     db = _command(commands, "db", "database schema migrations", _db)
     actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

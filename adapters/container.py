@@ -18,14 +18,25 @@ from typing import TYPE_CHECKING
 from dependency_injector import containers, providers
 from sqlalchemy import Engine
 
-from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.adapters.memory import (
+    InMemoryConsoleConnectionRepository,
+    InMemoryPortLeaseRepository,
+    InMemoryPortReservationRepository,
+)
 from console_auth.adapters.settings import Settings, load_settings, resolve_auto_migrate
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql import (
+    SqlConsoleConnectionRepository,
+    SqlPortLeaseRepository,
+    SqlPortReservationRepository,
+    open_engine,
+)
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import (
     ConsoleAuthService,
     ConsoleConnectionRepository,
+    ConsolePortService,
     FallbackConsoleConnectionRepository,
+    PortPolicy,
     ServicePolicy,
 )
 from console_auth.domain import InvalidRequest
@@ -102,6 +113,18 @@ def _policy(token_ttl: int, require_instance_uuid: bool, purge_batch_size: int) 
     )
 
 
+def _port_policy(serial_lease_ttl: int, purge_batch_size: int) -> PortPolicy:
+    return PortPolicy(
+        lease_ttl=timedelta(seconds=serial_lease_ttl), purge_batch_size=purge_batch_size
+    )
+
+
+def _no_memcached_ports() -> None:
+    raise InvalidRequest(
+        "serial-port leases are not kept in memcached yet: use the database backend"
+    )
+
+
 class Container(containers.DeclarativeContainer):
     """Feed ``config`` with ``config.from_pydantic(settings)`` (``build_container`` does)."""
 
@@ -155,6 +178,33 @@ class Container(containers.DeclarativeContainer):
     # A factory, so an override of any collaborator shows in the next service.
     service = providers.Factory(
         ConsoleAuthService, repository=repository, clock=clock, tokens=tokens, policy=policy
+    )
+    # Serial-port leases live in the primary backend, beside its tokens.
+    port_leases = providers.Selector(
+        config.console_tokens_backend,
+        database=providers.Singleton(SqlPortLeaseRepository, engine=engine),
+        memcached=providers.Callable(_no_memcached_ports),
+        memory=providers.Singleton(InMemoryPortLeaseRepository),
+    )
+    port_reservations = providers.Selector(
+        config.console_tokens_backend,
+        database=providers.Singleton(SqlPortReservationRepository, engine=engine),
+        memcached=providers.Callable(_no_memcached_ports),
+        memory=providers.Singleton(InMemoryPortReservationRepository),
+    )
+    port_policy = providers.Singleton(
+        _port_policy,
+        serial_lease_ttl=config.serial_lease_ttl,
+        purge_batch_size=config.purge_batch_size,
+    )
+    ports = providers.Factory(
+        ConsolePortService,
+        consoles=service,
+        leases=port_leases,
+        reservations=port_reservations,
+        clock=clock,
+        tokens=tokens,
+        policy=port_policy,
     )
 
 

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     """Seconds an issued token stays valid unless ``authorize`` is given a ttl."""
     require_instance_uuid: bool = False
     purge_batch_size: int = Field(default=1000, ge=1)
+    serial_lease_ttl: int = Field(default=60, ge=1, le=86_400)
+    """Seconds a proxy's serial-port lease lasts without a heartbeat: a dead
+    proxy's port is free again after this long."""
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     memcached: MemcachedSettings = Field(default_factory=MemcachedSettings)
     fallback: Literal["none", "database", "memcached"] = "none"

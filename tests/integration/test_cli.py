@@ -317,3 +317,25 @@ def test_python_dash_m_runs_the_cli() -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: console-auth")
+
+
+def test_ports_lists_who_is_connected_where(capsys: pytest.CaptureFixture[str]) -> None:
+    container = build_container()
+    try:
+        ports = container.ports()
+        issued = ports.authorize_serial(INSTANCE, "compute-1", [10000, 10001])
+        ports.authorize_serial(OTHER_INSTANCE, "compute-2", [10000])
+        ports.connect(issued.token.get_secret_value(), INSTANCE, "proxy-7")
+    finally:
+        container.shutdown_resources()
+
+    listed = run_json(capsys, "ports", "--instance", INSTANCE)["ports"]
+    assert [(p["host"], p["port"], p["kind"], p["proxy_id"]) for p in listed] == [
+        ("compute-1", 10000, "connected", "proxy-7")
+    ]
+    assert "lease_id" not in listed[0]
+    assert len(run_json(capsys, "ports")["ports"]) == 2
+    code, out, err = run(capsys, "ports", "--host", "compute-1")
+    assert (code, err) == (0, "")
+    assert out.startswith("compute-1:10000 connected instance=")
+    assert "proxy=proxy-7" in out

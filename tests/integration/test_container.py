@@ -245,3 +245,24 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert isinstance(namespace["service"], ConsoleAuthService)
     assert namespace["connection"] == namespace["issued"].connection  # type: ignore[attr-defined]
     assert (tmp_path / "readme.sqlite3").exists()
+
+
+@pytest.mark.parametrize("backend", ["memory", "database"])
+def test_serial_ports_share_the_backend_and_follow_the_lease_ttl(
+    db_file: Path, backend: str
+) -> None:
+    container = build_container(settings_for(backend, db_file, serial_lease_ttl=5))
+    clock = FakeClock(T0)
+    try:
+        with container.clock.override(providers.Object(clock)):
+            ports = container.ports()
+            issued = ports.authorize_serial(INSTANCE, "compute-1", [10000])
+            lease = ports.connect(issued.token.get_secret_value(), INSTANCE, "proxy-a")
+            assert lease.expires_at == T0 + timedelta(seconds=5)
+            # the same token store: the console service validates the serial token
+            assert container.service().validate(issued.token.get_secret_value()).port == 10000
+            clock.advance(timedelta(seconds=5))
+            assert ports.leases() == []
+        assert container.engine.initialized is (backend == "database")
+    finally:
+        container.shutdown_resources()
