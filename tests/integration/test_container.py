@@ -247,6 +247,19 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (tmp_path / "readme.sqlite3").exists()
 
 
+def test_the_readme_serial_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Serial consoles", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    monkeypatch.setenv("CONSOLE_AUTH_DATABASE__URL", f"sqlite:///{tmp_path}/serial.sqlite3")
+    namespace: dict[str, object] = {}
+
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+
+    assert namespace["issued"].connection.port == 10000  # type: ignore[attr-defined]
+    assert namespace["ports"].leases() == []  # type: ignore[attr-defined]  # disconnected
+    assert namespace["port"] == 10000
+
+
 @pytest.mark.parametrize("backend", ["memory", "database"])
 def test_serial_ports_share_the_backend_and_follow_the_lease_ttl(
     db_file: Path, backend: str
