@@ -30,7 +30,7 @@ from console_auth.domain import (
 )
 from console_auth.domain.model import invalid_request
 
-from .driver import Prepared, driver_cursor
+from .driver import Prepared, driver_cursor, fetch_one
 from .errors import DUPLICATE_HASH, is_retryable, mapped_errors
 from .tables import CONSOLE_CONNECTIONS
 from .transactions import transaction
@@ -100,9 +100,7 @@ class SqlConsoleConnectionRepository:
         retry_rolled_back(insert)
 
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
-        with driver_cursor(self._engine) as cursor:
-            cursor.execute(self._by_hash.sql, self._by_hash.bind({"token_hash": token_hash}))
-            row = cursor.fetchone()
+        row = fetch_one(self._engine, self._by_hash, {"token_hash": token_hash})
         return None if row is None else _to_model(row)
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
