@@ -74,6 +74,11 @@ def script_config(output_buffer: io.StringIO | None = None) -> Config:
     return config
 
 
+MIGRATION_LOCK_WAIT_MS: Final = 60_000
+"""How long a process auto-migrating at start-up waits for another one that
+is migrating the same SQLite file (on a loaded host that can take seconds)."""
+
+
 @contextmanager
 def _migrating(engine: Engine) -> Iterator[Config]:
     """One transaction around the whole run, handed to ``env.py``.
@@ -87,15 +92,22 @@ def _migrating(engine: Engine) -> Iterator[Config]:
     MariaDB/MySQL commit each DDL statement whatever is asked.
     """
     with _ALEMBIC, mapped_errors(), transaction(engine) as connection:
-        if connection.dialect.name == "sqlite":
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # a whole migration may hold the lock longer than one write
+            usual_wait = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={MIGRATION_LOCK_WAIT_MS}")
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        config = script_config()
-        config.attributes["connection"] = connection
-        _check_known(_current(connection), ScriptDirectory.from_config(config))
         try:
-            yield config
-        except CommandError as exc:  # e.g. an unknown target revision
-            raise InvalidRequest(f"cannot migrate the console-auth schema: {exc}") from exc
+            config = script_config()
+            config.attributes["connection"] = connection
+            _check_known(_current(connection), ScriptDirectory.from_config(config))
+            try:
+                yield config
+            except CommandError as exc:  # e.g. an unknown target revision
+                raise InvalidRequest(f"cannot migrate the console-auth schema: {exc}") from exc
+        finally:
+            if sqlite:  # the pooled connection goes back with the usual wait
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={int(usual_wait or 0)}")
 
 
 def _current(connection: Connection) -> str | None:
