@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from console_auth.adapters.memcached import (
         MemcachedClient,
         MemcachedConsoleConnectionRepository,
+        MemcachedPortLeaseRepository,
+        MemcachedPortReservationRepository,
     )
 
 
@@ -119,10 +121,22 @@ def _port_policy(serial_lease_ttl: int, purge_batch_size: int) -> PortPolicy:
     )
 
 
-def _no_memcached_ports() -> None:
-    raise InvalidRequest(
-        "serial-port leases are not kept in memcached yet: use the database backend"
+def _memcached_leases(
+    client: MemcachedClient, key_prefix: str, expired_retention: int
+) -> MemcachedPortLeaseRepository:
+    from console_auth.adapters.memcached import MemcachedPortLeaseRepository
+
+    return MemcachedPortLeaseRepository(
+        client, key_prefix=key_prefix, expired_retention=expired_retention
     )
+
+
+def _memcached_reservations(
+    client: MemcachedClient, key_prefix: str
+) -> MemcachedPortReservationRepository:
+    from console_auth.adapters.memcached import MemcachedPortReservationRepository
+
+    return MemcachedPortReservationRepository(client, key_prefix=key_prefix)
 
 
 class Container(containers.DeclarativeContainer):
@@ -183,13 +197,22 @@ class Container(containers.DeclarativeContainer):
     port_leases = providers.Selector(
         config.console_tokens_backend,
         database=providers.Singleton(SqlPortLeaseRepository, engine=engine),
-        memcached=providers.Callable(_no_memcached_ports),
+        memcached=providers.Singleton(
+            _memcached_leases,
+            client=memcached_client,
+            key_prefix=config.memcached.key_prefix,
+            expired_retention=config.memcached.expired_retention,
+        ),
         memory=providers.Singleton(InMemoryPortLeaseRepository),
     )
     port_reservations = providers.Selector(
         config.console_tokens_backend,
         database=providers.Singleton(SqlPortReservationRepository, engine=engine),
-        memcached=providers.Callable(_no_memcached_ports),
+        memcached=providers.Singleton(
+            _memcached_reservations,
+            client=memcached_client,
+            key_prefix=config.memcached.key_prefix,
+        ),
         memory=providers.Singleton(InMemoryPortReservationRepository),
     )
     port_policy = providers.Singleton(

@@ -5,11 +5,14 @@ nothing; a ``MemcachedClient`` opens connections on its first command.
 """
 
 from .client import MemcachedClient, Server, parse_server
+from .ports import MemcachedPortLeaseRepository, MemcachedPortReservationRepository
 from .repository import MemcachedConsoleConnectionRepository, MemcachedStats
 
 __all__ = [
     "MemcachedClient",
     "MemcachedConsoleConnectionRepository",
+    "MemcachedPortLeaseRepository",
+    "MemcachedPortReservationRepository",
     "MemcachedStats",
     "Server",
     "parse_server",

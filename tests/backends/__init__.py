@@ -41,7 +41,7 @@ _MODULES = {
     "memcached": "tests.backends.memcached",
 }
 BACKEND_NAMES = list(_MODULES)
-PORT_BACKEND_NAMES = ["memory", "sqlite", "postgresql", "mariadb"]
+PORT_BACKEND_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "memcached"]
 """Backends whose adapters store serial-port leases (issue 5), so far."""
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Final, NoReturn
 
 import port_for
@@ -29,9 +31,12 @@ from mirakuru import TCPExecutor
 from console_auth.adapters.memcached import (
     MemcachedClient,
     MemcachedConsoleConnectionRepository,
+    MemcachedPortLeaseRepository,
+    MemcachedPortReservationRepository,
     parse_server,
 )
 from console_auth.application import ConsoleConnectionRepository
+from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 
 SERVERS_ENV: Final = "CONSOLE_AUTH_TEST_MEMCACHED"
 REQUIRE_ENV: Final = "CONSOLE_AUTH_TEST_REQUIRE_SERVERS"
@@ -90,8 +95,21 @@ class MemcachedProcess:
             self._executor.kill()
 
     def pause(self) -> None:
-        """SIGSTOP: a server that accepts nothing and answers nothing."""
-        os.kill(self._pid(), signal.SIGSTOP)
+        """SIGSTOP: a server that answers nothing (the kernel still accepts
+        connections). Returns once every thread has stopped: the signal is
+        asynchronous, and a worker thread on another core could otherwise
+        still answer the next request."""
+        pid = self._pid()
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not all(
+            Path(f"/proc/{pid}/task/{task}/stat").read_text().rpartition(")")[2].split()[0]
+            in ("T", "t")
+            for task in os.listdir(f"/proc/{pid}/task")
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("memcached did not stop")
+            time.sleep(0.001)
 
     def resume(self) -> None:
         os.kill(self._pid(), signal.SIGCONT)
@@ -131,6 +149,19 @@ class MemcachedBackend:
     def fresh(self) -> Iterator[ConsoleConnectionRepository]:
         yield MemcachedConsoleConnectionRepository(
             self.client, key_prefix=fresh_prefix(), expired_retention=TEST_RETENTION
+        )
+
+    @contextmanager
+    def fresh_ports(self) -> Iterator[tuple[PortLeaseRepository, PortReservationRepository]]:
+        """Leases and reservations under one new prefix; expired leases are
+        kept for ``TEST_RETENTION``, longer than any test, as the contract
+        keeps them until purged."""
+        prefix = fresh_prefix()
+        yield (
+            MemcachedPortLeaseRepository(
+                self.client, key_prefix=prefix, expired_retention=TEST_RETENTION
+            ),
+            MemcachedPortReservationRepository(self.client, key_prefix=prefix),
         )
 
     def close(self) -> None:

@@ -260,11 +260,15 @@ def test_the_readme_serial_example_runs(tmp_path: Path, monkeypatch: pytest.Monk
     assert namespace["port"] == 10000
 
 
-@pytest.mark.parametrize("backend", ["memory", "database"])
+@pytest.mark.parametrize("backend", ["memory", "database", "memcached"])
 def test_serial_ports_share_the_backend_and_follow_the_lease_ttl(
-    db_file: Path, backend: str
+    db_file: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    container = build_container(settings_for(backend, db_file, serial_lease_ttl=5))
+    memcached: dict[str, object] = {"key_prefix": fresh_prefix()}
+    if backend == "memcached":
+        memcached["servers"] = request.getfixturevalue("memcached_servers")
+    settings = settings_for(backend, db_file, serial_lease_ttl=5, memcached=memcached)
+    container = build_container(settings)
     clock = FakeClock(T0)
     try:
         with container.clock.override(providers.Object(clock)):
