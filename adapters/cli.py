@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from alembic.util import CommandError
+from sqlalchemy import Engine
 
 from console_auth.adapters.container import Container, build_container
 from console_auth.adapters.settings import load_settings
@@ -112,14 +113,42 @@ def _ports(container: Container, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _db(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    cells: dict[str, Any] = container.config.cells()
+    if cells:
+        return _db_cells(container, args, cells)
+    if args.cell is not None:
+        raise InvalidRequest("--cell needs cells in the settings; none are configured")
     # Migrations run only when asked: opening must not move the schema first.
     container.config.database.auto_migrate.from_value(False)
-    engine = container.engine()
+    return {"revision": _migrate(container.engine(), args)}
+
+
+def _db_cells(
+    container: Container, args: argparse.Namespace, cells: dict[str, Any]
+) -> dict[str, Any]:
+    """Every cell's database in turn (or ``--cell``'s), stopping at the first
+    that fails; running the command again skips the cells already done."""
+    if args.cell is not None and args.cell not in cells:
+        raise InvalidRequest(f"no cell is named {args.cell!r}; cells: {', '.join(cells)}")
+    for name in cells:
+        container.config.cells[name].database.auto_migrate.from_value(False)
+    engines = container.cell_engines()
+    revisions: dict[str, str | None] = {}
+    for name in cells if args.cell is None else [args.cell]:
+        try:
+            revisions[name] = _migrate(engines[name], args)
+        except (ConsoleAuthError, CommandError) as exc:
+            done = "; done: " + ", ".join(revisions) if revisions else ""
+            raise ConsoleAuthError(f"cell {name}: {exc}{done}") from exc
+    return {"cells": revisions}
+
+
+def _migrate(engine: Engine, args: argparse.Namespace) -> str | None:
     if args.db_command == "upgrade":
         upgrade(engine, args.revision)
     elif args.db_command == "downgrade":
         downgrade(engine, args.revision)
-    return {"revision": current_revision(engine)}
+    return current_revision(engine)
 
 
 def _dump(connection: ConsoleConnection) -> dict[str, Any]:
@@ -227,7 +256,11 @@ def _parser() -> argparse.ArgumentParser:
     upgrade_.add_argument("--revision", metavar="REV", default="head", help="default: head")
     downgrade_ = _command(actions, "downgrade", "migrate down, then print the revision")
     downgrade_.add_argument("revision", metavar="REV", help="e.g. base (drops every table)")
-    _command(actions, "current", "print the applied revision")
+    current = _command(actions, "current", "print the applied revision")
+    for action in (upgrade_, downgrade_, current):
+        action.add_argument(
+            "--cell", metavar="NAME", help="only this cell's database (default: every cell)"
+        )
     return parser
 
 

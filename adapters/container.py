@@ -11,13 +11,15 @@ context manager.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 from sqlalchemy import Engine
 
+from console_auth.adapters.cells import FileCellLocator
 from console_auth.adapters.memory import (
     InMemoryConsoleConnectionRepository,
     InMemoryPortLeaseRepository,
@@ -32,6 +34,8 @@ from console_auth.adapters.sql import (
 )
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import (
+    CellLocator,
+    CellRoutedConsoleConnectionRepository,
     ConsoleAuthService,
     ConsoleConnectionRepository,
     ConsolePortService,
@@ -39,7 +43,7 @@ from console_auth.application import (
     PortPolicy,
     ServicePolicy,
 )
-from console_auth.domain import InvalidRequest
+from console_auth.domain import BackendUnavailable, InvalidRequest
 
 if TYPE_CHECKING:
     from console_auth.adapters.memcached import (
@@ -57,6 +61,43 @@ def _engine(url: str, auto_migrate: bool | None) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def _cell_engines(cells: Mapping[str, Mapping[str, Any]]) -> Iterator[dict[str, Engine]]:
+    """One pooled engine per cell, opened together and disposed together by
+    ``shutdown_resources()``; a cell that fails to open disposes the rest."""
+    with ExitStack() as stack:
+        engines: dict[str, Engine] = {}
+        for name, cell in cells.items():
+            url, auto_migrate = cell["database"]["url"], cell["database"]["auto_migrate"]
+            try:
+                engine = open_engine(url, auto_migrate=resolve_auto_migrate(url, auto_migrate))
+            except (BackendUnavailable, InvalidRequest) as exc:  # say which cell
+                raise type(exc)(f"cell {name}: {exc}") from (exc.__cause__ or exc)
+            stack.callback(engine.dispose)
+            engines[name] = engine
+        yield engines
+
+
+def _cell_repository(
+    engines: Mapping[str, Engine], locator: CellLocator, search_timeout: float
+) -> Iterator[CellRoutedConsoleConnectionRepository]:
+    """Tokens routed over the cells' databases; its search threads stop on
+    ``shutdown_resources()``."""
+    repository = CellRoutedConsoleConnectionRepository(
+        {name: SqlConsoleConnectionRepository(engine) for name, engine in engines.items()},
+        locator,
+        search_timeout=search_timeout,
+    )
+    try:
+        yield repository
+    finally:
+        repository.close()
+
+
+def _database_layout(cells: Mapping[str, Any]) -> str:
+    """``cells`` when the settings split the database backend, else ``single``."""
+    return "cells" if cells else "single"
 
 
 def _memcached_client(
@@ -159,7 +200,22 @@ class Container(containers.DeclarativeContainer):
         retry_timeout=config.memcached.retry_timeout,
         dead_timeout=config.memcached.dead_timeout,
     )
-    database_repository = providers.Singleton(SqlConsoleConnectionRepository, engine=engine)
+    # With ``cells`` configured, the database backend is one database per cell.
+    cell_engines = providers.Resource(_cell_engines, cells=config.cells)
+    cell_locator = providers.Singleton(
+        FileCellLocator, path=config.cell_map_file, cells=config.cells.as_(list)
+    )
+    cell_repository = providers.Resource(
+        _cell_repository,
+        engines=cell_engines,
+        locator=cell_locator,
+        search_timeout=config.cell_search_timeout,
+    )
+    database_repository = providers.Selector(
+        providers.Callable(_database_layout, cells=config.cells),
+        single=providers.Singleton(SqlConsoleConnectionRepository, engine=engine),
+        cells=cell_repository,
+    )
     memcached_repository = providers.Singleton(
         _memcached_repository,
         client=memcached_client,

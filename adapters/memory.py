@@ -7,11 +7,13 @@ checks it); it also serves single-process deployments and tests.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from uuid import UUID
 
-from console_auth.domain import ConsoleConnection, InvalidRequest
+from console_auth.domain import ConsoleConnection, InvalidRequest, UnknownCell
 from console_auth.domain.leases import PortLease
+from console_auth.domain.model import parse_host, parse_instance_uuid
 
 
 class InMemoryConsoleConnectionRepository:
@@ -140,3 +142,46 @@ class InMemoryPortReservationRepository:
     def reserved(self, host: str, first: int, last: int) -> set[int]:
         with self._lock:
             return {p for h, p in self._reserved if h == host and first <= p <= last}
+
+
+class InMemoryCellLocator:
+    """Cells of instances and hosts held in dicts: for tests, and for a host
+    service that knows its instances' cells and tells the locator (``place``).
+
+    ``cells`` lists every cell in order (default: those the mappings name).
+    """
+
+    def __init__(
+        self,
+        instances: Mapping[UUID | str, str] | None = None,
+        *,
+        hosts: Mapping[str, str] | None = None,
+        cells: Iterable[str] | None = None,
+    ) -> None:
+        self._instances = {parse_instance_uuid(k): v for k, v in (instances or {}).items()}
+        self._hosts = {parse_host(k): v for k, v in (hosts or {}).items()}
+        named = [*self._instances.values(), *self._hosts.values()]
+        self._cells = tuple(dict.fromkeys(named if cells is None else cells))
+        stray = sorted(set(named) - set(self._cells))
+        if stray:
+            raise InvalidRequest(f"the cell map names cells it does not list: {', '.join(stray)}")
+        self._lock = threading.Lock()
+
+    def place(self, instance_uuid: UUID | str, cell: str) -> None:
+        """Record (or move) an instance's cell."""
+        if cell not in self._cells:
+            raise InvalidRequest(f"no cell is named {cell!r}")
+        with self._lock:
+            self._instances[parse_instance_uuid(instance_uuid)] = cell
+
+    def cell_of(self, instance_uuid: UUID) -> str:
+        try:
+            return self._instances[instance_uuid]
+        except KeyError:
+            raise UnknownCell(f"no cell is known to hold instance {instance_uuid}") from None
+
+    def cell_of_host(self, host: str) -> str | None:
+        return self._hosts.get(host)
+
+    def cells(self) -> Sequence[str]:
+        return self._cells

@@ -69,6 +69,19 @@ class DatabaseSettings(BaseModel):
         yield from super().__repr_args__()
 
 
+CELL_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+"""Lower case: environment variable names are case-insensitive, so a cell
+named in ``CONSOLE_AUTH_CELLS__<NAME>__DATABASE__URL`` arrives in lower case."""
+
+
+class CellSettings(BaseModel):
+    """One cell of a deployment split into cells: its own token database."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+
 class MemcachedSettings(BaseModel):
     """Where the ``memcached`` backend keeps tokens, and how it treats failures.
 
@@ -161,6 +174,18 @@ class Settings(BaseSettings):
     """During a backend switch, the store validation asks when the primary
     (``console_tokens_backend``) does not know a token; authorize writes only
     to the primary, revoke and purge apply to both."""
+    cells: dict[Annotated[str, Field(pattern=CELL_NAME_PATTERN)], CellSettings] = Field(
+        default_factory=dict
+    )
+    """Empty: one database, ``database``. Otherwise the ``database`` backend
+    is split over these cells, each with its own database; ``database`` is
+    then not used for tokens."""
+    cell_map_file: Path | None = Field(default=None, validate_default=True)
+    """TOML file saying which cell holds each instance and compute host
+    (``adapters/cells.py``); required with ``cells``, re-read when it changes."""
+    cell_search_timeout: float = Field(default=2.0, gt=0, le=60)
+    """Seconds a token presented without its instance uuid may take to be
+    searched for in every cell (``require_instance_uuid = false``)."""
 
     @field_validator("fallback")
     @classmethod
@@ -168,6 +193,13 @@ class Settings(BaseSettings):
         if fallback == info.data.get("console_tokens_backend"):
             raise ValueError("must name another backend than console_tokens_backend")
         return fallback
+
+    @field_validator("cell_map_file")
+    @classmethod
+    def _map_with_cells(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None and info.data.get("cells"):
+            raise ValueError("is required when cells are configured")
+        return path
 
 
 def load_settings(config_file: str | Path | None = None) -> Settings:

@@ -1,8 +1,11 @@
 """Use cases over ports: the service a compute API, a proxy and a periodic
 job call, and the protocols its adapters satisfy."""
 
+from .cells import CellRoutedConsoleConnectionRepository
 from .fallback import FallbackConsoleConnectionRepository
 from .ports import (
+    CellLocator,
+    CellRoutedRepository,
     Clock,
     ConsoleConnectionRepository,
     PortLeaseRepository,
@@ -14,6 +17,9 @@ from .service import MAX_TTL, ConsoleAuthService, ServicePolicy
 
 __all__ = [
     "MAX_TTL",
+    "CellLocator",
+    "CellRoutedConsoleConnectionRepository",
+    "CellRoutedRepository",
     "Clock",
     "ConsoleAuthService",
     "ConsoleConnectionRepository",

@@ -5,8 +5,9 @@ Adapters satisfy these structurally; none of them inherits from a port.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
@@ -36,6 +37,54 @@ class ConsoleConnectionRepository(Protocol):
         """Delete at most ``limit`` connections with ``expires_at <= now``
         (of ``host`` only, when given); return how many. Callers loop, so
         each call is one short transaction."""
+        ...
+
+
+class CellLocator(Protocol):
+    """Which cell holds an instance (and a compute host), in a deployment
+    whose tokens are split over one store per cell.
+
+    A cell is a name; what stores it has is the container's business. The
+    answers may change while the process runs (instances are created and
+    moved), so callers ask every time rather than cache.
+    """
+
+    def cell_of(self, instance_uuid: UUID) -> str:
+        """The cell holding the instance; ``UnknownCell`` when none does."""
+        ...
+
+    def cell_of_host(self, host: str) -> str | None:
+        """The cell of a compute host (``host`` as ``parse_host`` spells it),
+        or ``None`` when unknown: a per-host purge then asks every cell."""
+        ...
+
+    def cells(self) -> Sequence[str]:
+        """Every cell this locator may answer, in a stable order."""
+        ...
+
+
+@runtime_checkable
+class CellRoutedRepository(ConsoleConnectionRepository, Protocol):
+    """A repository spread over cells that can also go to one cell directly.
+
+    It is a whole ``ConsoleConnectionRepository``, so anything written for
+    the port works on it unchanged (``get_by_hash`` then has to search the
+    cells). ``ConsoleAuthService`` recognises the two extra methods once,
+    when it is built, and uses them: a lookup with the instance uuid asks
+    only that instance's cell, and a purge runs cell by cell, so one cell
+    that is down neither fails nor slows the others.
+    """
+
+    def get_by_hash_in_cell_of(
+        self, instance_uuid: UUID, token_hash: str
+    ) -> ConsoleConnection | None:
+        """``get_by_hash`` in the cell holding the instance only; ``UnknownCell``
+        when no cell does, ``BackendUnavailable`` when that cell is down."""
+        ...
+
+    def cells_to_purge(self, host: str | None) -> Mapping[str, ConsoleConnectionRepository]:
+        """Each cell's own repository that may hold expired connections of
+        ``host``: the host's cell when it is known, otherwise every cell."""
         ...
 
 

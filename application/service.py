@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
 from pydantic import SecretStr
 
 from console_auth.domain import (
+    BackendUnavailable,
     ConsoleConnection,
     ConsoleOptions,
     ConsoleType,
@@ -30,7 +31,7 @@ from console_auth.domain import (
 )
 from console_auth.domain.model import parse_host, parse_instance_uuid
 
-from .ports import Clock, ConsoleConnectionRepository, TokenSource
+from .ports import CellRoutedRepository, Clock, ConsoleConnectionRepository, TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,13 @@ class ServicePolicy:
 
 
 class ConsoleAuthService:
-    """Authorize, validate, revoke and purge console connections."""
+    """Authorize, validate, revoke and purge console connections.
+
+    On a ``CellRoutedRepository`` (tokens split over cells) a token
+    presented with its instance uuid is looked up in that instance's cell
+    only, and purge runs cell by cell; see ``application.cells``. On any
+    other repository both are one call to it.
+    """
 
     def __init__(
         self,
@@ -65,6 +72,7 @@ class ConsoleAuthService:
         policy: ServicePolicy | None = None,
     ) -> None:
         self._repository = repository
+        self._cells = repository if isinstance(repository, CellRoutedRepository) else None
         self._clock = clock
         self._tokens = tokens
         self._policy = policy or ServicePolicy()
@@ -157,7 +165,10 @@ class ConsoleAuthService:
         expected = None if instance_uuid is None else parse_instance_uuid(instance_uuid)
         if expected is None and self._policy.require_instance_uuid:
             raise InstanceMismatch("an instance uuid is required with the console token")
-        connection = self._repository.get_by_hash(token_hash)
+        if expected is not None and self._cells is not None:
+            connection = self._cells.get_by_hash_in_cell_of(expected, token_hash)
+        else:
+            connection = self._repository.get_by_hash(token_hash)
         if connection is None:
             logger.info("refused console token (hash %.8s): unknown", token_hash)
             raise InvalidToken(InvalidTokenReason.UNKNOWN)
@@ -187,18 +198,50 @@ class ConsoleAuthService:
 
     def purge_expired(self, host: str | None = None) -> int:
         """Delete expired connections, of one compute host when given, in
-        batches so no transaction holds the table for long."""
+        batches so no transaction holds the table for long.
+
+        Split over cells, each cell is purged to the end in turn (only the
+        host's cell, when the locator knows it); a cell that fails is
+        skipped, and once the others are done a ``BackendUnavailable``
+        names it. Memory stays flat whatever the number of rows: one batch
+        of ids at a time.
+        """
         host = None if host is None else parse_host(host)
         now = self._clock.now()
+        of_host = f" of {host}" if host else ""
+        if self._cells is None:
+            total = self._purge(self._repository, now, host)
+            logger.info("purged %d expired console tokens%s", total, of_host)
+            return total
+        total = 0
+        failed: dict[str, BackendUnavailable] = {}
+        for cell, repository in self._cells.cells_to_purge(host).items():
+            try:
+                purged = self._purge(repository, now, host)
+            except BackendUnavailable as exc:
+                logger.warning("purge of cell %s failed: %s", cell, exc)
+                failed[cell] = exc
+                continue
+            logger.info("purged %d expired console tokens%s in cell %s", purged, of_host, cell)
+            total += purged
+        if failed:
+            first = next(iter(failed.values()))
+            raise BackendUnavailable(
+                f"purged {total} expired console tokens{of_host}, but not all cells: "
+                + "; ".join(f"cell {cell}: {exc}" for cell, exc in failed.items())
+            ) from (first.__cause__ or first)
+        return total
+
+    def _purge(
+        self, repository: ConsoleConnectionRepository, now: datetime, host: str | None
+    ) -> int:
         batch = self._policy.purge_batch_size
         total = 0
         while True:
-            deleted = self._repository.delete_expired(now, host, batch)
+            deleted = repository.delete_expired(now, host, batch)
             total += deleted
             if deleted < batch:
-                break
-        logger.info("purged %d expired console tokens%s", total, f" of {host}" if host else "")
-        return total
+                return total
 
 
 def _check_ttl(ttl: timedelta) -> timedelta:

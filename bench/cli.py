@@ -69,6 +69,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help="memcached server for --backend memcached (default: start one from PATH)",
     )
+    parser.add_argument(
+        "--purge-scale",
+        type=int,
+        metavar="N",
+        help="instead: purge N expired rows (e.g. 1000000) on --backend sqlite, postgresql or "
+        "mariadb, in batches of --purge-batch, while a thread validates; print rows/s, "
+        "batches, peak memory and the validates' latency",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--ops", type=int, help=f"ops per timed batch ({FULL['ops']:,})")
     parser.add_argument("--repeat", type=int, help=f"timed repetitions ({FULL['repeat']})")
@@ -151,6 +159,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    if args.purge_scale is not None:
+        from . import purge
+
+        try:
+            passed = purge.main(
+                args.backend,
+                args.url,
+                args.purge_scale,
+                args.purge_batch,
+                _progress_from(time.perf_counter_ns()),
+                as_json_output=args.json,
+            )
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        return 1 if args.check and not passed else 0
     if args.backend in ("postgresql", "mariadb"):
         from . import servers  # needs the postgresql or mysql extra
 

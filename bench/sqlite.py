@@ -67,10 +67,10 @@ _INSERT: Final = (
 
 _DELETE_INSTANCE: Final = f"DELETE FROM {TABLE} WHERE instance_uuid = ?"
 _EXPIRED_IDS: Final = (
-    f"SELECT id FROM {TABLE} WHERE expires_at_us <= ? ORDER BY expires_at_us, id LIMIT ?"
+    f"SELECT id FROM {TABLE} WHERE expires_at_us <= ? ORDER BY expires_at_us LIMIT ?"
 )
-"""The order the library's purge uses; the expiry index serves it, so it
-costs no sort on either side."""
+"""The order the library's purge uses (``repository.oldest_expired``); the
+expiry index serves it, so it costs no sort on either side."""
 
 
 class Side(Protocol):

@@ -18,6 +18,7 @@ from .errors import (
     PortAlreadyConnected,
     PortRangeExhausted,
     PortUnavailable,
+    UnknownCell,
     UnsupportedVersion,
 )
 from .leases import LeaseKind, PortLease
@@ -46,6 +47,7 @@ __all__ = [
     "PortRangeExhausted",
     "PortUnavailable",
     "SerialMode",
+    "UnknownCell",
     "UnsupportedVersion",
     "build_access_url",
     "check_token",

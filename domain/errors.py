@@ -6,6 +6,7 @@
     ├─ InvalidToken           unknown, malformed or expired; .reason says which
     ├─ InstanceMismatch       good token, wrong (or required but missing) instance uuid
     ├─ InvalidRequest         bad host, port, options, URL, uuid or primitive
+    │  └─ UnknownCell         no configured cell holds the instance
     ├─ UnsupportedVersion     primitive from a version this library never wrote
     ├─ BackendUnavailable     the store cannot be reached; the driver error is chained
     └─ PortUnavailable        a console port cannot be had (serial consoles)
@@ -60,6 +61,16 @@ class InvalidRequest(ConsoleAuthError, ValueError):
 
     Subclasses ``ValueError`` so generic input handling in a host service
     still catches it.
+    """
+
+
+class UnknownCell(InvalidRequest):
+    """Raised when a deployment split into cells cannot tell which cell holds
+    an instance (its ``CellLocator`` does not know the uuid).
+
+    Authorize, validate by uuid and revoke each need that one cell, and a
+    guess would store a token where validation never looks, or revoke
+    nothing while the tokens live on.
     """
 
 

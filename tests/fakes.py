@@ -1,12 +1,16 @@
-"""Doubles for the clock and token ports: tests decide time and tokens."""
+"""Doubles for the ports: tests decide time and tokens, and stores that fail."""
 
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Final, NoReturn
+from uuid import UUID
 
-from console_auth.domain import TOKEN_LENGTH
+from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.domain import TOKEN_LENGTH, BackendUnavailable, ConsoleConnection
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -39,3 +43,61 @@ class FixedTokenSource:
         with self._lock:
             n = next(self._counter)
         return f"{self._prefix}{n:0{TOKEN_LENGTH - len(self._prefix)}d}"
+
+
+class UnavailableRepository:
+    """A store that is down: every call raises ``BackendUnavailable``, as an
+    adapter maps a refused connection. ``calls`` counts the attempts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _fail(self) -> NoReturn:
+        self.calls += 1
+        raise BackendUnavailable("store unavailable") from ConnectionRefusedError(111, "refused")
+
+    def add(self, connection: ConsoleConnection) -> None:
+        self._fail()
+
+    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+        self._fail()
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        self._fail()
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        self._fail()
+
+
+class StalledRepository(InMemoryConsoleConnectionRepository):
+    """A store that hangs on lookups (a blackholed server) until ``release()``;
+    everything else works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Semaphore(0)
+        self._released = threading.Event()
+
+    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+        self.waiting.release()
+        self._released.wait(timeout=30)
+        return super().get_by_hash(token_hash)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+class ParityCellLocator:
+    """Every instance has a cell: ``even`` or ``odd``, by its uuid's last bit;
+    no host is placed, so a per-host purge asks both cells."""
+
+    CELLS: Final = ("even", "odd")
+
+    def cell_of(self, instance_uuid: UUID) -> str:
+        return self.CELLS[instance_uuid.int % 2]
+
+    def cell_of_host(self, host: str) -> str | None:
+        return None
+
+    def cells(self) -> Sequence[str]:
+        return self.CELLS

@@ -20,7 +20,16 @@ from typing import Any, Final, TypeVar
 from uuid import UUID
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, bindparam, delete, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    bindparam,
+    delete,
+    insert,
+    literal_column,
+    select,
+)
 
 from console_auth.domain import (
     BackendUnavailable,
@@ -117,28 +126,71 @@ class SqlConsoleConnectionRepository:
         """Select the oldest ids, then delete by id, in one transaction.
 
         Two statements because MySQL refuses ``LIMIT`` in a subquery of a
-        ``DELETE`` on the same table; the delete re-checks the condition so
-        it stays correct where the select ran outside the transaction
-        (SQLite's driver begins only at the first write) or where another
-        purge deleted some of the rows first (READ COMMITTED). A batch is
-        deleted whole or not at all.
+        ``DELETE`` on the same table. The delete re-checks the expiry, so it
+        stays correct where the select ran outside the transaction (SQLite's
+        driver begins only at the first write, and SQLite may hand a deleted
+        row's id to a new row) or where another purge deleted some of the
+        rows first (READ COMMITTED). A batch is deleted whole or not at all.
         """
         if limit < 1:
             return 0
-        expired = _T.c.expires_at_us <= to_microseconds(now)
-        where = expired if host is None else expired & (_T.c.host == host)
-        oldest = select(_T.c.id).where(where).order_by(_T.c.expires_at_us, _T.c.id).limit(limit)
+        oldest = oldest_expired(now, host, limit)
+        still_expired = expired_again(now)
 
         def purge() -> int:
             with mapped_errors(), transaction(self._engine) as conn:
                 ids = conn.scalars(oldest).all()
                 deleted = 0
                 for start in range(0, len(ids), DELETE_CHUNK):
-                    chunk = ids[start : start + DELETE_CHUNK]
-                    deleted += conn.execute(delete(_T).where(_T.c.id.in_(chunk), where)).rowcount
+                    chunk = _T.c.id.in_(ids[start : start + DELETE_CHUNK])
+                    deleted += conn.execute(delete(_T).where(chunk, still_expired)).rowcount
             return deleted
 
         return retry_rolled_back(purge)
+
+
+def expired_condition(now: datetime, host: str | None) -> ColumnElement[bool]:
+    """``expires_at <= now``, and of ``host`` when given."""
+    expired = _T.c.expires_at_us <= to_microseconds(now)
+    return expired if host is None else expired & (_T.c.host == host)
+
+
+def expired_again(now: datetime) -> ColumnElement[bool]:
+    """The delete's re-check, written so that no index can serve it:
+    ``expires_at_us + 0 <= now``.
+
+    Otherwise SQLite's planner, weighing ``id IN (500 ids)`` against a range
+    on the expiry index, takes the range, and every ``DELETE`` reads every
+    expired row: each batch costs as much as the rows left, and a purge of N
+    rows takes time in N squared (on a million rows, ten times slower than
+    by id). With the expression only the primary key serves the delete, on
+    every dialect. The host is not re-checked: an id reused since the select
+    belongs to a newer row, which this re-check keeps unless it is expired
+    too, and then deleting it is right.
+    """
+    return (_T.c.expires_at_us + literal_column("0")) <= to_microseconds(now)
+
+
+def oldest_expired(now: datetime, host: str | None, limit: int) -> Select[tuple[int]]:
+    """The ids of one purge batch, read from an index in its order, so a
+    batch costs the same whether 10 or 10,000,000 rows are expired.
+
+    Ordered by expiry alone, the order of ``ix_console_connections_expires_at_us``
+    and of ``(host, expires_at_us)``: every dialect reads the index in order
+    and stops at ``limit``. A tie-break on ``id`` would add nothing (rows are
+    deleted by id, the condition re-checked), and PostgreSQL, whose
+    secondary indexes do not carry the primary key, would sort for it: all
+    expired rows of one expiry (a bulk load, one clock tick) per batch, or,
+    with many equal expiries, a scan and top-N sort of every expired row,
+    per batch. SQLite and InnoDB indexes end with the row id, so there the
+    order is by id within an expiry anyway.
+    """
+    return (
+        select(_T.c.id)
+        .where(expired_condition(now, host))
+        .order_by(_T.c.expires_at_us)
+        .limit(limit)
+    )
 
 
 def retry_rolled_back(write: Callable[[], _R]) -> _R:

@@ -109,3 +109,22 @@ def test_memcached_run_measures_library_and_raw_pymemcache() -> None:
         assert _positive(figures["ratio"])
     assert [target["name"] for target in output["targets"]] == ["validate_hit ratio"]
     assert isinstance(output["passed"], bool)
+
+
+def test_purge_scale_run_reports_every_figure() -> None:
+    """``--purge-scale N``: rows/s, batches, memory and validate latency."""
+    stdout = io.StringIO()
+    with redirect_stdout(stdout):
+        status = main(["--purge-scale", "3000", "--purge-batch", "500", "--json", "--check"])
+    output = json.loads(stdout.getvalue())
+    figures = output["purge_scale"]
+    assert (status, output["passed"]) == (0, True), output
+    assert (figures["purged"], figures["batches"]) == (3000, 7)
+    for name in ("rows_per_s", "concurrent_rows_per_s", "validate_p99_us", "quiet_p99_us"):
+        assert _positive(figures[name]), name
+    assert figures["traced_peak_bytes"] > 0
+    assert figures["validates"] > 0
+    assert {t["name"] for t in output["targets"]} >= {
+        "Python heap peak (bytes)",
+        "validates failed",
+    }

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
 from console_auth.adapters.sql.errors import is_retryable
-from console_auth.adapters.sql.repository import to_microseconds
+from console_auth.adapters.sql.repository import oldest_expired, to_microseconds
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService, ServicePolicy
@@ -182,9 +182,7 @@ def test_purge_finds_its_rows_through_an_index(
             )
         )
         conn.execute(text(f"{analyze} console_connections"))
-    expired = T.c.expires_at_us <= now_us
-    where = expired if host is None else expired & (T.c.host == host)
-    query = select(T.c.id).where(where).order_by(T.c.expires_at_us, T.c.id).limit(1000)
+    query = oldest_expired(T0, host, 1000)  # the very statement of a purge batch
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
         plan = "\n".join(str(row) for row in conn.execute(text(f"EXPLAIN {sql}")))

@@ -31,6 +31,7 @@ def test_domain_exports() -> None:
         "PortRangeExhausted",
         "PortUnavailable",
         "SerialMode",
+        "UnknownCell",
         "UnsupportedVersion",
         "build_access_url",
         "check_token",
@@ -42,6 +43,9 @@ def test_domain_exports() -> None:
 def test_application_exports() -> None:
     assert console_auth.application.__all__ == [
         "MAX_TTL",
+        "CellLocator",
+        "CellRoutedConsoleConnectionRepository",
+        "CellRoutedRepository",
         "Clock",
         "ConsoleAuthService",
         "ConsoleConnectionRepository",

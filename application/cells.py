@@ -1,0 +1,247 @@
+"""Tokens split over cells: one store per cell, routed by instance.
+
+A large cloud runs several cells, each with its own database, so that no
+database holds (or takes down) every console. A console connection is
+stored in the cell that holds its instance, and everything that knows the
+instance goes straight there:
+
+- ``add`` (authorize): ``locator.cell_of(connection.instance_uuid)``.
+- ``get_by_hash_in_cell_of`` (validate with the uuid, which every URL this
+  library builds carries): that cell only. The other cells are never asked,
+  so a cell that is down fails only its own consoles.
+- ``delete_by_instance`` (revoke): the instance's cell.
+- ``cells_to_purge`` (purge): the compute host's cell when the locator
+  knows it, otherwise every cell; the service purges them one by one.
+
+Only a legacy URL, without the instance uuid, cannot be routed. Then
+``get_by_hash`` asks every cell at once, on a small thread pool per cell:
+the first cell that knows the hash wins, and the search is bounded by
+``search_timeout``. When no cell knows the hash, a cell that failed or did
+not answer in time makes the answer ``BackendUnavailable``, never "unknown",
+because the token may be in exactly that cell. Whether legacy URLs are
+searched at all is the service's ``require_instance_uuid`` (``True``:
+refused before any lookup).
+
+Depends on the ports only, so any repository adapter can serve a cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from datetime import datetime
+from typing import Final, TypeVar
+from uuid import UUID
+
+from console_auth.domain import BackendUnavailable, ConsoleConnection, InvalidRequest
+
+from .ports import CellLocator, ConsoleConnectionRepository
+
+logger = logging.getLogger(__name__)
+_R = TypeVar("_R")
+
+DEFAULT_SEARCH_TIMEOUT: Final = 2.0
+"""Seconds a legacy URL's search across cells may take: well under what a
+console user waits, above a healthy database's milliseconds."""
+MAX_SEARCH_TIMEOUT: Final = 60.0
+SEARCH_WORKERS_PER_CELL: Final = 8
+"""Threads asking one cell at once for legacy searches."""
+SEARCH_BACKLOG_PER_CELL: Final = 64
+"""Searches of one cell running or queued at most. A cell that hangs holds
+its workers for its whole connect timeout; past this backlog it counts as
+unavailable at once, so a long outage cannot queue work without bound, and
+the other cells, which have their own workers, never wait behind it."""
+
+
+class CellRoutedConsoleConnectionRepository:
+    """A ``CellRoutedRepository`` over one ``ConsoleConnectionRepository``
+    per cell, placed by a ``CellLocator``.
+
+    ``cells`` maps every cell name to its repository; the locator must not
+    name a cell without one. A token hash is unique within its cell only:
+    checking every cell on each ``add`` would cost the search routing
+    avoids, and 256-bit random tokens never meet across cells. Errors of a cell propagate as
+    ``BackendUnavailable`` naming the cell, with the driver's error still
+    chained as ``__cause__``; ``UnknownCell`` comes from the locator.
+    Thread-safe when the cells' repositories are. ``close()`` stops the
+    search threads.
+    """
+
+    def __init__(
+        self,
+        cells: Mapping[str, ConsoleConnectionRepository],
+        locator: CellLocator,
+        *,
+        search_timeout: float = DEFAULT_SEARCH_TIMEOUT,
+        search_workers: int = SEARCH_WORKERS_PER_CELL,
+        search_backlog: int = SEARCH_BACKLOG_PER_CELL,
+    ) -> None:
+        if not cells:
+            raise InvalidRequest("a cell-routed repository needs at least one cell")
+        without_store = sorted(set(locator.cells()) - set(cells))
+        if without_store:
+            raise InvalidRequest(
+                f"the cell locator names cells that have no store: {', '.join(without_store)}"
+            )
+        if not 0 < search_timeout <= MAX_SEARCH_TIMEOUT:
+            raise InvalidRequest(
+                f"cell search timeout must be above 0 and at most {MAX_SEARCH_TIMEOUT:g} s"
+            )
+        if search_workers < 1 or search_backlog < search_workers:
+            raise InvalidRequest("cell search needs a worker, and a backlog of at least those")
+        self._cells = dict(cells)
+        self._locator = locator
+        self._search_timeout = search_timeout
+        self._searchers = {
+            name: _CellSearcher(name, search_workers, search_backlog) for name in self._cells
+        }
+
+    @property
+    def cell_names(self) -> tuple[str, ...]:
+        return tuple(self._cells)
+
+    def cell(self, name: str) -> ConsoleConnectionRepository:
+        """The repository of one cell."""
+        try:
+            return self._cells[name]
+        except KeyError:
+            raise InvalidRequest(f"no cell is named {name!r}") from None
+
+    # --- ConsoleConnectionRepository -----------------------------------------------------------
+
+    def add(self, connection: ConsoleConnection) -> None:
+        name = self._locator.cell_of(connection.instance_uuid)
+        _in_cell(name, self.cell(name).add, connection)
+
+    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+        """Search every cell at once; see the module docstring."""
+        if len(self._cells) == 1:
+            ((name, only),) = self._cells.items()
+            return _in_cell(name, only.get_by_hash, token_hash)
+        return self._search(token_hash)
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        name = self._locator.cell_of(instance_uuid)
+        return _in_cell(name, self.cell(name).delete_by_instance, instance_uuid)
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        """The cells to purge in turn, sharing ``limit`` as the fallback
+        repository shares it; for code that knows only the port. The service
+        purges cell by cell through ``cells_to_purge`` instead."""
+        deleted = 0
+        for name, repository in self.cells_to_purge(host).items():
+            if deleted >= limit:
+                break
+            deleted += _in_cell(name, repository.delete_expired, now, host, limit - deleted)
+        return deleted
+
+    # --- CellRoutedRepository ------------------------------------------------------------------
+
+    def get_by_hash_in_cell_of(
+        self, instance_uuid: UUID, token_hash: str
+    ) -> ConsoleConnection | None:
+        name = self._locator.cell_of(instance_uuid)
+        return _in_cell(name, self.cell(name).get_by_hash, token_hash)
+
+    def cells_to_purge(self, host: str | None) -> Mapping[str, ConsoleConnectionRepository]:
+        if host is not None:
+            name = self._locator.cell_of_host(host)
+            if name is not None:
+                return {name: self.cell(name)}
+        return dict(self._cells)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the search threads; searches still queued are cancelled."""
+        for searcher in self._searchers.values():
+            searcher.close()
+
+    # --- inside --------------------------------------------------------------------------------
+
+    def _search(self, token_hash: str) -> ConsoleConnection | None:
+        deadline = time.monotonic() + self._search_timeout
+        pending: dict[Future[ConsoleConnection | None], str] = {}
+        failed: dict[str, str] = {}
+        cause: BaseException | None = None
+        for name, searcher in self._searchers.items():
+            future = searcher.submit(self._cells[name].get_by_hash, token_hash)
+            if future is None:
+                failed[name] = "too many searches already waiting for it"
+            else:
+                pending[future] = name
+        try:
+            for future in as_completed(list(pending), timeout=deadline - time.monotonic()):
+                name = pending.pop(future)
+                try:
+                    found = future.result()
+                except BackendUnavailable as exc:
+                    failed[name] = str(exc)
+                    cause = cause or exc.__cause__ or exc
+                    continue
+                if found is not None:
+                    return found
+        except TimeoutError:
+            for name in pending.values():
+                failed[name] = f"no answer within {self._search_timeout:g} s"
+        finally:
+            for future in pending:  # those not started yet never will be
+                future.cancel()
+        if failed:
+            logger.warning(
+                "console token (hash %.8s) not found, and cells could not be searched: %s",
+                token_hash,
+                "; ".join(f"{name}: {why}" for name, why in sorted(failed.items())),
+            )
+            raise BackendUnavailable(
+                "console token not found in the cells that answered; unavailable: "
+                + "; ".join(f"cell {name}: {why}" for name, why in sorted(failed.items()))
+            ) from cause
+        return None
+
+
+def _in_cell(name: str, call: Callable[..., _R], *args: object) -> _R:
+    """``call(*args)``, its ``BackendUnavailable`` naming the cell; the
+    driver's error stays the ``__cause__``."""
+    try:
+        return call(*args)
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"cell {name}: {exc}") from (exc.__cause__ or exc)
+
+
+class _CellSearcher:
+    """One cell's search threads, and a bound on the work waiting for them."""
+
+    def __init__(self, name: str, workers: int, backlog: int) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=f"console-auth-cell-{name}"
+        )
+        self._backlog = backlog
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def submit(
+        self, call: Callable[[str], ConsoleConnection | None], token_hash: str
+    ) -> Future[ConsoleConnection | None] | None:
+        """The running search, or ``None`` when the backlog is full."""
+        with self._lock:
+            if self._in_flight >= self._backlog:
+                return None
+            self._in_flight += 1
+        try:
+            future = self._executor.submit(call, token_hash)
+        except BaseException:
+            self._finished()
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _finished(self, _future: object = None) -> None:
+        with self._lock:
+            self._in_flight -= 1
