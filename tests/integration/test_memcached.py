@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,30 +51,10 @@ from tests.backends.memcached import (
     MemcachedProcess,
     client_for,
     fresh_prefix,
-    session_servers,
 )
 from tests.fakes import T0, FakeClock, FixedTokenSource
 
 RETENTION = 3600
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[str]]:
-    found, process = session_servers()
-    try:
-        yield found
-    finally:
-        if process is not None:
-            process.stop()
-
-
-@pytest.fixture
-def client(servers: list[str]) -> Iterator[MemcachedClient]:
-    opened = client_for(servers)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 @pytest.fixture
@@ -83,17 +62,6 @@ def repository(client: MemcachedClient) -> MemcachedConsoleConnectionRepository:
     return MemcachedConsoleConnectionRepository(
         client, key_prefix=fresh_prefix(), expired_retention=RETENTION
     )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[MemcachedProcess]]:
-    """Servers a test may kill: each test gets its own."""
-    started: list[MemcachedProcess] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            process.stop()
 
 
 def start(processes: list[MemcachedProcess], memory_mb: int = 64) -> MemcachedProcess:

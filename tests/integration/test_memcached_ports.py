@@ -45,7 +45,6 @@ from tests.backends.memcached import (
     MemcachedProcess,
     client_for,
     fresh_prefix,
-    session_servers,
 )
 from tests.fakes import T0, FakeClock, FixedTokenSource
 
@@ -56,41 +55,11 @@ ROUNDS = 5
 RETENTION = 3600
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[str]]:
-    found, process = session_servers()
-    try:
-        yield found
-    finally:
-        if process is not None:
-            process.stop()
-
-
-@pytest.fixture
-def client(servers: list[str]) -> Iterator[MemcachedClient]:
-    opened = client_for(servers)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
 @pytest.fixture
 def leases(client: MemcachedClient) -> MemcachedPortLeaseRepository:
     return MemcachedPortLeaseRepository(
         client, key_prefix=fresh_prefix(), expired_retention=RETENTION
     )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[MemcachedProcess]]:
-    """Servers a test may kill: each test gets its own."""
-    started: list[MemcachedProcess] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            process.stop()
 
 
 def a_lease(
