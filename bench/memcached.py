@@ -43,18 +43,16 @@ from console_auth.adapters.memcached import (
 )
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService
-from console_auth.domain import InvalidToken, hash_token
+from console_auth.domain import hash_token
 
 from .runner import BenchError, Series, expect, timed
 from .workload import (
-    ACCESS_URL_BASE,
-    CONSOLE_TYPE,
-    HOST,
-    OPTIONS,
-    PORT,
     TOKENS_PER_INSTANCE,
     TTL,
     Sizes,
+    authorize_all,
+    revoke_all,
+    validate_all,
 )
 
 OPERATIONS: Final = ("authorize", "validate_hit", "validate_miss", "revoke")
@@ -120,34 +118,13 @@ class LibrarySide:
         self.service = ConsoleAuthService(self.repository, SystemClock(), SecretsTokenSource())
 
     def authorize(self, instances: Sequence[uuid.UUID]) -> list[str]:
-        authorize = self.service.authorize
-        return [
-            authorize(
-                instance,
-                HOST,
-                PORT,
-                CONSOLE_TYPE,
-                options=OPTIONS,
-                access_url_base=ACCESS_URL_BASE,
-                ttl=TTL,
-            ).token.get_secret_value()
-            for instance in instances
-        ]
+        return authorize_all(self.service, instances)
 
     def revoke(self, instances: Sequence[uuid.UUID]) -> int:
-        revoke = self.service.revoke_instance
-        return sum(revoke(instance) for instance in instances)
+        return revoke_all(self.service, instances)
 
     def validate(self, tokens: Sequence[str]) -> int:
-        validate = self.service.validate
-        hits = 0
-        for token in tokens:
-            try:
-                validate(token)
-            except InvalidToken:
-                continue
-            hits += 1
-        return hits
+        return validate_all(self.service, tokens)
 
     def item(self, token: str) -> tuple[str, bytes]:
         """The key and the exact bytes the library stored for ``token``."""

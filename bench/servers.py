@@ -43,22 +43,23 @@ from console_auth.adapters.sql.driver import Prepared
 from console_auth.adapters.sql.repository import _BY_HASH, _BY_INSTANCE, _INSERT
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService
-from console_auth.domain import TOKEN_BYTES, InvalidToken
+from console_auth.domain import TOKEN_BYTES
 
 from .runner import BenchError, Series, expect, timed
 from .workload import (
     ACCESS_URL_BASE,
     CONSOLE_TYPE,
     HOST,
-    OPTIONS,
     PORT,
     STORED_OPTIONS,
     TOKENS_PER_INSTANCE,
-    TTL,
     TTL_US,
     BenchClock,
     Sizes,
+    authorize_all,
+    revoke_all,
     to_us,
+    validate_all,
 )
 
 BACKENDS: Final = ("postgresql", "mariadb")
@@ -134,34 +135,13 @@ class LibrarySide:
         )
 
     def authorize(self, instances: Sequence[uuid.UUID]) -> list[str]:
-        authorize = self.service.authorize
-        return [
-            authorize(
-                instance,
-                HOST,
-                PORT,
-                CONSOLE_TYPE,
-                options=OPTIONS,
-                access_url_base=ACCESS_URL_BASE,
-                ttl=TTL,
-            ).token.get_secret_value()
-            for instance in instances
-        ]
+        return authorize_all(self.service, instances)
 
     def validate(self, tokens: Sequence[str]) -> int:
-        validate = self.service.validate
-        hits = 0
-        for token in tokens:
-            try:
-                validate(token)
-            except InvalidToken:
-                continue
-            hits += 1
-        return hits
+        return validate_all(self.service, tokens)
 
     def revoke(self, instances: Sequence[uuid.UUID]) -> int:
-        revoke = self.service.revoke_instance
-        return sum(revoke(instance) for instance in instances)
+        return revoke_all(self.service, instances)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -26,19 +26,20 @@ from console_auth.adapters.sql.migrate import upgrade
 from console_auth.adapters.sql.repository import SqlConsoleConnectionRepository
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService, ServicePolicy
-from console_auth.domain import TOKEN_BYTES, InvalidToken
+from console_auth.domain import TOKEN_BYTES
 
 from .workload import (
     ACCESS_URL_BASE,
     CONSOLE_TYPE,
     HOST,
-    OPTIONS,
     PORT,
     STORED_OPTIONS,
-    TTL,
     TTL_US,
     BenchClock,
+    authorize_all,
+    revoke_all,
     to_us,
+    validate_all,
 )
 
 TABLE: Final = "console_connections"
@@ -145,34 +146,13 @@ class LibrarySide:
         )
 
     def authorize(self, instances: Sequence[UUID]) -> list[str]:
-        authorize = self._service.authorize
-        return [
-            authorize(
-                instance,
-                HOST,
-                PORT,
-                CONSOLE_TYPE,
-                options=OPTIONS,
-                access_url_base=ACCESS_URL_BASE,
-                ttl=TTL,
-            ).token.get_secret_value()
-            for instance in instances
-        ]
+        return authorize_all(self._service, instances)
 
     def validate(self, tokens: Sequence[str]) -> int:
-        validate = self._service.validate
-        hits = 0
-        for token in tokens:
-            try:
-                validate(token)
-            except InvalidToken:
-                continue
-            hits += 1
-        return hits
+        return validate_all(self._service, tokens)
 
     def revoke(self, instances: Sequence[UUID]) -> int:
-        revoke = self._service.revoke_instance
-        return sum(revoke(instance) for instance in instances)
+        return revoke_all(self._service, instances)
 
     def purge(self) -> int:
         return self._service.purge_expired()

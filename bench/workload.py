@@ -7,11 +7,14 @@ every ratio meaningless.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+from uuid import UUID
 
-from console_auth.domain import ConsoleOptions
+from console_auth.application import ConsoleAuthService
+from console_auth.domain import ConsoleOptions, InvalidToken
 
 T0: Final = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 """A fixed start, so rows seeded with raw SQL and rows the library writes
@@ -108,3 +111,39 @@ class Sizes:
             raise ValueError(f"warm-up ops must be a multiple of {TOKENS_PER_INSTANCE}")
         if self.sample > self.small:
             raise ValueError("the growth sample cannot exceed the small table")
+
+
+def authorize_all(service: ConsoleAuthService, instances: Sequence[UUID]) -> list[str]:
+    """The library side of every backend's authorize phase: one console each."""
+    authorize = service.authorize
+    return [
+        authorize(
+            instance,
+            HOST,
+            PORT,
+            CONSOLE_TYPE,
+            options=OPTIONS,
+            access_url_base=ACCESS_URL_BASE,
+            ttl=TTL,
+        ).token.get_secret_value()
+        for instance in instances
+    ]
+
+
+def validate_all(service: ConsoleAuthService, tokens: Sequence[str]) -> int:
+    """Validate each token; return how many opened a console."""
+    validate = service.validate
+    hits = 0
+    for token in tokens:
+        try:
+            validate(token)
+        except InvalidToken:
+            continue
+        hits += 1
+    return hits
+
+
+def revoke_all(service: ConsoleAuthService, instances: Sequence[UUID]) -> int:
+    """Revoke each instance; return how many tokens went."""
+    revoke = service.revoke_instance
+    return sum(revoke(instance) for instance in instances)
