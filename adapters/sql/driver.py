@@ -12,16 +12,15 @@ Paramstyles: psycopg and PyMySQL both take named ``%(name)s`` parameters and
 a mapping; SQLite's ``?`` and other positional styles get a tuple in the
 compiled order. On server engines the connection autocommits (see
 ``engine``), so a statement here is its own transaction and ``commit`` costs
-nothing; on SQLite (and on an engine built without autocommit) the commit is
-real, and anything left open is rolled back when the pool takes the
-connection back.
+nothing; on an engine built without autocommit the commit is real, and
+anything left open is rolled back when the pool takes the connection back.
+A SQLite file skips the pool on this path: see ``sqlite_threads``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, Final, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Dialect
@@ -51,41 +50,94 @@ class Prepared:
         return tuple(params[name] for name in self._names)
 
 
-def fetch_one(
-    engine: Engine, statement: Prepared, params: Mapping[str, Any]
-) -> Sequence[Any] | None:
-    """``driver_cursor`` for the one-row read of the hot path, without the
-    generator machinery of a context manager (a tenth of a cached lookup)."""
-    dialect = engine.dialect
-    dbapi = dialect.loaded_dbapi
-    conn = _checkout(engine)
-    try:
-        if dialect.name == "sqlite":
-            cursor = conn.cursor()
+class Driver(Protocol):
+    """How the repository runs one statement; one per engine."""
+
+    def fetch_one(self, statement: Prepared, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        """The first row the statement reads, or ``None``."""
+        ...
+
+    def write(
+        self, statement: Prepared, params: Mapping[str, Any], *, on_conflict: str | None = None
+    ) -> int:
+        """Run and commit one statement; the rows it changed.
+
+        ``on_conflict`` turns an integrity error into that ``InvalidRequest``;
+        without it, like every other driver fault, it is ``BackendUnavailable``.
+        """
+        ...
+
+
+class PooledDriver:
+    """Each call checks a connection out of the engine's pool and back in."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect
+        self._dbapi = engine.dialect.loaded_dbapi
+        self._keep_cursors = engine.dialect.name != "sqlite"
+
+    def fetch_one(self, statement: Prepared, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        conn = checkout(self._engine)
+        try:
+            cursor = self._cursor(conn)
             try:
                 cursor.execute(statement.sql, statement.bind(params))
                 return cast(Sequence[Any] | None, cursor.fetchone())
+            except BaseException:
+                conn.info.pop(_CURSOR, None)
+                raise
             finally:
-                cursor.close()
-        cursor = _kept_cursor(conn)
+                if not self._keep_cursors:
+                    cursor.close()
+        except self._dbapi.Error as exc:
+            raise _unavailable(self._dialect, conn, exc) from exc
+        finally:
+            conn.close()  # back to the pool
+
+    def write(
+        self, statement: Prepared, params: Mapping[str, Any], *, on_conflict: str | None = None
+    ) -> int:
+        conn = checkout(self._engine)
         try:
-            cursor.execute(statement.sql, statement.bind(params))
-            return cast(Sequence[Any] | None, cursor.fetchone())
-        except BaseException:
-            conn.info.pop(_CURSOR, None)
-            raise
-    except dbapi.Error as exc:
-        raise _unavailable(dialect, conn, exc) from exc
-    finally:
-        conn.close()  # back to the pool
+            cursor = self._cursor(conn)
+            try:
+                cursor.execute(statement.sql, statement.bind(params))
+                count = int(cursor.rowcount)
+                if not _autocommits(self._dialect, conn.dbapi_connection):
+                    conn.commit()
+                return count
+            except BaseException:
+                conn.info.pop(_CURSOR, None)
+                raise
+            finally:
+                if not self._keep_cursors:
+                    cursor.close()
+        except self._dbapi.IntegrityError as exc:
+            raise conflict(exc, on_conflict) from exc
+        except self._dbapi.Error as exc:
+            raise _unavailable(self._dialect, conn, exc) from exc
+        finally:
+            conn.close()  # back to the pool; rolled back there if left open
+
+    def _cursor(self, conn: PoolProxiedConnection) -> DBAPICursor:
+        return _kept_cursor(conn) if self._keep_cursors else conn.cursor()
 
 
-def _checkout(engine: Engine) -> PoolProxiedConnection:
+def checkout(engine: Engine) -> PoolProxiedConnection:
+    """A pooled connection, or ``BackendUnavailable``."""
     with mapped_errors():  # the pool's own errors (a checkout timeout) come wrapped
         try:
             return engine.raw_connection()
         except engine.dialect.loaded_dbapi.Error as exc:  # a failed first connect comes raw
             raise BackendUnavailable(f"SQL token store unavailable: {describe(exc)}") from exc
+
+
+def conflict(exc: Exception, on_conflict: str | None) -> InvalidRequest | BackendUnavailable:
+    """An integrity error as ``write`` reports it."""
+    if on_conflict is None:
+        return BackendUnavailable(f"SQL token store refused a write: {describe(exc)}")
+    return InvalidRequest(on_conflict)
 
 
 def _unavailable(
@@ -97,54 +149,19 @@ def _unavailable(
     return BackendUnavailable(f"SQL token store unavailable: {describe(exc)}")
 
 
-@contextmanager
-def driver_cursor(
-    engine: Engine, *, commit: bool = False, on_conflict: str | None = None
-) -> Iterator[DBAPICursor]:
-    """A cursor on a pooled connection, committed at the end when asked.
-
-    On any error the connection goes back to the pool, which rolls it back;
-    a disconnect also invalidates it, so the next call gets a fresh one.
-    ``on_conflict`` turns an integrity error into that ``InvalidRequest``.
-    """
-    dialect = engine.dialect
-    dbapi = dialect.loaded_dbapi
-    conn = _checkout(engine)
-    try:
-        reuse = dialect.name != "sqlite"
-        cursor = _kept_cursor(conn) if reuse else conn.cursor()
-        try:
-            yield cursor
-            if commit and not _autocommits(dialect, conn.dbapi_connection):
-                conn.commit()
-        except BaseException:
-            conn.info.pop(_CURSOR, None)
-            raise
-        finally:
-            if not reuse:
-                cursor.close()
-    except dbapi.IntegrityError as exc:
-        if on_conflict is None:
-            raise BackendUnavailable(f"SQL token store refused a write: {describe(exc)}") from exc
-        raise InvalidRequest(on_conflict) from exc
-    except dbapi.Error as exc:
-        raise _unavailable(dialect, conn, exc) from exc
-    finally:
-        conn.close()  # back to the pool
-
-
 _CURSOR: Final = "console_auth.driver_cursor"
 
 
 def _kept_cursor(conn: PoolProxiedConnection) -> DBAPICursor:
-    """One cursor per pooled server connection, kept in the pool's per-connection
+    """One cursor per pooled connection, kept in the pool's per-connection
     ``info`` (cleared when the connection is replaced).
 
     A new psycopg cursor costs about 17 us (its adapters and row loaders are
     rebuilt), a quarter of a loopback lookup. Safe because a pooled
     connection serves one caller at a time, and the cursors of psycopg and
-    PyMySQL hold no server state once a result is read. SQLite's cursors
-    are closed instead: an unexhausted one would keep its read snapshot.
+    PyMySQL hold no server state once a result is read. SQLite's are closed
+    instead: an unexhausted one would keep its read snapshot, and an
+    in-memory database's one connection serves every thread at once.
     """
     kept = conn.info.get(_CURSOR)
     if kept is not None and kept[0] is conn.dbapi_connection:

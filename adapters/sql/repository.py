@@ -39,8 +39,9 @@ from console_auth.domain import (
 )
 from console_auth.domain.model import invalid_request
 
-from .driver import Prepared, driver_cursor, fetch_one
+from .driver import Driver, PooledDriver, Prepared
 from .errors import DUPLICATE_HASH, is_retryable, mapped_errors
+from .sqlite_threads import SqliteThreadDriver
 from .tables import CONSOLE_CONNECTIONS
 from .transactions import transaction
 
@@ -90,37 +91,29 @@ def from_microseconds(value: int) -> datetime:
 
 
 class SqlConsoleConnectionRepository:
-    """Safe for threads: it holds only the engine, whose pool hands each call
-    its own connection."""
+    """Safe for threads: each call runs on a connection of its own, from the
+    engine's pool or, on a SQLite file, the calling thread's."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._driver = driver_for(engine)
         self._insert = Prepared(engine, _INSERT)
         self._by_hash = Prepared(engine, _BY_HASH)
         self._by_instance = Prepared(engine, _BY_INSTANCE)
 
     def add(self, connection: ConsoleConnection) -> None:
-        params = self._insert.bind(_to_row(connection))
-
-        def insert() -> None:
-            with driver_cursor(self._engine, commit=True, on_conflict=DUPLICATE_HASH) as cursor:
-                cursor.execute(self._insert.sql, params)
-
-        retry_rolled_back(insert)
+        row = _to_row(connection)
+        write, insert = self._driver.write, self._insert
+        retry_rolled_back(lambda: write(insert, row, on_conflict=DUPLICATE_HASH))
 
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
-        row = fetch_one(self._engine, self._by_hash, {"token_hash": token_hash})
+        row = self._driver.fetch_one(self._by_hash, {"token_hash": token_hash})
         return None if row is None else _to_model(row)
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
-        params = self._by_instance.bind({"instance_uuid": str(instance_uuid)})
-
-        def delete() -> int:
-            with driver_cursor(self._engine, commit=True) as cursor:
-                cursor.execute(self._by_instance.sql, params)
-                return int(cursor.rowcount)
-
-        return retry_rolled_back(delete)
+        params = {"instance_uuid": str(instance_uuid)}
+        write, delete = self._driver.write, self._by_instance
+        return retry_rolled_back(lambda: write(delete, params))
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Select the oldest ids, then delete by id, in one transaction.
@@ -147,6 +140,13 @@ class SqlConsoleConnectionRepository:
             return deleted
 
         return retry_rolled_back(purge)
+
+
+def driver_for(engine: Engine) -> Driver:
+    """A SQLite file's threads hold their connections; every other engine pools."""
+    if SqliteThreadDriver.suits(engine):
+        return SqliteThreadDriver(engine)
+    return PooledDriver(engine)
 
 
 def expired_condition(now: datetime, host: str | None) -> ColumnElement[bool]:
