@@ -105,6 +105,8 @@ _OPTION_FIELDS: Final = frozenset(ConsoleOptions.model_fields)
 
 
 def _utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:  # what the service and every adapter build: no conversion
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be timezone-aware")
     try:

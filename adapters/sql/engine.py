@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -122,6 +123,7 @@ def open_engine(
         event.listen(engine, "connect", _pragma_setter(memory=_is_memory(parsed)))
     elif (backend, driver) in _SERVER_DRIVERS and not options["pool_pre_ping"]:
         event.listen(engine, "checkout", _liveness_check(engine.dialect))
+        _SOCKET_CHECKED.add(engine)
     if auto_migrate:
         try:
             upgrade(engine)
@@ -194,11 +196,35 @@ def _server_options(
     }
 
 
+_SOCKET_CHECKED: Final[weakref.WeakSet[Engine]] = weakref.WeakSet()
+
+
+def checks_sockets(engine: Engine) -> bool:
+    """Whether ``open_engine`` gave ``engine`` the socket poll on checkout
+    (a PostgreSQL or MariaDB/MySQL server, without ``pool_pre_ping``)."""
+    return engine in _SOCKET_CHECKED
+
+
+def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:
+    """Ping only a connection whose socket is readable (closed, reset, or
+    holding a message nobody asked for); one with a quiet socket is alive
+    for all the client can tell without a round trip. A driver error other
+    than a disconnect propagates."""
+    fileno = _socket_of(dbapi_connection)
+    if fileno is not None and fileno >= 0 and not _readable(fileno):
+        return True  # nothing from the server since the last answer
+    try:
+        return fileno is not None and bool(dialect.do_ping(dbapi_connection))
+    except dialect.loaded_dbapi.Error as exc:
+        if not dialect.is_disconnect(exc, dbapi_connection, None):
+            raise
+        return False
+
+
 def _liveness_check(
     dialect: Dialect,
 ) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
-    """A pool ``checkout`` listener: ping only a connection whose socket is
-    readable (closed, reset, or holding a message nobody asked for).
+    """A pool ``checkout`` listener around ``connection_alive``.
 
     Raising ``InvalidatePoolError`` makes the pool drop this connection and
     every older one, and hand out a fresh connection instead (SQLAlchemy's
@@ -206,16 +232,7 @@ def _liveness_check(
     """
 
     def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
-        fileno = _socket_of(dbapi_connection)
-        if fileno is not None and fileno >= 0 and not _readable(fileno):
-            return  # nothing from the server since the last answer: alive
-        try:
-            alive = fileno is not None and dialect.do_ping(dbapi_connection)
-        except dialect.loaded_dbapi.Error as exc:
-            if not dialect.is_disconnect(exc, dbapi_connection, None):
-                raise
-            alive = False
-        if not alive:
+        if not connection_alive(dialect, dbapi_connection):
             raise sa_exc.InvalidatePoolError("the server closed the pooled connection")
 
     return check

@@ -41,6 +41,7 @@ from console_auth.domain.model import invalid_request
 
 from .driver import Driver, PooledDriver, Prepared
 from .errors import DUPLICATE_HASH, is_retryable, mapped_errors
+from .held_connection import HeldConnectionDriver
 from .sqlite_threads import SqliteThreadDriver
 from .tables import CONSOLE_CONNECTIONS
 from .transactions import transaction
@@ -91,8 +92,8 @@ def from_microseconds(value: int) -> datetime:
 
 
 class SqlConsoleConnectionRepository:
-    """Safe for threads: each call runs on a connection of its own, from the
-    engine's pool or, on a SQLite file, the calling thread's."""
+    """Safe for threads: each call runs on a connection no other call is
+    using (see ``driver_for``)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -143,9 +144,12 @@ class SqlConsoleConnectionRepository:
 
 
 def driver_for(engine: Engine) -> Driver:
-    """A SQLite file's threads hold their connections; every other engine pools."""
+    """A SQLite file's threads hold their connections, a server engine holds
+    one for whoever finds it free, anything else pools every call."""
     if SqliteThreadDriver.suits(engine):
         return SqliteThreadDriver(engine)
+    if HeldConnectionDriver.suits(engine):
+        return HeldConnectionDriver(engine)
     return PooledDriver(engine)
 
 

@@ -5,31 +5,27 @@ and back in (and the reset on return) is a fifth of a token insert and a
 quarter of a lookup, the largest cost left between this library and plain
 ``sqlite3`` (``python -m bench``). A file database has no server to run out
 of connections and nothing to drop them, so each thread keeps its own
-instead: opened through the pool (the engine's ``connect`` listener sets
-the pragmas), then detached from it, so it takes none of the pool's slots.
+(``driver.Detached``: pragmas set, no pool slot taken).
 
 It is closed when its thread ends, when the engine is disposed, when the
 driver is dropped, or after any driver error (the next call opens a fresh
-one). A child process never touches a connection it inherited by ``fork``:
-SQLite forbids carrying one across, so the child opens its own and leaves
-the parent's alone. Purge and migrations keep using the pool.
+one). A forked child opens its own. Purge and migrations keep using the
+pool.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import QueuePool
 
 from console_auth.domain import BackendUnavailable
 
-from .driver import Prepared, checkout, conflict
+from .driver import Detached, Prepared, close_on_dispose, conflict
 from .errors import describe
 
 
@@ -40,8 +36,7 @@ class SqliteThreadDriver:
         self._engine = engine
         self._dbapi = engine.dialect.loaded_dbapi
         self._threads = threading.local()
-        close_all = weakref.WeakMethod(self.close)
-        event.listen(engine, "engine_disposed", lambda _engine: _call(close_all))
+        close_on_dispose(engine, self.close)
 
     @staticmethod
     def suits(engine: Engine) -> bool:
@@ -92,24 +87,16 @@ class SqliteThreadDriver:
     def close(self) -> None:
         """Close every thread's connection (also on ``engine.dispose()``).
 
-        Dropping the thread-local store drops each thread's holder, whose
-        finalizer closes its connection. Meant, like ``dispose``, for when
-        no call is running; a call in flight then fails as ``BackendUnavailable``.
+        Dropping the thread-local store drops each thread's ``Detached``,
+        which closes its connection. Meant, like ``dispose``, for when no
+        call is running; a call in flight then fails as ``BackendUnavailable``.
         """
         self._threads = threading.local()
 
     def _connection(self) -> DBAPIConnection:
-        held: _Held | None = getattr(self._threads, "held", None)
-        if held is not None and held.pid == os.getpid():
-            return held.dbapi_connection
-        conn = checkout(self._engine)
-        try:
-            conn.detach()
-        except BaseException:
-            conn.close()
-            raise
-        held = _Held(conn)
-        self._threads.held = held
+        held: Detached | None = getattr(self._threads, "held", None)
+        if held is None or not held.usable():
+            held = self._threads.held = Detached(self._engine)
         return held.dbapi_connection
 
     def _drop(self) -> None:
@@ -122,30 +109,6 @@ class SqliteThreadDriver:
             conn.rollback()
         except self._dbapi.Error:
             self._drop()
-
-
-class _Held:
-    """A thread's connection; closed when the last reference goes, in the
-    process that opened it only."""
-
-    def __init__(self, connection: PoolProxiedConnection) -> None:
-        dbapi_connection = connection.dbapi_connection
-        if dbapi_connection is None:  # pragma: no cover - checkout just opened it
-            raise BackendUnavailable("SQL token store handed out a closed connection")
-        self.dbapi_connection = dbapi_connection
-        self.pid = os.getpid()
-        weakref.finalize(self, _close, connection, self.pid)
-
-
-def _close(connection: PoolProxiedConnection, pid: int) -> None:
-    if os.getpid() == pid:
-        connection.close()
-
-
-def _call(method: weakref.WeakMethod[Any]) -> None:
-    bound = method()
-    if bound is not None:
-        bound()
 
 
 def _unavailable(exc: Exception) -> BackendUnavailable:
