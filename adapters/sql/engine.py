@@ -82,6 +82,13 @@ POSTGRESQL_KEEPALIVES: Final = {
 """A pooled connection whose peer vanished without a word (host down, NAT
 state lost) errors within about a minute, which the checkout poll then sees."""
 
+MYSQL_SESSION_ISOLATION: Final = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+"""What every MariaDB/MySQL statement runs under, as on PostgreSQL by
+default. Under InnoDB's REPEATABLE READ an autocommitted revoke locks the
+gaps around its rows too, so an authorize whose row falls in such a gap
+waits for the revoke, and a revoke waiting for a lock stalls the inserts
+behind it."""
+
 _SERVER_DRIVERS: Final = {("postgresql", "psycopg"), ("mysql", "pymysql"), ("mariadb", "pymysql")}
 """Backends and drivers whose timeouts and socket this module knows; other
 drivers work, with SQLAlchemy's defaults and its full pre-ping."""
@@ -179,7 +186,11 @@ def _server_options(
         if io_timeout is not None:
             defaults["tcp_user_timeout"] = round(io_timeout * 1000)
     else:
-        defaults = {"connect_timeout": connect_timeout, "charset": "utf8mb4"}
+        defaults = {
+            "connect_timeout": connect_timeout,
+            "charset": "utf8mb4",
+            "init_command": MYSQL_SESSION_ISOLATION,
+        }
         if io_timeout is not None:
             defaults.update(read_timeout=io_timeout, write_timeout=io_timeout)
     connect_args = {k: v for k, v in defaults.items() if k not in url.query}

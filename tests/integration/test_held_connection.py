@@ -123,8 +123,10 @@ def test_a_connection_the_server_killed_costs_no_call(engine: Engine, url: str) 
 
 
 def test_a_call_blocked_on_a_lock_leaves_the_others_to_the_pool(engine: Engine, url: str) -> None:
-    """A revoke waits for a row lock on the held connection; a lookup and
-    another revoke meanwhile go through the pool. Were they to wait for the held
+    """A revoke waits for a row lock on the held connection; a lookup, an
+    insert and another revoke meanwhile go through the pool. (The insert
+    also shows that a waiting revoke holds no gap: READ COMMITTED on
+    MariaDB, see ``engine.MYSQL_SESSION_ISOLATION``.) Were they to wait for the held
     connection instead, they would wait for ever: the lock is released
     only after them. Run in threads, so that such a regression fails."""
     repository = SqlConsoleConnectionRepository(engine)
@@ -142,8 +144,7 @@ def test_a_call_blocked_on_a_lock_leaves_the_others_to_the_pool(engine: Engine, 
             try:
                 lookup = threads.submit(repository.get_by_hash, free.token_hash)
                 assert lookup.result(timeout=5) == free
-                # a write of another row (an insert might queue behind the
-                # revoke's waiting gap lock on InnoDB, whatever the driver)
+                threads.submit(repository.add, a_connection()).result(timeout=5)
                 other = threads.submit(repository.delete_by_instance, free.instance_uuid)
                 assert other.result(timeout=5) == 1
             finally:
@@ -194,3 +195,15 @@ def test_dispose_closes_the_held_connection(engine: Engine, url: str) -> None:
         assert repository.get_by_hash(stored.token_hash) == stored  # and opens anew
     finally:
         observer.dispose()
+
+
+def test_statements_run_read_committed_on_every_server(engine: Engine) -> None:
+    """PostgreSQL's default; on MariaDB set per session (``init_command``)."""
+    sql = (
+        "SHOW transaction_isolation"
+        if engine.dialect.name == "postgresql"
+        else "SELECT @@session.tx_isolation"
+    )
+    with engine.connect() as conn:
+        level = str(conn.execute(text(sql)).scalar())
+    assert level.upper().replace("-", " ") == "READ COMMITTED"
