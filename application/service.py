@@ -145,7 +145,7 @@ class ConsoleAuthService:
         self._repository.add(connection)
         logger.info(
             "authorized %s console for instance %s on %s:%s (token hash %.8s)",
-            connection.console_type.value,
+            connection.console_type,
             connection.instance_uuid,
             connection.host,
             connection.port,

@@ -224,6 +224,7 @@ def retry_rolled_back(write: Callable[[], _R]) -> _R:
 
 
 def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
+    """Times without ``to_microseconds``' checks: the model holds UTC only."""
     issued_at = connection.issued_at
     return {
         "token_hash": connection.token_hash,
@@ -233,8 +234,8 @@ def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
         "console_type": connection.console_type.value,
         "options": connection.options.model_dump_json(),
         "access_url_base": connection.access_url_base,
-        "expires_at_us": to_microseconds(connection.expires_at),
-        "issued_at_us": None if issued_at is None else to_microseconds(issued_at),
+        "expires_at_us": (connection.expires_at - EPOCH) // MICROSECOND,
+        "issued_at_us": None if issued_at is None else (issued_at - EPOCH) // MICROSECOND,
     }
 
 
