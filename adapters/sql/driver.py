@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import operator
 import os
+import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, cast
@@ -180,16 +181,33 @@ _INHERITED: Final[list[PoolProxiedConnection]] = []
 """Connections a forked child inherited and dropped: never touched again."""
 
 
-def close_on_dispose(engine: Engine, close: Callable[[], None]) -> None:
-    """Call ``close`` (a bound method, held weakly) on ``engine.dispose()``."""
-    method = weakref.WeakMethod(close)
+class Closeable(Protocol):
+    def close(self) -> None: ...
 
-    def disposed(_engine: Engine) -> None:
-        bound = method()
-        if bound is not None:
-            bound()
 
-    event.listen(engine, "engine_disposed", disposed)
+def close_on_dispose(engine: Engine, holder: Closeable) -> None:
+    """Call ``holder.close()`` on ``engine.dispose()``, for as long as
+    ``holder`` lives (it is held weakly). One listener per engine, however
+    many holders come and go."""
+    with _HOLDERS_LOCK:
+        holders = _HOLDERS.get(engine)
+        if holders is None:
+            holders = _HOLDERS[engine] = weakref.WeakSet()
+            event.listen(engine, "engine_disposed", _close_holders)
+        holders.add(holder)
+
+
+def _close_holders(engine: Engine) -> None:
+    with _HOLDERS_LOCK:
+        holders = list(_HOLDERS.get(engine, ()))
+    for holder in holders:
+        holder.close()
+
+
+_HOLDERS: Final[weakref.WeakKeyDictionary[Engine, weakref.WeakSet[Closeable]]] = (
+    weakref.WeakKeyDictionary()
+)
+_HOLDERS_LOCK: Final = threading.Lock()
 
 
 def checkout(engine: Engine) -> PoolProxiedConnection:

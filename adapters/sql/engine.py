@@ -87,7 +87,9 @@ MYSQL_SESSION_ISOLATION: Final = "SET SESSION TRANSACTION ISOLATION LEVEL READ C
 default. Under InnoDB's REPEATABLE READ an autocommitted revoke locks the
 gaps around its rows too, so an authorize whose row falls in such a gap
 waits for the revoke, and a revoke waiting for a lock stalls the inserts
-behind it."""
+behind it. It needs ``binlog_format`` ROW or MIXED (the servers' defaults):
+with STATEMENT, InnoDB refuses writes under READ COMMITTED (error 1665);
+such a server needs ``connect_args={"init_command": ""}``."""
 
 _SERVER_DRIVERS: Final = {("postgresql", "psycopg"), ("mysql", "pymysql"), ("mariadb", "pymysql")}
 """Backends and drivers whose timeouts and socket this module knows; other
@@ -130,7 +132,8 @@ def open_engine(
         event.listen(engine, "connect", _pragma_setter(memory=_is_memory(parsed)))
     elif (backend, driver) in _SERVER_DRIVERS and not options["pool_pre_ping"]:
         event.listen(engine, "checkout", _liveness_check(engine.dialect))
-        _SOCKET_CHECKED.add(engine)
+        if options["isolation_level"] == "AUTOCOMMIT":
+            _HOLDABLE.add(engine)
     if auto_migrate:
         try:
             upgrade(engine)
@@ -207,13 +210,16 @@ def _server_options(
     }
 
 
-_SOCKET_CHECKED: Final[weakref.WeakSet[Engine]] = weakref.WeakSet()
+_HOLDABLE: Final[weakref.WeakSet[Engine]] = weakref.WeakSet()
 
 
-def checks_sockets(engine: Engine) -> bool:
-    """Whether ``open_engine`` gave ``engine`` the socket poll on checkout
-    (a PostgreSQL or MariaDB/MySQL server, without ``pool_pre_ping``)."""
-    return engine in _SOCKET_CHECKED
+def holdable(engine: Engine) -> bool:
+    """Whether a connection of ``engine`` may be held between calls: a
+    PostgreSQL or MariaDB/MySQL server engine from ``open_engine`` whose
+    connections autocommit (so a held one never sits in a transaction or
+    on an old snapshot) and get the socket poll (so ``connection_alive``
+    can check one without a round trip)."""
+    return engine in _HOLDABLE
 
 
 def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:

@@ -15,7 +15,8 @@ checkout (``engine.connection_alive``: a socket poll, a ping only when the
 server has written or closed), before every call. Any driver error but a
 rejected duplicate closes it and the next call opens a fresh one, so a
 restarted server costs at most the one call that was in flight. A forked
-child opens its own (``driver.Detached``).
+child opens its own (``driver.Detached``); one forked while a call held
+the connection finds the lock taken for good and uses the pool.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from sqlalchemy.engine.interfaces import DBAPICursor
 
 from console_auth.domain import BackendUnavailable
 
-from .driver import Detached, PooledDriver, Prepared, autocommits, close_on_dispose, conflict
-from .engine import checks_sockets, connection_alive
+from .driver import Detached, PooledDriver, Prepared, close_on_dispose, conflict
+from .engine import connection_alive, holdable
 from .errors import describe
 
 
@@ -43,28 +44,28 @@ class HeldConnectionDriver:
         self._dbapi = engine.dialect.loaded_dbapi
         self._pooled = PooledDriver(engine)
         self._lock = threading.Lock()
-        self._held: Detached | None = None
-        self._cursor: DBAPICursor | None = None
-        close_on_dispose(engine, self.close)
+        """Taken without waiting: whoever does not get it uses the pool."""
+        self._held: tuple[Detached, DBAPICursor] | None = None
+        close_on_dispose(engine, self)
 
     @staticmethod
     def suits(engine: Engine) -> bool:
-        """A server engine whose connections ``connection_alive`` can check
-        without a round trip; with ``pool_pre_ping`` the caller asked for a
-        ping per call, which the pool does."""
-        return checks_sockets(engine)
+        """A server engine that autocommits and polls sockets on checkout
+        (``engine.holdable``): not with ``pool_pre_ping`` (a ping per call
+        was asked for, which the pool does) or another isolation level."""
+        return holdable(engine)
 
     def fetch_one(self, statement: Prepared, params: Mapping[str, Any]) -> Sequence[Any] | None:
         if not self._lock.acquire(blocking=False):
             return self._pooled.fetch_one(statement, params)
         try:
-            cursor = self._checked_cursor()
+            _held, cursor = self._checked()  # the local keeps the connection open
             cursor.execute(statement.sql, statement.bind(params))
             return cast(Sequence[Any] | None, cursor.fetchone())
         except self._dbapi.Error as exc:
             raise self._fault(exc) from exc
         except BaseException:
-            self.close()
+            self._held = None
             raise
         finally:
             self._lock.release()
@@ -72,58 +73,45 @@ class HeldConnectionDriver:
     def write(
         self, statement: Prepared, params: Mapping[str, Any], *, on_conflict: str | None = None
     ) -> int:
+        """One autocommitted statement: nothing to commit or roll back."""
         if not self._lock.acquire(blocking=False):
             return self._pooled.write(statement, params, on_conflict=on_conflict)
         try:
-            cursor = self._checked_cursor()
+            _held, cursor = self._checked()
             cursor.execute(statement.sql, statement.bind(params))
-            count = int(cursor.rowcount)
-            held = cast(Detached, self._held)
-            if not autocommits(self._dialect, held.dbapi_connection):
-                held.dbapi_connection.commit()
-            return count
+            return int(cursor.rowcount)
         except self._dbapi.IntegrityError as exc:
-            self._roll_back()
             raise conflict(exc, on_conflict) from exc
         except self._dbapi.Error as exc:
             raise self._fault(exc) from exc
         except BaseException:
-            self.close()
+            self._held = None
             raise
         finally:
             self._lock.release()
 
     def close(self) -> None:
-        """Close the held connection (also on ``engine.dispose()``); the next
-        call opens another."""
-        self._cursor = self._held = None
+        """Close the held connection (also on ``engine.dispose()``): now if
+        no call is using it, else when that call ends, since the call holds
+        its own reference (closing it under a running statement would pull
+        the socket away). The next call opens another."""
+        self._held = None
 
-    def _checked_cursor(self) -> DBAPICursor:
-        """The held connection's cursor, after the liveness check; a fresh
-        connection if there was none or it died."""
-        held, cursor = self._held, self._cursor
+    def _checked(self) -> tuple[Detached, DBAPICursor]:
+        """The held connection and its cursor, after the liveness check; a
+        fresh connection if there was none or it died."""
+        held = self._held
         if (
             held is not None
-            and cursor is not None
-            and held.usable()
-            and connection_alive(self._dialect, held.dbapi_connection)
+            and held[0].usable()
+            and connection_alive(self._dialect, held[0].dbapi_connection)
         ):
-            return cursor
-        self.close()
-        held = Detached(self._engine)
-        self._held, self._cursor = held, held.dbapi_connection.cursor()
-        return self._cursor
+            return held
+        self._held = None
+        connection = Detached(self._engine)
+        held = self._held = (connection, connection.dbapi_connection.cursor())
+        return held
 
     def _fault(self, exc: Exception) -> BackendUnavailable:
-        self.close()
+        self._held = None
         return BackendUnavailable(f"SQL token store unavailable: {describe(exc)}")
-
-    def _roll_back(self) -> None:
-        """Outside autocommit a failed statement leaves a transaction open."""
-        held = self._held
-        if held is None or autocommits(self._dialect, held.dbapi_connection):
-            return
-        try:
-            held.dbapi_connection.rollback()
-        except self._dbapi.Error:
-            self.close()

@@ -36,7 +36,7 @@ class SqliteThreadDriver:
         self._engine = engine
         self._dbapi = engine.dialect.loaded_dbapi
         self._threads = threading.local()
-        close_on_dispose(engine, self.close)
+        close_on_dispose(engine, self)
 
     @staticmethod
     def suits(engine: Engine) -> bool:
@@ -46,7 +46,8 @@ class SqliteThreadDriver:
         return engine.dialect.name == "sqlite" and type(engine.pool) is QueuePool
 
     def fetch_one(self, statement: Prepared, params: Mapping[str, Any]) -> Sequence[Any] | None:
-        conn = self._connection()
+        held = self._connection()  # the local keeps it open through ``close``
+        conn = held.dbapi_connection
         try:
             cursor = conn.cursor()
             try:  # closed at once: an open cursor would keep its read snapshot
@@ -64,7 +65,8 @@ class SqliteThreadDriver:
     def write(
         self, statement: Prepared, params: Mapping[str, Any], *, on_conflict: str | None = None
     ) -> int:
-        conn = self._connection()
+        held = self._connection()
+        conn = held.dbapi_connection
         try:
             cursor = conn.cursor()
             try:
@@ -88,16 +90,15 @@ class SqliteThreadDriver:
         """Close every thread's connection (also on ``engine.dispose()``).
 
         Dropping the thread-local store drops each thread's ``Detached``,
-        which closes its connection. Meant, like ``dispose``, for when no
-        call is running; a call in flight then fails as ``BackendUnavailable``.
-        """
+        which closes its connection: at once if idle, else when the call
+        using it ends, in that call's thread."""
         self._threads = threading.local()
 
-    def _connection(self) -> DBAPIConnection:
+    def _connection(self) -> Detached:
         held: Detached | None = getattr(self._threads, "held", None)
         if held is None or not held.usable():
             held = self._threads.held = Detached(self._engine)
-        return held.dbapi_connection
+        return held
 
     def _drop(self) -> None:
         """Close this thread's connection; the next call opens a fresh one."""

@@ -18,7 +18,9 @@ import pytest
 from sqlalchemy import Engine, delete, event, text
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql.driver import PooledDriver
 from console_auth.adapters.sql.held_connection import HeldConnectionDriver
+from console_auth.adapters.sql.repository import driver_for
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.domain import InvalidRequest
 from tests.backends.sql_servers import SERVER_NAMES, database
@@ -79,14 +81,27 @@ def _kill(observer: Engine, session: int) -> None:
             conn.execute(text(f"KILL {int(session)}"))
 
 
-def test_server_engines_get_the_held_connection_unless_pre_ping_is_asked(url: str) -> None:
-    plain, pinging = open_engine(url), open_engine(url, pool_pre_ping=True)
+def test_only_autocommit_engines_without_pre_ping_hold_a_connection(url: str) -> None:
+    """A held connection outside autocommit would sit in a transaction, on
+    an old snapshot, between calls; with ``pool_pre_ping`` a ping per call
+    was asked for."""
+    plain = open_engine(url)
+    pinging = open_engine(url, pool_pre_ping=True)
+    transactional = open_engine(url, isolation_level="READ COMMITTED")
     try:
         assert HeldConnectionDriver.suits(plain)
         assert not HeldConnectionDriver.suits(pinging)
+        assert not HeldConnectionDriver.suits(transactional)
+        assert isinstance(driver_for(transactional), PooledDriver)
     finally:
-        plain.dispose()
-        pinging.dispose()
+        for engine in (plain, pinging, transactional):
+            engine.dispose()
+
+
+def test_many_repositories_on_one_engine_add_one_dispose_listener(engine: Engine) -> None:
+    repositories = [SqlConsoleConnectionRepository(engine) for _ in range(20)]
+    assert len(engine.dispatch.engine_disposed) == 1
+    assert len(repositories) == 20
 
 
 def test_a_lone_caller_reuses_one_connection_and_checks_none_out(engine: Engine) -> None:
@@ -152,6 +167,36 @@ def test_a_call_blocked_on_a_lock_leaves_the_others_to_the_pool(engine: Engine, 
             assert revoke.result(timeout=30) == 1
     finally:
         blocker.dispose()
+
+
+def test_dispose_during_a_call_lets_it_finish_then_closes_its_connection(
+    engine: Engine, url: str
+) -> None:
+    """The call blocked on a row lock keeps its connection; dispose marks it,
+    and it is closed when the call returns, with the call's own result."""
+    repository = SqlConsoleConnectionRepository(engine)
+    locked = a_connection()
+    repository.add(locked)
+    blocker = open_engine(url, isolation_level="READ COMMITTED")  # not autocommit
+    observer = open_engine(url, pool_pre_ping=True)
+    try:
+        with ThreadPoolExecutor(1) as threads, blocker.connect() as conn:
+            transaction = conn.begin()
+            conn.execute(delete(T).where(T.c.instance_uuid == str(locked.instance_uuid)))
+            revoke = threads.submit(repository.delete_by_instance, locked.instance_uuid)
+            time.sleep(0.3)
+            assert not revoke.done()
+            engine.dispose()
+            transaction.rollback()
+            assert revoke.result(timeout=30) == 1
+        blocker.dispose()
+        deadline = time.monotonic() + 5
+        while _other_sessions(observer) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server ends a closed session a moment later
+        assert _other_sessions(observer) == []
+    finally:
+        blocker.dispose()
+        observer.dispose()
 
 
 def _child(repository: SqlConsoleConnectionRepository, token_hash: str, result: Any) -> None:

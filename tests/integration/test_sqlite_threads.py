@@ -12,7 +12,9 @@ import gc
 import multiprocessing
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,30 @@ def test_a_forked_child_opens_its_own_connection_and_spares_the_parents(
     assert opened.open_count() == 1
     assert repository.get_by_hash(stored.token_hash) == stored
     repository.add(a_connection())
+
+
+def test_dispose_during_a_call_lets_it_finish_then_closes_its_connection(
+    engine: Engine, repository: SqlConsoleConnectionRepository
+) -> None:
+    """An insert waits out another writer's lock (the busy timeout) while
+    the engine is disposed: it still commits, and its connection is closed
+    when it returns, not under it."""
+    opened = Opened(engine)
+    repository.add(a_connection())  # the main thread's connection, closed at once below
+    writer = sqlite3.connect(engine.url.database or "", isolation_level=None)
+    stored = a_connection()
+    try:
+        with ThreadPoolExecutor(1) as threads:
+            threads.submit(repository.get_by_hash, stored.token_hash).result()  # opens its own
+            writer.execute("BEGIN IMMEDIATE")  # SQLite's one write lock
+            insert = threads.submit(repository.add, stored)
+            time.sleep(0.3)
+            assert not insert.done()
+            engine.dispose()  # (probing the waiting call's connection would disturb it)
+            writer.execute("COMMIT")
+            insert.result(timeout=10)
+            gc.collect()
+            assert opened.open_count() == 0
+    finally:
+        writer.close()
+    assert repository.get_by_hash(stored.token_hash) == stored
