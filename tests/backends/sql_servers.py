@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import glob
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -270,7 +271,7 @@ def _start_mariadb(workdir: Path) -> tuple[URL, Callable[[], None]]:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         raise _Unavailable("mysql_install_db refuses to run as root")
     mysqld = _which("mariadbd", "mysqld", patterns=("/usr/sbin/mariadbd", "/usr/sbin/mysqld"))
-    user = os.environ.get("USER") or "mysql"
+    user = pwd.getpwuid(os.geteuid()).pw_name  # the install runs as, and grants, this user
     port = _free_port()
     executor = MySQLExecutor(
         mysqld_safe=Path(_which("mariadbd-safe", "mysqld_safe")),
