@@ -43,6 +43,10 @@ from console_auth.application import (
     PortPolicy,
     ServicePolicy,
 )
+from console_auth.application.cell_ports import (
+    CellRoutedPortLeaseRepository,
+    CellRoutedPortReservationRepository,
+)
 from console_auth.domain import BackendUnavailable, InvalidRequest
 
 if TYPE_CHECKING:
@@ -93,6 +97,23 @@ def _cell_repository(
         yield repository
     finally:
         repository.close()
+
+
+def _cell_port_leases(
+    engines: Mapping[str, Engine], locator: CellLocator
+) -> CellRoutedPortLeaseRepository:
+    """Serial-port leases routed over the cells' databases, by compute host."""
+    return CellRoutedPortLeaseRepository(
+        {name: SqlPortLeaseRepository(engine) for name, engine in engines.items()}, locator
+    )
+
+
+def _cell_port_reservations(
+    engines: Mapping[str, Engine], locator: CellLocator
+) -> CellRoutedPortReservationRepository:
+    return CellRoutedPortReservationRepository(
+        {name: SqlPortReservationRepository(engine) for name, engine in engines.items()}, locator
+    )
 
 
 def _database_layout(cells: Mapping[str, Any]) -> str:
@@ -249,10 +270,23 @@ class Container(containers.DeclarativeContainer):
     service = providers.Factory(
         ConsoleAuthService, repository=repository, clock=clock, tokens=tokens, policy=policy
     )
-    # Serial-port leases live in the primary backend, beside its tokens.
+    # Serial-port leases live in the primary backend, beside its tokens: with
+    # cells, in the compute host's cell, never in the unused ``database.url``.
+    database_port_leases = providers.Selector(
+        providers.Callable(_database_layout, cells=config.cells),
+        single=providers.Singleton(SqlPortLeaseRepository, engine=engine),
+        cells=providers.Singleton(_cell_port_leases, engines=cell_engines, locator=cell_locator),
+    )
+    database_port_reservations = providers.Selector(
+        providers.Callable(_database_layout, cells=config.cells),
+        single=providers.Singleton(SqlPortReservationRepository, engine=engine),
+        cells=providers.Singleton(
+            _cell_port_reservations, engines=cell_engines, locator=cell_locator
+        ),
+    )
     port_leases = providers.Selector(
         config.console_tokens_backend,
-        database=providers.Singleton(SqlPortLeaseRepository, engine=engine),
+        database=database_port_leases,
         memcached=providers.Singleton(
             _memcached_leases,
             client=memcached_client,
@@ -263,7 +297,7 @@ class Container(containers.DeclarativeContainer):
     )
     port_reservations = providers.Selector(
         config.console_tokens_backend,
-        database=providers.Singleton(SqlPortReservationRepository, engine=engine),
+        database=database_port_reservations,
         memcached=providers.Singleton(
             _memcached_reservations,
             client=memcached_client,

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     )
     """Empty: one database, ``database``. Otherwise the ``database`` backend
     is split over these cells, each with its own database; ``database`` is
-    then not used for tokens."""
+    then used neither for tokens nor for serial-port leases."""
     cell_map_file: Path | None = Field(default=None, validate_default=True)
     """TOML file saying which cell holds each instance and compute host
     (``adapters/cells.py``); required with ``cells``, re-read when it changes."""

@@ -114,18 +114,18 @@ class CellRoutedConsoleConnectionRepository:
 
     def add(self, connection: ConsoleConnection) -> None:
         name = self._locator.cell_of(connection.instance_uuid)
-        _in_cell(name, self.cell(name).add, connection)
+        in_cell(name, self.cell(name).add, connection)
 
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
         """Search every cell at once; see the module docstring."""
         if len(self._cells) == 1:
             ((name, only),) = self._cells.items()
-            return _in_cell(name, only.get_by_hash, token_hash)
+            return in_cell(name, only.get_by_hash, token_hash)
         return self._search(token_hash)
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
         name = self._locator.cell_of(instance_uuid)
-        return _in_cell(name, self.cell(name).delete_by_instance, instance_uuid)
+        return in_cell(name, self.cell(name).delete_by_instance, instance_uuid)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """The cells to purge in turn, sharing ``limit`` as the fallback
@@ -135,7 +135,7 @@ class CellRoutedConsoleConnectionRepository:
         for name, repository in self.cells_to_purge(host).items():
             if deleted >= limit:
                 break
-            deleted += _in_cell(name, repository.delete_expired, now, host, limit - deleted)
+            deleted += in_cell(name, repository.delete_expired, now, host, limit - deleted)
         return deleted
 
     # --- CellRoutedRepository ------------------------------------------------------------------
@@ -144,7 +144,7 @@ class CellRoutedConsoleConnectionRepository:
         self, instance_uuid: UUID, token_hash: str
     ) -> ConsoleConnection | None:
         name = self._locator.cell_of(instance_uuid)
-        return _in_cell(name, self.cell(name).get_by_hash, token_hash)
+        return in_cell(name, self.cell(name).get_by_hash, token_hash)
 
     def cells_to_purge(self, host: str | None) -> Mapping[str, ConsoleConnectionRepository]:
         if host is not None:
@@ -203,7 +203,7 @@ class CellRoutedConsoleConnectionRepository:
         return None
 
 
-def _in_cell(name: str, call: Callable[..., _R], *args: object) -> _R:
+def in_cell(name: str, call: Callable[..., _R], *args: object) -> _R:
     """``call(*args)``, its ``BackendUnavailable`` naming the cell; the
     driver's error stays the ``__cause__``."""
     try:

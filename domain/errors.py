@@ -66,7 +66,8 @@ class InvalidRequest(ConsoleAuthError, ValueError):
 
 class UnknownCell(InvalidRequest):
     """Raised when a deployment split into cells cannot tell which cell holds
-    an instance (its ``CellLocator`` does not know the uuid).
+    an instance (its ``CellLocator`` does not know the uuid), or, for serial
+    ports, a compute host.
 
     Authorize, validate by uuid and revoke each need that one cell, and a
     guess would store a token where validation never looks, or revoke

@@ -1,0 +1,130 @@
+"""Serial-port leases and reservations split over cells, routed by host.
+
+A console port belongs to a compute host and a host to one cell, so its
+lease and its reservation live in that cell's store, beside the tokens of
+the instances it runs. A cell that is down then takes only its own hosts'
+ports with it, and ``claim`` stays one atomic operation in one store.
+
+- Whatever names a host goes to ``locator.cell_of_host``. A host in no cell
+  is ``UnknownCell``, never a guess: claims routed to the right cell would
+  never see a lease stored in a guessed one, and hand its port out twice.
+- By instance (``leases(instance_uuid=...)``, ``delete_by_instance``): the
+  instance's cell, as for revoking its tokens; ``UnknownCell`` propagates.
+- ``leases`` of every host asks every cell, and fails if one fails: a
+  partial list would show taken ports as free.
+- ``delete_expired`` of every host (or of a host in no cell, as the token
+  purge does) goes cell by cell, sharing ``limit``. A cell that fails is
+  skipped while the others fill the batch, then named once they are done,
+  so a caller looping until a batch comes back short still ends, and still
+  purges the cells that are up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from functools import partial
+from typing import Generic, TypeVar
+from uuid import UUID
+
+from console_auth.domain import BackendUnavailable, InvalidRequest, UnknownCell
+from console_auth.domain.leases import PortLease
+
+from .cells import in_cell
+from .ports import CellLocator, PortLeaseRepository, PortReservationRepository
+
+_S = TypeVar("_S")
+
+
+class _ByHost(Generic[_S]):
+    """One store per cell, and the host-to-cell lookup both routers share."""
+
+    def __init__(self, cells: Mapping[str, _S], locator: CellLocator) -> None:
+        if not cells:
+            raise InvalidRequest("a cell-routed repository needs at least one cell")
+        without_store = sorted(set(locator.cells()) - set(cells))
+        if without_store:
+            raise InvalidRequest(
+                f"the cell locator names cells that have no store: {', '.join(without_store)}"
+            )
+        self._cells = dict(cells)
+        self._locator = locator
+
+    def _cell_of_host(self, host: str) -> tuple[str, _S]:
+        name = self._locator.cell_of_host(host)
+        if name is None:
+            raise UnknownCell(f"no cell is known to hold compute host {host}")
+        return name, self._cells[name]
+
+
+class CellRoutedPortLeaseRepository(_ByHost[PortLeaseRepository]):
+    """A ``PortLeaseRepository`` over one per cell; see the module docstring.
+    Thread-safe when the cells' repositories are."""
+
+    def claim(self, lease: PortLease, now: datetime) -> PortLease | None:
+        name, cell = self._cell_of_host(lease.host)
+        return in_cell(name, cell.claim, lease, now)
+
+    def renew(self, lease: PortLease, expires_at: datetime, now: datetime) -> PortLease | None:
+        name, cell = self._cell_of_host(lease.host)
+        return in_cell(name, cell.renew, lease, expires_at, now)
+
+    def release(self, lease: PortLease) -> bool:
+        name, cell = self._cell_of_host(lease.host)
+        return in_cell(name, cell.release, lease)
+
+    def leases(
+        self, now: datetime, *, host: str | None = None, instance_uuid: UUID | None = None
+    ) -> list[PortLease]:
+        cells = self._cells
+        if host is not None:
+            name, cell = self._cell_of_host(host)
+            cells = {name: cell}
+        elif instance_uuid is not None:
+            name = self._locator.cell_of(instance_uuid)
+            cells = {name: self._cells[name]}
+        found: list[PortLease] = []
+        for name, cell in cells.items():
+            listed = partial(cell.leases, now, host=host, instance_uuid=instance_uuid)
+            found += in_cell(name, listed)
+        return sorted(found, key=lambda lease: (lease.host, lease.port))
+
+    def delete_by_instance(self, instance_uuid: UUID) -> int:
+        name = self._locator.cell_of(instance_uuid)
+        return in_cell(name, self._cells[name].delete_by_instance, instance_uuid)
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        name = None if host is None else self._locator.cell_of_host(host)
+        cells = self._cells if name is None else {name: self._cells[name]}
+        deleted = 0
+        failed: dict[str, BackendUnavailable] = {}
+        for name, cell in cells.items():
+            if deleted >= limit:
+                break
+            try:
+                deleted += cell.delete_expired(now, host, limit - deleted)
+            except BackendUnavailable as exc:
+                failed[name] = exc
+        if failed and deleted < limit:
+            first = next(iter(failed.values()))
+            raise BackendUnavailable(
+                f"{deleted} expired port leases deleted in this batch, but not in every cell: "
+                + "; ".join(f"cell {name}: {exc}" for name, exc in failed.items())
+            ) from (first.__cause__ or first)
+        return deleted
+
+
+class CellRoutedPortReservationRepository(_ByHost[PortReservationRepository]):
+    """A ``PortReservationRepository`` over one per cell, by host."""
+
+    def reserve(self, host: str, port: int) -> bool:
+        name, cell = self._cell_of_host(host)
+        return in_cell(name, cell.reserve, host, port)
+
+    def release(self, host: str, port: int) -> bool:
+        name, cell = self._cell_of_host(host)
+        return in_cell(name, cell.release, host, port)
+
+    def reserved(self, host: str, first: int, last: int) -> set[int]:
+        name, cell = self._cell_of_host(host)
+        return in_cell(name, cell.reserved, host, first, last)
