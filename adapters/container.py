@@ -39,9 +39,9 @@ from console_auth.application import (
     ConsoleAuthService,
     ConsoleConnectionRepository,
     ConsolePortService,
-    FallbackConsoleConnectionRepository,
     PortPolicy,
     ServicePolicy,
+    fallback_pair,
 )
 from console_auth.application.cell_ports import (
     CellRoutedPortLeaseRepository,
@@ -166,7 +166,7 @@ def _memcached_repository(
 def _with_fallback(
     primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository
 ) -> ConsoleConnectionRepository:
-    return FallbackConsoleConnectionRepository(primary, secondary)
+    return fallback_pair(primary, secondary)
 
 
 def _policy(token_ttl: int, require_instance_uuid: bool, purge_batch_size: int) -> ServicePolicy:

@@ -2,7 +2,11 @@
 job call, and the protocols its adapters satisfy."""
 
 from .cells import CellRoutedConsoleConnectionRepository
-from .fallback import FallbackConsoleConnectionRepository
+from .fallback import (
+    CellRoutedFallbackRepository,
+    FallbackConsoleConnectionRepository,
+    fallback_pair,
+)
 from .ports import (
     CellLocator,
     CellRoutedRepository,
@@ -19,6 +23,7 @@ __all__ = [
     "MAX_TTL",
     "CellLocator",
     "CellRoutedConsoleConnectionRepository",
+    "CellRoutedFallbackRepository",
     "CellRoutedRepository",
     "Clock",
     "ConsoleAuthService",
@@ -30,4 +35,5 @@ __all__ = [
     "PortReservationRepository",
     "ServicePolicy",
     "TokenSource",
+    "fallback_pair",
 ]

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import datetime
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
 
-from .ports import ConsoleConnectionRepository
+from .ports import CellRoutedRepository, ConsoleConnectionRepository
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ class FallbackConsoleConnectionRepository:
         found = self.primary.get_by_hash(token_hash)
         if found is not None:
             return found
-        found = self.secondary.get_by_hash(token_hash)
+        return self._counted(self.secondary.get_by_hash(token_hash), token_hash)
+
+    def _counted(
+        self, found: ConsoleConnection | None, token_hash: str
+    ) -> ConsoleConnection | None:
         if found is not None:
             with self._lock:
                 self._secondary_hits += 1
@@ -83,3 +88,51 @@ class FallbackConsoleConnectionRepository:
         if deleted < limit:
             deleted += self.secondary.delete_expired(now, host, limit - deleted)
         return deleted
+
+
+class CellRoutedFallbackRepository(FallbackConsoleConnectionRepository):
+    """The pair when a store is split over cells (``CellRoutedRepository``):
+    a lookup with the instance uuid asks only that instance's cell of each
+    split store, and purge goes cell by cell, as it does without the
+    fallback. A store that is not split counts as one cell, named
+    ``(primary)`` or ``(fallback)``: parentheses never appear in a cell name.
+    """
+
+    def get_by_hash_in_cell_of(
+        self, instance_uuid: UUID, token_hash: str
+    ) -> ConsoleConnection | None:
+        found = _in_cell_of(self.primary, instance_uuid, token_hash)
+        if found is not None:
+            return found
+        return self._counted(_in_cell_of(self.secondary, instance_uuid, token_hash), token_hash)
+
+    def cells_to_purge(self, host: str | None) -> dict[str, ConsoleConnectionRepository]:
+        return {
+            **_purge_targets(self.primary, host, "(primary)"),
+            **_purge_targets(self.secondary, host, "(fallback)"),
+        }
+
+
+def fallback_pair(
+    primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository
+) -> FallbackConsoleConnectionRepository:
+    """The fallback that keeps cell routing when either store has cells."""
+    if isinstance(primary, CellRoutedRepository) or isinstance(secondary, CellRoutedRepository):
+        return CellRoutedFallbackRepository(primary, secondary)
+    return FallbackConsoleConnectionRepository(primary, secondary)
+
+
+def _in_cell_of(
+    store: ConsoleConnectionRepository, instance_uuid: UUID, token_hash: str
+) -> ConsoleConnection | None:
+    if isinstance(store, CellRoutedRepository):
+        return store.get_by_hash_in_cell_of(instance_uuid, token_hash)
+    return store.get_by_hash(token_hash)
+
+
+def _purge_targets(
+    store: ConsoleConnectionRepository, host: str | None, name: str
+) -> Mapping[str, ConsoleConnectionRepository]:
+    if isinstance(store, CellRoutedRepository):
+        return store.cells_to_purge(host)
+    return {name: store}

@@ -18,7 +18,11 @@ from console_auth.adapters.memcached import MemcachedConsoleConnectionRepository
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
 from console_auth.adapters.settings import DatabaseSettings, Settings
 from console_auth.adapters.sql import HEAD, SqlConsoleConnectionRepository, current_revision
-from console_auth.application import ConsoleAuthService, FallbackConsoleConnectionRepository
+from console_auth.application import (
+    CellRoutedFallbackRepository,
+    ConsoleAuthService,
+    FallbackConsoleConnectionRepository,
+)
 from console_auth.domain import BackendUnavailable, InstanceMismatch
 from tests.backends.memcached import fresh_prefix, session_servers
 from tests.fakes import T0, FakeClock, FixedTokenSource
@@ -117,6 +121,30 @@ def test_memcached_with_the_database_as_fallback_opens_both(
     assert isinstance(repository.secondary, SqlConsoleConnectionRepository)
     assert container.engine.initialized
     container.shutdown_resources()
+
+
+def test_a_fallback_to_a_database_split_over_cells_keeps_its_routing(tmp_path: Path) -> None:
+    map_file = tmp_path / "cells.toml"
+    map_file.write_text('[a]\nhosts = ["compute-a"]\n[b]\nhosts = ["compute-b"]\n')
+    settings = Settings.model_validate(
+        {
+            "console_tokens_backend": "memory",
+            "fallback": "database",
+            "cells": {
+                name: {"database": {"url": f"sqlite:///{tmp_path}/cell-{name}.sqlite3"}}
+                for name in ("a", "b")
+            },
+            "cell_map_file": map_file,
+        }
+    )
+    container = build_container(settings)
+    try:
+        repository = container.repository()
+        assert isinstance(repository, CellRoutedFallbackRepository)
+        assert repository.secondary is container.database_repository()
+        assert list(repository.cells_to_purge(None)) == ["(primary)", "a", "b"]
+    finally:
+        container.shutdown_resources()
 
 
 def test_the_database_with_memcached_as_fallback(

@@ -45,6 +45,7 @@ def test_application_exports() -> None:
         "MAX_TTL",
         "CellLocator",
         "CellRoutedConsoleConnectionRepository",
+        "CellRoutedFallbackRepository",
         "CellRoutedRepository",
         "Clock",
         "ConsoleAuthService",
@@ -56,6 +57,7 @@ def test_application_exports() -> None:
         "PortReservationRepository",
         "ServicePolicy",
         "TokenSource",
+        "fallback_pair",
     ]
 
 
