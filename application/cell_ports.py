@@ -27,10 +27,10 @@ from functools import partial
 from typing import Generic, TypeVar
 from uuid import UUID
 
-from console_auth.domain import BackendUnavailable, InvalidRequest, UnknownCell
+from console_auth.domain import BackendUnavailable, UnknownCell
 from console_auth.domain.leases import PortLease
 
-from .cells import in_cell
+from .cells import check_cell_stores, in_cell
 from .ports import CellLocator, PortLeaseRepository, PortReservationRepository
 
 _S = TypeVar("_S")
@@ -40,13 +40,7 @@ class _ByHost(Generic[_S]):
     """One store per cell, and the host-to-cell lookup both routers share."""
 
     def __init__(self, cells: Mapping[str, _S], locator: CellLocator) -> None:
-        if not cells:
-            raise InvalidRequest("a cell-routed repository needs at least one cell")
-        without_store = sorted(set(locator.cells()) - set(cells))
-        if without_store:
-            raise InvalidRequest(
-                f"the cell locator names cells that have no store: {', '.join(without_store)}"
-            )
+        check_cell_stores(cells, locator)
         self._cells = dict(cells)
         self._locator = locator
 

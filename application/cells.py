@@ -79,13 +79,7 @@ class CellRoutedConsoleConnectionRepository:
         search_workers: int = SEARCH_WORKERS_PER_CELL,
         search_backlog: int = SEARCH_BACKLOG_PER_CELL,
     ) -> None:
-        if not cells:
-            raise InvalidRequest("a cell-routed repository needs at least one cell")
-        without_store = sorted(set(locator.cells()) - set(cells))
-        if without_store:
-            raise InvalidRequest(
-                f"the cell locator names cells that have no store: {', '.join(without_store)}"
-            )
+        check_cell_stores(cells, locator)
         if not 0 < search_timeout <= MAX_SEARCH_TIMEOUT:
             raise InvalidRequest(
                 f"cell search timeout must be above 0 and at most {MAX_SEARCH_TIMEOUT:g} s"
@@ -201,6 +195,17 @@ class CellRoutedConsoleConnectionRepository:
                 + "; ".join(f"cell {name}: {why}" for name, why in sorted(failed.items()))
             ) from cause
         return None
+
+
+def check_cell_stores(cells: Mapping[str, object], locator: CellLocator) -> None:
+    """A router needs a store for every cell its locator may answer."""
+    if not cells:
+        raise InvalidRequest("a cell-routed repository needs at least one cell")
+    without_store = sorted(set(locator.cells()) - set(cells))
+    if without_store:
+        raise InvalidRequest(
+            f"the cell locator names cells that have no store: {', '.join(without_store)}"
+        )
 
 
 def in_cell(name: str, call: Callable[..., _R], *args: object) -> _R:
