@@ -5,10 +5,11 @@ The floor is what any token store on that server must do at least: one
 autocommitted statement per call on one open connection, the very SQL the
 library sends (its statements, compiled for the dialect), the token hashed
 and the expiry checked, nothing else. The ratio is therefore the cost of
-everything the library adds: token checks, the pool and its liveness check,
-row validation into a model. Both sides share one private database
-(``console_auth_bench_<random>``, created with the library's migration and
-dropped at the end), interleaved round by round.
+everything the library adds: token checks, the held connection's liveness
+check (the pool's, for a contended call), row validation into a model.
+Both sides share one private database (``console_auth_bench_<random>``,
+created with the library's migration and dropped at the end), interleaved
+round by round.
 
 Then the library alone serves validate hits from 8 threads: throughput and
 latency percentiles, the figures a console proxy under load sees.
