@@ -37,7 +37,6 @@ from console_auth.application import (
     CellLocator,
     CellRoutedConsoleConnectionRepository,
     ConsoleAuthService,
-    ConsoleConnectionRepository,
     ConsolePortService,
     PortPolicy,
     ServicePolicy,
@@ -163,12 +162,6 @@ def _memcached_repository(
     )
 
 
-def _with_fallback(
-    primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository
-) -> ConsoleConnectionRepository:
-    return fallback_pair(primary, secondary)
-
-
 def _policy(token_ttl: int, require_instance_uuid: bool, purge_batch_size: int) -> ServicePolicy:
     return ServicePolicy(
         default_ttl=timedelta(seconds=token_ttl),
@@ -254,10 +247,10 @@ class Container(containers.DeclarativeContainer):
         config.fallback,
         none=primary_repository,
         database=providers.Singleton(
-            _with_fallback, primary=primary_repository, secondary=database_repository
+            fallback_pair, primary=primary_repository, secondary=database_repository
         ),
         memcached=providers.Singleton(
-            _with_fallback, primary=primary_repository, secondary=memcached_repository
+            fallback_pair, primary=primary_repository, secondary=memcached_repository
         ),
     )
     policy = providers.Singleton(
