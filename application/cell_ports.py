@@ -30,7 +30,7 @@ from uuid import UUID
 from console_auth.domain import BackendUnavailable, UnknownCell
 from console_auth.domain.leases import PortLease
 
-from .cells import check_cell_stores, in_cell
+from .cells import cells_unavailable, check_cell_stores, in_cell
 from .ports import CellLocator, PortLeaseRepository, PortReservationRepository
 
 _S = TypeVar("_S")
@@ -100,11 +100,7 @@ class CellRoutedPortLeaseRepository(_ByHost[PortLeaseRepository]):
             except BackendUnavailable as exc:
                 failed[name] = exc
         if failed and deleted < limit:
-            first = next(iter(failed.values()))
-            raise BackendUnavailable(
-                f"{deleted} expired port leases deleted in this batch, but not in every cell: "
-                + "; ".join(f"cell {name}: {exc}" for name, exc in failed.items())
-            ) from (first.__cause__ or first)
+            raise cells_unavailable(f"{deleted} expired port leases deleted in this batch", failed)
         return deleted
 
 

@@ -208,6 +208,20 @@ def check_cell_stores(cells: Mapping[str, object], locator: CellLocator) -> None
         )
 
 
+def cells_unavailable(done: str, failed: Mapping[str, BackendUnavailable]) -> BackendUnavailable:
+    """One error for work that went through every cell but ``failed``: what
+    was ``done``, then each failed cell and why; the first driver error
+    stays the ``__cause__``."""
+    first = next(iter(failed.values()))
+    error = BackendUnavailable(
+        f"{done}, but not in every cell: "
+        + "; ".join(f"cell {name}: {exc}" for name, exc in failed.items())
+    )
+    error.__cause__ = first.__cause__ or first  # as ``raise ... from`` sets it
+    error.__suppress_context__ = True
+    return error
+
+
 def in_cell(name: str, call: Callable[..., _R], *args: object) -> _R:
     """``call(*args)``, its ``BackendUnavailable`` naming the cell; the
     driver's error stays the ``__cause__``."""

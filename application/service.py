@@ -31,6 +31,7 @@ from console_auth.domain import (
 )
 from console_auth.domain.model import parse_host, parse_instance_uuid
 
+from .cells import cells_unavailable
 from .ports import CellRoutedRepository, Clock, ConsoleConnectionRepository, TokenSource
 
 logger = logging.getLogger(__name__)
@@ -225,11 +226,7 @@ class ConsoleAuthService:
             logger.info("purged %d expired console tokens%s in cell %s", purged, of_host, cell)
             total += purged
         if failed:
-            first = next(iter(failed.values()))
-            raise BackendUnavailable(
-                f"purged {total} expired console tokens{of_host}, but not all cells: "
-                + "; ".join(f"cell {cell}: {exc}" for cell, exc in failed.items())
-            ) from (first.__cause__ or first)
+            raise cells_unavailable(f"purged {total} expired console tokens{of_host}", failed)
         return total
 
     def _purge(
