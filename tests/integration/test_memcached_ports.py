@@ -10,15 +10,11 @@ compare-and-delete), corrupt values and dead servers.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import queue
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
@@ -39,7 +35,6 @@ from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService
 from console_auth.application.serial import ConsolePortService
 from console_auth.domain import BackendUnavailable, hash_token
-from console_auth.domain.errors import PortAlreadyConnected
 from console_auth.domain.leases import LeaseKind, PortLease
 from tests.backends.memcached import (
     MemcachedProcess,
@@ -47,11 +42,15 @@ from tests.backends.memcached import (
     fresh_prefix,
 )
 from tests.fakes import T0, FakeClock, FixedTokenSource
+from tests.integration.port_race import (
+    INSTANCE,
+    ROUNDS,
+    check_outcomes,
+    issue_tokens,
+    race,
+    run_race,
+)
 
-INSTANCE = uuid.UUID("6f1b2a0e-1c1d-4d6e-9a1f-0123456789ab")
-THREADS = 8
-PROCESSES = 2
-ROUNDS = 5
 RETENTION = 3600
 
 
@@ -141,51 +140,7 @@ def worker(
     results: Any,
     index: int,
 ) -> None:
-    """One process: THREADS threads connect with each round's token at once,
-    then all allocate a port of the round's range."""
-    service = make_service(servers, prefix)
-
-    def one(thread: int, round_: int, token: str) -> None:
-        barrier.wait(timeout=60)
-        try:
-            service.connect(token, INSTANCE, f"proxy-{index}-{thread}")
-            results.put(("won", index))
-        except PortAlreadyConnected:
-            results.put(("refused", index))
-        except Exception as exc:
-            results.put(("error", repr(exc)))
-        barrier.wait(timeout=60)
-        first = 40000 + round_ * THREADS * PROCESSES
-        try:
-            allocated = service.allocate_port(
-                "compute-1", range(first, first + THREADS * PROCESSES)
-            )
-        except Exception as exc:
-            results.put(("error", repr(exc)))
-        else:
-            results.put(("port", (round_, allocated)))
-
-    for round_, token in enumerate(tokens):
-        threads = [threading.Thread(target=one, args=(t, round_, token)) for t in range(THREADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-
-def collect(results: Any, count: int, workers: Sequence[BaseProcess]) -> list[Any]:
-    """``count`` results, failing at once if a worker died (say, on import)
-    rather than after the whole timeout."""
-    outcomes: list[Any] = []
-    deadline = time.monotonic() + 120
-    while len(outcomes) < count:
-        try:
-            outcomes.append(results.get(timeout=1))
-        except queue.Empty:
-            died = [p.exitcode for p in workers if p.exitcode not in (None, 0)]
-            assert died == [], f"a worker process died (exit codes {died})"
-            assert time.monotonic() < deadline, f"only {len(outcomes)} of {count} results"
-    return outcomes
+    race(make_service(servers, prefix), tokens, barrier, results, index)
 
 
 def test_two_processes_racing_have_one_winner_per_round_and_no_port_twice(
@@ -193,38 +148,8 @@ def test_two_processes_racing_have_one_winner_per_round_and_no_port_twice(
 ) -> None:
     prefix = fresh_prefix()
     service = make_service(servers, prefix)
-    tokens = [
-        service.authorize_serial(
-            INSTANCE, "compute-1", [10000 + r], ttl=timedelta(minutes=5)
-        ).token.get_secret_value()
-        for r in range(ROUNDS)
-    ]
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(THREADS * PROCESSES)
-    results = context.Queue()
-    workers = [
-        context.Process(target=worker, args=(servers, prefix, tokens, barrier, results, i))
-        for i in range(PROCESSES)
-    ]
-    try:
-        for process in workers:
-            process.start()
-        outcomes = collect(results, ROUNDS * THREADS * PROCESSES * 2, workers)
-        for process in workers:
-            process.join(timeout=60)
-            assert process.exitcode == 0
-    finally:
-        for process in workers:
-            if process.is_alive():
-                process.terminate()
-
-    assert [o for o in outcomes if o[0] == "error"] == []
-    assert sum(o[0] == "won" for o in outcomes) == ROUNDS
-    assert sum(o[0] == "refused" for o in outcomes) == ROUNDS * (THREADS * PROCESSES - 1)
-    for round_ in range(ROUNDS):
-        ports = sorted(o[1][1] for o in outcomes if o[0] == "port" and o[1][0] == round_)
-        first = 40000 + round_ * THREADS * PROCESSES
-        assert ports == list(range(first, first + THREADS * PROCESSES))  # each one exactly once
+    outcomes = run_race(worker, servers, prefix, issue_tokens(service))
+    check_outcomes(outcomes)
     listed = service.leases(host="compute-1")
     assert [(x.port, x.kind) for x in listed] == [
         (10000 + r, LeaseKind.CONNECTED) for r in range(ROUNDS)
