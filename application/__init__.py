@@ -17,9 +17,17 @@ from .ports import (
     TokenSource,
 )
 from .serial import ConsolePortService, PortPolicy
-from .service import MAX_TTL, ConsoleAuthService, ServicePolicy
+from .service import (
+    DEFAULT_PURGE_GRACE,
+    MAX_PURGE_BATCH_SIZE,
+    MAX_TTL,
+    ConsoleAuthService,
+    ServicePolicy,
+)
 
 __all__ = [
+    "DEFAULT_PURGE_GRACE",
+    "MAX_PURGE_BATCH_SIZE",
     "MAX_TTL",
     "CellLocator",
     "CellRoutedConsoleConnectionRepository",

@@ -40,6 +40,15 @@ MAX_TTL: Final = timedelta(days=30)
 """Tokens are for opening a console now, not for bookmarking; the bound also
 keeps memcached's relative expiry meaningful."""
 
+MAX_PURGE_BATCH_SIZE: Final = 100_000
+"""Rows one purge transaction may delete: a larger batch holds the write lock
+too long, and every dialect's integer types hold it."""
+
+DEFAULT_PURGE_GRACE: Final = timedelta(minutes=5)
+"""How long after expiry a token may still be purged no sooner: validity is
+decided at ``validate``, so a purger whose clock runs ahead must not delete
+live tokens."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServicePolicy:
@@ -49,11 +58,15 @@ class ServicePolicy:
     require_instance_uuid: bool = False
     """Refuse URLs without an instance uuid once every issued URL has one."""
     purge_batch_size: int = 1000
+    purge_grace: timedelta = DEFAULT_PURGE_GRACE
+    """Purge deletes only tokens that expired more than this long ago."""
 
     def __post_init__(self) -> None:
         _check_ttl(self.default_ttl)
-        if self.purge_batch_size < 1:
-            raise InvalidRequest("purge batch size must be at least 1")
+        if not isinstance(self.purge_batch_size, int) or not (
+            1 <= self.purge_batch_size <= MAX_PURGE_BATCH_SIZE
+        ):
+            raise InvalidRequest(f"purge batch size must be from 1 to {MAX_PURGE_BATCH_SIZE}")
 
 
 class ConsoleAuthService:

@@ -53,8 +53,6 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPo
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
 
-from .migrate import upgrade
-
 logger = logging.getLogger(__name__)
 
 JOURNAL_MODE_PRAGMA: Final = "PRAGMA journal_mode=WAL"
@@ -135,6 +133,8 @@ def open_engine(
         if options["isolation_level"] == "AUTOCOMMIT":
             _HOLDABLE.add(engine)
     if auto_migrate:
+        from .migrate import upgrade  # Alembic is imported only by those who migrate
+
         try:
             upgrade(engine)
         except BaseException:

@@ -42,6 +42,8 @@ def test_domain_exports() -> None:
 
 def test_application_exports() -> None:
     assert console_auth.application.__all__ == [
+        "DEFAULT_PURGE_GRACE",
+        "MAX_PURGE_BATCH_SIZE",
         "MAX_TTL",
         "CellLocator",
         "CellRoutedConsoleConnectionRepository",
