@@ -8,9 +8,12 @@ ports with it, and ``claim`` stays one atomic operation in one store.
 - Whatever names a host goes to ``locator.cell_of_host``. A host in no cell
   is ``UnknownCell``, never a guess: claims routed to the right cell would
   never see a lease stored in a guessed one, and hand its port out twice.
-- By instance (``leases(instance_uuid=...)``, ``delete_by_instance``): the
-  instance's cell, as for revoking its tokens; ``UnknownCell`` propagates.
-- ``leases`` of every host asks every cell, and fails if one fails: a
+- By instance without a host (``leases(instance_uuid=...)``,
+  ``delete_by_instance``): every cell. A lease lives in its host's cell, and
+  an instance moved to a host in another cell leaves its old leases behind.
+  ``delete_by_instance`` skips a cell that fails and, once the others are
+  done, names it (as revoking tokens does).
+- ``leases`` without a host asks every cell, and fails if one fails: a
   partial list would show taken ports as free.
 - ``delete_expired`` of every host (or of a host in no cell, as the token
   purge does) goes cell by cell, sharing ``limit``. A cell that fails is
@@ -30,7 +33,7 @@ from uuid import UUID
 from console_auth.domain import BackendUnavailable, UnknownCell
 from console_auth.domain.leases import PortLease
 
-from .cells import cells_unavailable, check_cell_stores, in_cell
+from .cells import cells_unavailable, check_cell_stores, in_cell, in_every_cell
 from .ports import CellLocator, PortLeaseRepository, PortReservationRepository
 
 _S = TypeVar("_S")
@@ -74,9 +77,6 @@ class CellRoutedPortLeaseRepository(_ByHost[PortLeaseRepository]):
         if host is not None:
             name, cell = self._cell_of_host(host)
             cells = {name: cell}
-        elif instance_uuid is not None:
-            name = self._locator.cell_of(instance_uuid)
-            cells = {name: self._cells[name]}
         found: list[PortLease] = []
         for name, cell in cells.items():
             listed = partial(cell.leases, now, host=host, instance_uuid=instance_uuid)
@@ -84,8 +84,11 @@ class CellRoutedPortLeaseRepository(_ByHost[PortLeaseRepository]):
         return sorted(found, key=lambda lease: (lease.host, lease.port))
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
-        name = self._locator.cell_of(instance_uuid)
-        return in_cell(name, self._cells[name].delete_by_instance, instance_uuid)
+        return in_every_cell(
+            self._cells,
+            lambda cell: cell.delete_by_instance(instance_uuid),
+            f"port leases of instance {instance_uuid} deleted",
+        )
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         name = None if host is None else self._locator.cell_of_host(host)

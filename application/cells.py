@@ -9,7 +9,11 @@ instance goes straight there:
 - ``get_by_hash_in_cell_of`` (validate with the uuid, which every URL this
   library builds carries): that cell only. The other cells are never asked,
   so a cell that is down fails only its own consoles.
-- ``delete_by_instance`` (revoke): the instance's cell.
+- ``delete_by_instance`` (revoke): every cell, one after another. The
+  cell map may have moved the instance since a token was issued, and that
+  token, left in its old cell, would still validate from a legacy URL. A
+  cell that is down is skipped; once the others are done a
+  ``BackendUnavailable`` names it and says how many were deleted.
 - ``cells_to_purge`` (purge): the compute host's cell when the locator
   knows it, otherwise every cell; the service purges them one by one.
 
@@ -42,6 +46,7 @@ from .ports import CellLocator, ConsoleConnectionRepository
 
 logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
+_S = TypeVar("_S")
 
 DEFAULT_SEARCH_TIMEOUT: Final = 2.0
 """Seconds a legacy URL's search across cells may take: well under what a
@@ -118,8 +123,12 @@ class CellRoutedConsoleConnectionRepository:
         return self._search(token_hash)
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
-        name = self._locator.cell_of(instance_uuid)
-        return in_cell(name, self.cell(name).delete_by_instance, instance_uuid)
+        """Every cell: see the module docstring."""
+        return in_every_cell(
+            self._cells,
+            lambda cell: cell.delete_by_instance(instance_uuid),
+            f"console tokens of instance {instance_uuid} deleted",
+        )
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """The cells to purge in turn, sharing ``limit`` as the fallback
@@ -220,6 +229,23 @@ def cells_unavailable(done: str, failed: Mapping[str, BackendUnavailable]) -> Ba
     error.__cause__ = first.__cause__ or first  # as ``raise ... from`` sets it
     error.__suppress_context__ = True
     return error
+
+
+def in_every_cell(cells: Mapping[str, _S], call: Callable[[_S], int], counted: str) -> int:
+    """``call`` on each cell in turn, its counts summed. A cell that fails is
+    skipped; once the others are done, ``cells_unavailable`` names it and
+    says the sum (``f"{total} {counted}"``)."""
+    total = 0
+    failed: dict[str, BackendUnavailable] = {}
+    for name, cell in cells.items():
+        try:
+            total += call(cell)
+        except BackendUnavailable as exc:
+            logger.warning("cell %s skipped: %s", name, exc)
+            failed[name] = exc
+    if failed:
+        raise cells_unavailable(f"{total} {counted}", failed)
+    return total
 
 
 def in_cell(name: str, call: Callable[..., _R], *args: object) -> _R:

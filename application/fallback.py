@@ -22,6 +22,7 @@ from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
 
+from .cells import in_every_cell
 from .ports import CellRoutedRepository, ConsoleConnectionRepository
 
 logger = logging.getLogger(__name__)
@@ -35,13 +36,15 @@ class FallbackConsoleConnectionRepository:
     - ``get_by_hash``: primary, then secondary when the primary has no such
       hash. A primary that cannot answer raises: falling back on an error
       would make an outage look like a half-working store.
-    - ``delete_by_instance``: both, the sum returned. A revoked token must not
-      live on in the store being retired.
+    - ``delete_by_instance``: both, every cell of a split one, the sum
+      returned. A revoked token must not live on in the store being retired.
+      A store (or cell) that fails is skipped; once the others are done a
+      ``BackendUnavailable`` names it and says how many were deleted.
     - ``delete_expired``: the primary, then the secondary with what is left
       of ``limit``, so the service's batching still holds.
 
-    An error of either store propagates (``BackendUnavailable``); every
-    operation is safe to retry.
+    Otherwise an error of either store propagates (``BackendUnavailable``);
+    every operation is safe to retry.
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class FallbackConsoleConnectionRepository:
         return found
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
-        return self.primary.delete_by_instance(instance_uuid) + self.secondary.delete_by_instance(
-            instance_uuid
+        return in_every_cell(
+            _partitions(self.primary, self.secondary, None),
+            lambda store: store.delete_by_instance(instance_uuid),
+            f"console tokens of instance {instance_uuid} deleted",
         )
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
@@ -107,10 +112,7 @@ class CellRoutedFallbackRepository(FallbackConsoleConnectionRepository):
         return self._counted(_in_cell_of(self.secondary, instance_uuid, token_hash), token_hash)
 
     def cells_to_purge(self, host: str | None) -> dict[str, ConsoleConnectionRepository]:
-        return {
-            **_purge_targets(self.primary, host, "(primary)"),
-            **_purge_targets(self.secondary, host, "(fallback)"),
-        }
+        return _partitions(self.primary, self.secondary, host)
 
 
 def fallback_pair(
@@ -130,7 +132,19 @@ def _in_cell_of(
     return store.get_by_hash(token_hash)
 
 
-def _purge_targets(
+def _partitions(
+    primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository, host: str | None
+) -> dict[str, ConsoleConnectionRepository]:
+    """Each store by name, a split one cell by cell (only the cells that may
+    hold ``host``'s connections, when given); a cell name both stores use is
+    kept twice, the fallback's marked."""
+    every = dict(_cells_of(primary, host, "(primary)"))
+    for name, store in _cells_of(secondary, host, "(fallback)").items():
+        every[f"{name} (fallback)" if name in every else name] = store
+    return every
+
+
+def _cells_of(
     store: ConsoleConnectionRepository, host: str | None, name: str
 ) -> Mapping[str, ConsoleConnectionRepository]:
     if isinstance(store, CellRoutedRepository):

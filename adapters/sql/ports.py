@@ -2,8 +2,10 @@
 
 ``claim`` is optimistic and portable: read the (host, port) row, decide with
 ``PortLease.blocks``, then insert (the unique (host, port) settles a race
-between inserters) or update the row *only if it still has the lease id that
-was read* (settles a race between replacers). A loser reads again. No
+between inserters) or update the row *only if it still has the lease id and
+the expiry that were read* (settles a race between replacers, and with the
+holder's ``renew``, which moves only the expiry: a heartbeat landing between
+the read and the write must keep its port). A loser reads again. No
 ``SELECT ... FOR UPDATE``, which SQLite lacks, and every write is one
 statement, so it commits alone on autocommitting server engines.
 """
@@ -70,6 +72,7 @@ class SqlPortLeaseRepository:
                 update(_L)
                 .where(_L.c.host == lease.host, _L.c.port == lease.port)
                 .where(_L.c.lease_id == current.lease_id)
+                .where(_L.c.expires_at_us == to_microseconds(current.expires_at))
                 .values(row)
             )
             if _write(self._engine, replace) == 1:

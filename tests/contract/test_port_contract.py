@@ -6,11 +6,13 @@ import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from console_auth.adapters.memcached import MemcachedPortLeaseRepository
+from console_auth.adapters.sql import SqlPortLeaseRepository
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 from console_auth.domain import hash_token
 from console_auth.domain.leases import LeaseKind, PortLease
@@ -156,6 +158,62 @@ def test_delete_by_instance(leases: PortLeaseRepository) -> None:
     leases.claim(a_lease(port=3, instance=other), T0)
     assert leases.delete_by_instance(INSTANCE) == 2
     assert [x.port for x in leases.leases(T0)] == [3]
+
+
+def _after_the_claims_read(
+    leases: PortLeaseRepository, between: Callable[[], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run ``between`` once, in the next ``claim``, right after it reads the
+    port and before it writes. The in-memory claim reads and writes under one
+    lock, leaving no such window, so there ``between`` runs first."""
+    reads = {SqlPortLeaseRepository: "_current", MemcachedPortLeaseRepository: "_gets"}
+    name = reads.get(type(leases))
+    if name is None:
+        claim = leases.claim
+
+        def claiming(lease: PortLease, now: datetime) -> PortLease | None:
+            monkeypatch.setattr(leases, "claim", claim)
+            between()
+            return claim(lease, now)
+
+        monkeypatch.setattr(leases, "claim", claiming)
+        return
+    read = getattr(leases, name)
+
+    def reading(*args: Any) -> Any:
+        monkeypatch.setattr(leases, name, read)  # once: ``between`` may read too
+        found = read(*args)
+        between()
+        return found
+
+    monkeypatch.setattr(leases, name, reading)
+
+
+def test_a_heartbeat_between_a_takeovers_read_and_write_keeps_one_holder(
+    leases: PortLeaseRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: a proxy takes over a lease it read as expired while the old
+    holder, whose clock is a second behind, renews it. Both must not win."""
+    old = a_lease()
+    assert leases.claim(old, T0) is None
+    takeover_at = old.expires_at
+    heartbeats: list[PortLease | None] = []
+
+    def heartbeat() -> None:
+        later = takeover_at + timedelta(seconds=30)
+        heartbeats.append(leases.renew(old, later, takeover_at - timedelta(seconds=1)))
+
+    _after_the_claims_read(leases, heartbeat, monkeypatch)
+    new = a_lease(token="new", since=takeover_at, ttl=timedelta(seconds=60))
+    blocker = leases.claim(new, takeover_at)
+
+    assert len(heartbeats) == 1
+    (renewed,) = heartbeats
+    claimed = blocker is None
+    assert (renewed is not None) != claimed  # exactly one of them won
+    holder = new if claimed else renewed
+    assert blocker in (None, renewed)
+    assert leases.leases(takeover_at) == [holder]
 
 
 def test_reservations_are_unique_per_host_and_port(

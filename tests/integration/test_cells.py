@@ -98,12 +98,18 @@ def engine_b(pg_url: str, proxy: TcpProxy) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def cells(engine_a: Engine, engine_b: Engine) -> Iterator[CellRoutedConsoleConnectionRepository]:
-    locator = InMemoryCellLocator(
+def locator() -> InMemoryCellLocator:
+    return InMemoryCellLocator(
         {IN_A: "a", IN_B: "b", ALSO_IN_B: "b"},
         hosts={"compute-a": "a", "compute-b": "b"},
         cells=["a", "b"],
     )
+
+
+@pytest.fixture
+def cells(
+    engine_a: Engine, engine_b: Engine, locator: InMemoryCellLocator
+) -> Iterator[CellRoutedConsoleConnectionRepository]:
     repository = CellRoutedConsoleConnectionRepository(
         {
             "a": SqlConsoleConnectionRepository(engine_a),
@@ -213,7 +219,8 @@ def test_a_cell_that_is_down_costs_only_its_own_instances(
     with pytest.raises(BackendUnavailable, match="cell b"):
         service.revoke_instance(IN_B)
     in_a = service.authorize(IN_A, "compute-a", 5900, "novnc")
-    assert service.revoke_instance(IN_A) == 1
+    with pytest.raises(BackendUnavailable, match=r"^1 console tokens .* cell b"):
+        service.revoke_instance(IN_A)  # revoked in cell a, and cell b may hold some too
     assert _hashes(engine_a) == set()
     with pytest.raises(UnknownCell):
         service.validate(in_a.token.get_secret_value(), uuid.uuid4())
@@ -221,6 +228,35 @@ def test_a_cell_that_is_down_costs_only_its_own_instances(
     assert service.revoke_instance(IN_B) == 1
     with pytest.raises(InvalidToken):
         service.validate(issued.token.get_secret_value(), IN_B)
+
+
+def test_a_token_left_in_the_old_cell_of_a_moved_instance_is_revoked(
+    service: ConsoleAuthService, locator: InMemoryCellLocator, engine_a: Engine, pg_url: str
+) -> None:
+    """Issue 10: once the map moves an instance, a revoke must still reach the
+    cell its older tokens are in, or they validate from a URL without the uuid."""
+    old = service.authorize(IN_A, "compute-a", 5900, "novnc", access_url_base=BASE)
+    locator.place(IN_A, "b")
+    new = service.authorize(IN_A, "compute-b", 5900, "novnc", access_url_base=BASE)
+    token = old.token.get_secret_value()
+    legacy_url = f"{BASE}?token={token}"
+    assert service.validate_url(legacy_url) == old.connection
+
+    revoked = service.revoke_instance(IN_A)
+    for issued in (old, new):
+        assert issued.access_url is not None
+        with pytest.raises(InvalidToken):
+            service.validate_url(issued.access_url)
+        with pytest.raises(InvalidToken):
+            service.validate(issued.token.get_secret_value())
+    with pytest.raises(InvalidToken):
+        service.validate_url(legacy_url)
+    assert revoked == 2
+    direct_b = open_engine(pg_url)
+    try:
+        assert _hashes(engine_a) == _hashes(direct_b) == set()
+    finally:
+        direct_b.dispose()
 
 
 def test_purge_by_host_stays_in_its_cell_and_every_cell_is_purged_around_a_down_one(

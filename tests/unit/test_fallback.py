@@ -129,7 +129,10 @@ def test_the_service_purges_both_in_batches(
         for n in range(3):
             store.add(a_connection(expires_at=T0 - timedelta(seconds=n + 1)))
     service = ConsoleAuthService(
-        both, FakeClock(T0), FixedTokenSource(), ServicePolicy(purge_batch_size=2)
+        both,
+        FakeClock(T0),
+        FixedTokenSource(),
+        ServicePolicy(purge_batch_size=2, purge_grace=timedelta(0)),
     )
     assert service.purge_expired() == 6
 

@@ -56,7 +56,7 @@ def split(
 
 
 def _service(repository: ConsoleConnectionRepository) -> ConsoleAuthService:
-    policy = ServicePolicy(purge_batch_size=2)
+    policy = ServicePolicy(purge_batch_size=2, purge_grace=timedelta(0))
     return ConsoleAuthService(repository, FakeClock(), FixedTokenSource(), policy)
 
 
