@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 import tomllib
@@ -53,6 +54,8 @@ DEFAULT_RELOAD_INTERVAL: Final = 1.0
 """Seconds between looks at the file: one ``stat`` per second at most,
 however many lookups."""
 _KEYS: Final = frozenset({"hosts", "instances"})
+MAX_CELL_MAP_BYTES: Final = 64 << 20
+"""About 1.5 million instances; a larger file is refused rather than read."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,16 @@ class FileCellLocator:
 
     def _reload_if_changed(self) -> bool:
         self._checked = time.monotonic()
+        stamp = None
         try:
-            if _stamp(self._path) == self._stamp:
+            stamp = _stamp(self._path)
+            if stamp == self._stamp:
                 return False
             self._stamp, self._map = self._read()
         except InvalidRequest as exc:
             logger.error("keeping the previous cell map: %s", exc)
+            if stamp is not None:  # this version is not read (nor logged) again
+                self._stamp = stamp
             return False
         logger.info(
             "cell map %s reloaded: %d instances, %d hosts",
@@ -126,18 +133,40 @@ class FileCellLocator:
         return True
 
     def _read(self) -> tuple[tuple[int, int, int], _CellMap]:
+        status, data = read_toml(self._path, "cell map", MAX_CELL_MAP_BYTES)
         try:
-            with self._path.open("rb") as file:
-                stamp = _stamp_of(os.fstat(file.fileno()))
-                data = tomllib.load(file)
-        except OSError as exc:
-            raise InvalidRequest(f"cell map {self._path} cannot be read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidRequest(f"cell map {self._path} is not valid TOML: {exc}") from None
-        try:
-            return stamp, _parse(data, self._cells)
+            return _stamp_of(status), _parse(data, self._cells)
         except InvalidRequest as exc:
             raise InvalidRequest(f"cell map {self._path}: {exc}") from None
+
+
+def read_toml(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, dict[str, Any]]:
+    """A small TOML file's ``stat`` and data, every failure an ``InvalidRequest``
+    naming ``what`` and ``path``: a FIFO or device is refused without
+    blocking on it, and at most ``max_bytes`` are read."""
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(descriptor, "rb") as file:
+            status = os.fstat(file.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise InvalidRequest(f"{what} {path} is not a regular file")
+            raw = file.read(max_bytes + 1)
+    except OSError as exc:
+        raise InvalidRequest(f"{what} {path} cannot be read: {exc.strerror}") from None
+    if len(raw) > max_bytes:
+        raise InvalidRequest(f"{what} {path} is larger than {max_bytes} bytes")
+    try:
+        return status, tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        problem = "it is not UTF-8 text"
+    except tomllib.TOMLDecodeError as exc:
+        problem = str(exc)
+    except ValueError:  # an integer of more digits than int() converts
+        problem = "a number is too long"
+    except RecursionError:
+        problem = "it is nested too deeply"
+    raise InvalidRequest(f"{what} {path} is not valid TOML: {problem}")
 
 
 def _parse(data: Mapping[str, Any], cells: Sequence[str]) -> _CellMap:

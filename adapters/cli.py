@@ -1,10 +1,15 @@
 """``console-auth``: the service's use cases and schema migrations from a shell.
 
 For operators and scripts: every library error becomes one line on stderr
-and exit status 1 (usage errors are argparse's 2), never a traceback. The
-token ``authorize`` prints is the user's output, so it goes to stdout; it is
-never logged. The library's log records are dropped unless ``--verbose``
-sends them to stderr: only then does the CLI configure logging.
+and exit status 1 (usage errors are argparse's 2), never a traceback; output
+into a closed pipe ends the command quietly with 141, as a shell reports a
+process killed by SIGPIPE. The token ``authorize`` prints is the user's
+output, so it goes to stdout; it is never logged, and a usage error shows
+token-shaped words as ``<redacted>`` (pass tokens on stdin with
+``validate -``: argv is visible to every user of the host). The library's
+log records are dropped unless ``--verbose`` sends them to stderr, except
+the settings' warnings (an unknown ``CONSOLE_AUTH_*`` variable), which are
+always shown.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from alembic.util import CommandError
 from sqlalchemy import Engine
 
+from console_auth.adapters import settings as settings_module
 from console_auth.adapters.container import Container, build_container
 from console_auth.adapters.settings import load_settings
 from console_auth.adapters.sql import current_revision, downgrade, upgrade
+from console_auth.application import MAX_TTL
 from console_auth.domain import (
+    TOKEN_LENGTH,
     ConsoleAuthError,
     ConsoleConnection,
     ConsoleOptions,
@@ -33,6 +42,16 @@ from console_auth.domain import (
 
 PROG = "console-auth"
 _KNOWN_OPTIONS = frozenset(ConsoleOptions.model_fields) - {"extra"}
+BROKEN_PIPE_STATUS = 141
+"""128 + SIGPIPE: what a shell reports for ``yes | head -1``'s writer."""
+MAX_STDIN_LINE = 64 << 10
+"""Bytes ``validate -`` reads: far above any access URL this library builds."""
+_LONGEST_TTL = int(MAX_TTL.total_seconds())
+_TOKEN_SHAPED = re.compile(
+    r"\S*token=\S*|(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{%d,}(?![A-Za-z0-9_-])" % TOKEN_LENGTH  # noqa: UP031
+)
+"""A word holding ``token=``, or a run of URL-safe characters as long as a
+token: argparse echoes the argv words it refuses."""
 
 # Without a handler of ours, Python's last-resort handler would print the
 # service's warnings beside the one error line; --verbose adds a real one.
@@ -43,29 +62,72 @@ Command = Callable[[Container, argparse.Namespace], dict[str, Any]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the process exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
-    logging.getLogger("console_auth").addHandler(_QUIET)  # idempotent
-    if args.verbose:
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-        )
+    _log_to_stderr(verbose=args.verbose)
     try:
         container = build_container(load_settings(args.config))
         try:
             result = args.run(container, args)
         finally:
             container.shutdown_resources()
-    except (ConsoleAuthError, CommandError) as exc:  # CommandError: e.g. an unknown revision
+    except ConsoleAuthError as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     _print(result, as_json=args.json)
+    sys.stdout.flush()  # a closed pipe shows here, inside main, not at exit
     return 0
+
+
+class _StderrWarnings(logging.Handler):
+    """``console-auth: warning: ...`` on whatever ``sys.stderr`` is now."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+_WARNINGS = _StderrWarnings()
+
+
+def _log_to_stderr(*, verbose: bool) -> None:
+    """Idempotent: ``main`` may run many times in one process (tests)."""
+    logging.getLogger("console_auth").addHandler(_QUIET)
+    settings_logger = logging.getLogger(settings_module.__name__)
+    if verbose:
+        settings_logger.removeHandler(_WARNINGS)
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
+    else:
+        settings_logger.addHandler(_WARNINGS)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit
+    does not report the closed pipe a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (a test's capture)
+        pass
 
 
 def _authorize(container: Container, args: argparse.Namespace) -> dict[str, Any]:
@@ -78,7 +140,7 @@ def _authorize(container: Container, args: argparse.Namespace) -> dict[str, Any]
         args.console_type,
         options={**known, "extra": extra},
         access_url_base=args.base,
-        ttl=None if args.ttl is None else timedelta(seconds=args.ttl),
+        ttl=None if args.ttl is None else _ttl(args.ttl),
     )
     return {
         "token": issued.token.get_secret_value(),
@@ -87,8 +149,15 @@ def _authorize(container: Container, args: argparse.Namespace) -> dict[str, Any]
     }
 
 
+def _ttl(seconds: int) -> timedelta:
+    """Checked here too: a ``timedelta`` cannot even hold 10**20 seconds."""
+    if not 0 < seconds <= _LONGEST_TTL:
+        raise InvalidRequest(f"--ttl must be from 1 to {_LONGEST_TTL} seconds")
+    return timedelta(seconds=seconds)
+
+
 def _validate(container: Container, args: argparse.Namespace) -> dict[str, Any]:
-    value = sys.stdin.readline().strip() if args.presented == "-" else args.presented
+    value = _stdin_line() if args.presented == "-" else args.presented
     service = container.service()
     if _is_url(value):
         if args.instance is not None:
@@ -97,6 +166,21 @@ def _validate(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     else:
         connection = service.validate(value, args.instance)
     return {"connection": _dump(connection)}
+
+
+def _stdin_line() -> str:
+    """One line of stdin, read as bytes: the terminal's encoding is no part
+    of a token or URL, and a bad byte must be refused, not a traceback."""
+    stream: Any = getattr(sys.stdin, "buffer", sys.stdin)
+    line: bytes | str = stream.readline(MAX_STDIN_LINE + 1)
+    if len(line) > MAX_STDIN_LINE:
+        raise InvalidRequest(f"standard input: a line is longer than {MAX_STDIN_LINE} bytes")
+    if isinstance(line, str):
+        return line.strip()
+    try:
+        return line.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidRequest("standard input is not UTF-8 text") from None
 
 
 def _revoke(container: Container, args: argparse.Namespace) -> dict[str, Any]:
@@ -118,8 +202,7 @@ def _db(container: Container, args: argparse.Namespace) -> dict[str, Any]:
         return _db_cells(container, args, cells)
     if args.cell is not None:
         raise InvalidRequest("--cell needs cells in the settings; none are configured")
-    # Migrations run only when asked: opening must not move the schema first.
-    container.config.database.auto_migrate.from_value(False)
+    # The container's bare engines: no schema check, so `db` can fix a schema.
     return {"revision": _migrate(container.engine(), args)}
 
 
@@ -130,14 +213,12 @@ def _db_cells(
     that fails; running the command again skips the cells already done."""
     if args.cell is not None and args.cell not in cells:
         raise InvalidRequest(f"no cell is named {args.cell!r}; cells: {', '.join(cells)}")
-    for name in cells:
-        container.config.cells[name].database.auto_migrate.from_value(False)
     engines = container.cell_engines()
     revisions: dict[str, str | None] = {}
     for name in cells if args.cell is None else [args.cell]:
         try:
             revisions[name] = _migrate(engines[name], args)
-        except (ConsoleAuthError, CommandError) as exc:
+        except ConsoleAuthError as exc:
             done = "; done: " + ", ".join(revisions) if revisions else ""
             raise ConsoleAuthError(f"cell {name}: {exc}{done}") from exc
     return {"cells": revisions}
@@ -207,8 +288,15 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr", **unset)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors with token-shaped words redacted; subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_TOKEN_SHAPED.sub("<redacted>", message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Issue and check console tokens.")
+    parser = _Parser(prog=PROG, description="Issue and check console tokens.")
     _global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -265,11 +353,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _command(
-    group: argparse._SubParsersAction[argparse.ArgumentParser],
+    group: argparse._SubParsersAction[_Parser],
     name: str,
     summary: str,
     run: Command | None = None,
-) -> argparse.ArgumentParser:
+) -> _Parser:
     parser = group.add_parser(name, help=summary, description=summary)
     _global_options(parser, top=False)
     if run is not None:

@@ -1,8 +1,11 @@
 """The object graph, declared once: which adapter fills which port.
 
-Replaces bootstrap code. Providers are lazy, so nothing connects until a
-service is asked for: the ``memory`` backend never opens an engine, nor does
-``memcached`` unless the database is its ``fallback``. The memcached adapter
+Replaces bootstrap code. Providers are lazy, and an engine connects on its
+first statement, so nothing connects until a service is first used: the
+``memory`` backend never opens an engine, nor does ``memcached`` unless the
+database is its ``fallback``. The engines a service uses check the schema on
+their first connection (``guard_schema``); ``engine`` and ``cell_engines``
+themselves do not, for ``console-auth db``. The memcached adapter
 is imported only when chosen, so deployments without the ``memcached`` extra
 (pymemcache) run the others.
 Tests swap one provider with ``container.repository.override(...)`` used as a
@@ -11,9 +14,11 @@ context manager.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -25,11 +30,17 @@ from console_auth.adapters.memory import (
     InMemoryPortLeaseRepository,
     InMemoryPortReservationRepository,
 )
-from console_auth.adapters.settings import Settings, load_settings, resolve_auto_migrate
+from console_auth.adapters.settings import (
+    Settings,
+    default_database_path,
+    default_database_url,
+    load_settings,
+)
 from console_auth.adapters.sql import (
     SqlConsoleConnectionRepository,
     SqlPortLeaseRepository,
     SqlPortReservationRepository,
+    guard_schema,
     open_engine,
 )
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
@@ -57,9 +68,26 @@ if TYPE_CHECKING:
     )
 
 
-def _engine(url: str, auto_migrate: bool | None) -> Iterator[Engine]:
+logger = logging.getLogger(__name__)
+
+
+def _open(url: str) -> Engine:
+    """``open_engine``, creating the default SQLite file's directory (0700:
+    it holds the token store), and with every bad URL option typed."""
+    if url == default_database_url():
+        default_database_path().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        engine = open_engine(url)
+    except (ValueError, TypeError):  # a driver argument create_engine cannot convert
+        raise InvalidRequest("database URL has an invalid option in its query") from None
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        logger.info("token store: SQLite file %s", Path(engine.url.database).absolute())
+    return engine
+
+
+def _engine(url: str) -> Iterator[Engine]:
     """One pooled engine per container, disposed by ``shutdown_resources()``."""
-    engine = open_engine(url, auto_migrate=resolve_auto_migrate(url, auto_migrate))
+    engine = _open(url)
     try:
         yield engine
     finally:
@@ -72,14 +100,28 @@ def _cell_engines(cells: Mapping[str, Mapping[str, Any]]) -> Iterator[dict[str, 
     with ExitStack() as stack:
         engines: dict[str, Engine] = {}
         for name, cell in cells.items():
-            url, auto_migrate = cell["database"]["url"], cell["database"]["auto_migrate"]
             try:
-                engine = open_engine(url, auto_migrate=resolve_auto_migrate(url, auto_migrate))
+                engine = _open(cell["database"]["url"])
             except (BackendUnavailable, InvalidRequest) as exc:  # say which cell
                 raise type(exc)(f"cell {name}: {exc}") from (exc.__cause__ or exc)
             stack.callback(engine.dispose)
             engines[name] = engine
         yield engines
+
+
+def _guarded(engine: Engine, auto_migrate: bool | None) -> Iterator[Engine]:
+    """``engine``, checking (or creating) its schema when it first connects;
+    a resource so that ``shutdown_resources()`` forgets it with the engine."""
+    guard_schema(engine, auto_migrate=auto_migrate)
+    yield engine
+
+
+def _guarded_cells(
+    engines: Mapping[str, Engine], cells: Mapping[str, Mapping[str, Any]]
+) -> Iterator[dict[str, Engine]]:
+    for name, engine in engines.items():
+        guard_schema(engine, auto_migrate=cells[name]["database"]["auto_migrate"])
+    yield dict(engines)
 
 
 def _cell_repository(
@@ -162,11 +204,14 @@ def _memcached_repository(
     )
 
 
-def _policy(token_ttl: int, require_instance_uuid: bool, purge_batch_size: int) -> ServicePolicy:
+def _policy(
+    token_ttl: int, require_instance_uuid: bool, purge_batch_size: int, purge_grace: int
+) -> ServicePolicy:
     return ServicePolicy(
         default_ttl=timedelta(seconds=token_ttl),
         require_instance_uuid=require_instance_uuid,
         purge_batch_size=purge_batch_size,
+        purge_grace=timedelta(seconds=purge_grace),
     )
 
 
@@ -201,8 +246,10 @@ class Container(containers.DeclarativeContainer):
 
     clock = providers.Singleton(SystemClock)
     tokens = providers.Singleton(SecretsTokenSource)
-    engine = providers.Resource(
-        _engine, url=config.database.url, auto_migrate=config.database.auto_migrate
+    engine = providers.Resource(_engine, url=config.database.url)
+    # What the services use: the same engine, its schema checked on first use.
+    store_engine = providers.Resource(
+        _guarded, engine=engine, auto_migrate=config.database.auto_migrate
     )
     memcached_client = providers.Resource(
         _memcached_client,
@@ -216,18 +263,21 @@ class Container(containers.DeclarativeContainer):
     )
     # With ``cells`` configured, the database backend is one database per cell.
     cell_engines = providers.Resource(_cell_engines, cells=config.cells)
+    cell_store_engines = providers.Resource(
+        _guarded_cells, engines=cell_engines, cells=config.cells
+    )
     cell_locator = providers.Singleton(
         FileCellLocator, path=config.cell_map_file, cells=config.cells.as_(list)
     )
     cell_repository = providers.Resource(
         _cell_repository,
-        engines=cell_engines,
+        engines=cell_store_engines,
         locator=cell_locator,
         search_timeout=config.cell_search_timeout,
     )
     database_repository = providers.Selector(
         providers.Callable(_database_layout, cells=config.cells),
-        single=providers.Singleton(SqlConsoleConnectionRepository, engine=engine),
+        single=providers.Singleton(SqlConsoleConnectionRepository, engine=store_engine),
         cells=cell_repository,
     )
     memcached_repository = providers.Singleton(
@@ -258,6 +308,7 @@ class Container(containers.DeclarativeContainer):
         token_ttl=config.token_ttl,
         require_instance_uuid=config.require_instance_uuid,
         purge_batch_size=config.purge_batch_size,
+        purge_grace=config.purge_grace,
     )
     # A factory, so an override of any collaborator shows in the next service.
     service = providers.Factory(
@@ -267,14 +318,16 @@ class Container(containers.DeclarativeContainer):
     # cells, in the compute host's cell, never in the unused ``database.url``.
     database_port_leases = providers.Selector(
         providers.Callable(_database_layout, cells=config.cells),
-        single=providers.Singleton(SqlPortLeaseRepository, engine=engine),
-        cells=providers.Singleton(_cell_port_leases, engines=cell_engines, locator=cell_locator),
+        single=providers.Singleton(SqlPortLeaseRepository, engine=store_engine),
+        cells=providers.Singleton(
+            _cell_port_leases, engines=cell_store_engines, locator=cell_locator
+        ),
     )
     database_port_reservations = providers.Selector(
         providers.Callable(_database_layout, cells=config.cells),
-        single=providers.Singleton(SqlPortReservationRepository, engine=engine),
+        single=providers.Singleton(SqlPortReservationRepository, engine=store_engine),
         cells=providers.Singleton(
-            _cell_port_reservations, engines=cell_engines, locator=cell_locator
+            _cell_port_reservations, engines=cell_store_engines, locator=cell_locator
         ),
     )
     port_leases = providers.Selector(

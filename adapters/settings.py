@@ -9,8 +9,10 @@ never its value, because a database URL may carry a password.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
-import tomllib
+import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -34,11 +36,36 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from console_auth.application import MAX_TTL
+from console_auth.adapters.cells import read_toml
+from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE, MAX_TTL
 from console_auth.domain import InvalidRequest
+
+logger = logging.getLogger(__name__)
 
 ENV_PREFIX: Final = "CONSOLE_AUTH_"
 CONFIG_FILE_ENV: Final = f"{ENV_PREFIX}CONFIG_FILE"
+TEST_ENV_PREFIX: Final = f"{ENV_PREFIX}TEST_"
+"""The test suite's own variables (server URLs), never settings."""
+MAX_CONFIG_FILE_BYTES: Final = 1 << 20
+DEFAULT_DATABASE_FILE: Final = "console-auth.sqlite3"
+
+
+def default_database_path() -> Path:
+    """Where the default SQLite file lives: ``$XDG_STATE_HOME/console-auth/``,
+    else ``~/.local/state/console-auth/`` (the XDG base directory rule, for
+    root too), so every process of a user finds the same store whatever its
+    working directory. The container creates the ``console-auth`` directory
+    (mode 0700) when it first opens the default store."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    try:
+        base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    except RuntimeError:  # no home directory at all: the working directory, absolute
+        return Path(DEFAULT_DATABASE_FILE).absolute()
+    return base / "console-auth" / DEFAULT_DATABASE_FILE
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{default_database_path()}"
 
 
 class DatabaseSettings(BaseModel):
@@ -46,11 +73,12 @@ class DatabaseSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: str = Field(default="sqlite:///console-auth.sqlite3", repr=False)
+    url: str = Field(default_factory=default_database_url, repr=False)
     auto_migrate: bool | None = None
-    """``None``: migrate SQLite on open (a file nobody else administers), but
-    leave server databases to ``console-auth db upgrade``, run by an operator
-    once per release rather than by every process racing at start-up."""
+    """``None``: create the schema in a fresh SQLite file (one that has no
+    tables), and otherwise leave the schema to ``console-auth db upgrade``,
+    run by an operator once per release rather than by every process racing
+    at start-up. ``True``: upgrade on first use. ``False``: never."""
 
     @field_validator("url")
     @classmethod
@@ -164,7 +192,10 @@ class Settings(BaseSettings):
     token_ttl: int = Field(default=600, ge=1, le=int(MAX_TTL.total_seconds()))
     """Seconds an issued token stays valid unless ``authorize`` is given a ttl."""
     require_instance_uuid: bool = False
-    purge_batch_size: int = Field(default=1000, ge=1)
+    purge_batch_size: int = Field(default=1000, ge=1, le=MAX_PURGE_BATCH_SIZE)
+    purge_grace: int = Field(default=int(DEFAULT_PURGE_GRACE.total_seconds()), ge=0, le=86_400)
+    """Seconds after expiry before purge deletes a token: validity is decided
+    at ``validate``, so a purger whose clock runs ahead deletes no live token."""
     serial_lease_ttl: int = Field(default=60, ge=1, le=86_400)
     """Seconds a proxy's serial-port lease lasts without a heartbeat: a dead
     proxy's port is free again after this long."""
@@ -206,9 +237,10 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     """Settings from the environment over ``config_file`` (or the file named
     by ``CONSOLE_AUTH_CONFIG_FILE``), checked whole before anything uses them."""
     path = _config_path(config_file)
+    _warn_unknown_variables(os.environ)
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_toml(path)
+        data = read_toml(path, "config file", MAX_CONFIG_FILE_BYTES)[1]
         try:  # alone first, so unknown keys and bad values are blamed on the file
             _sourced(data, with_env=False)()
         except ValidationError as exc:
@@ -220,13 +252,6 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     except SettingsError as exc:  # e.g. a nested variable holding malformed JSON
         raise InvalidRequest(f"invalid configuration in the environment: {exc}") from None
     return Settings.model_construct(layered.model_fields_set, **dict(layered))
-
-
-def resolve_auto_migrate(url: str, auto_migrate: bool | None) -> bool:
-    """An explicit choice wins; otherwise only SQLite migrates itself."""
-    if auto_migrate is not None:
-        return auto_migrate
-    return make_url(url).get_backend_name() == "sqlite"
 
 
 def safe_url(url: str) -> str:
@@ -241,16 +266,6 @@ def _config_path(config_file: str | Path | None) -> Path | None:
     if config_file is None:
         config_file = os.environ.get(CONFIG_FILE_ENV) or None
     return None if config_file is None else Path(config_file)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except OSError as exc:
-        raise InvalidRequest(f"config file {path} cannot be read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidRequest(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def _sourced(file_data: Mapping[str, Any], *, with_env: bool) -> type[Settings]:
@@ -275,6 +290,46 @@ def _sourced(file_data: Mapping[str, Any], *, with_env: bool) -> type[Settings]:
             return (init_settings, env_settings, file) if with_env else (init_settings, file)
 
     return _Sourced
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A mistyped variable (``CONSOLE_AUTH_DATABASE_URL``, one underscore) is
+    otherwise ignored in silence; its value is never logged."""
+    known = sorted(_variable_names(Settings, ENV_PREFIX))
+    for name in environ:
+        upper = name.upper()
+        if (
+            upper.startswith(ENV_PREFIX)
+            and not upper.startswith(TEST_ENV_PREFIX)
+            and upper != CONFIG_FILE_ENV
+            and not _is_setting(upper.removeprefix(ENV_PREFIX).split("__"))
+        ):
+            close = difflib.get_close_matches(upper, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logger.warning("ignoring %s: no setting has that name%s", name, hint)
+
+
+def _is_setting(parts: list[str]) -> bool:
+    """Whether ``parts`` (``DATABASE``, ``URL``) name a setting; below a
+    nested model or dict, pydantic-settings refuses an unknown key itself."""
+    field = Settings.model_fields.get(parts[0].lower())
+    if field is None:
+        return False
+    annotation = field.annotation
+    nested = typing.get_origin(annotation) is dict or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+    return nested or len(parts) == 1
+
+
+def _variable_names(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    """Every leaf variable, ``CELLS__<NAME>__...`` left out (its name is free)."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _variable_names(annotation, f"{prefix}{name.upper()}__")
+        elif typing.get_origin(annotation) is not dict:
+            yield f"{prefix}{name.upper()}"
 
 
 def _invalid(exc: ValidationError, where: str) -> InvalidRequest:

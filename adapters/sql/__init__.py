@@ -1,10 +1,11 @@
 """The SQL adapter: SQLAlchemy 2 Core on pooled connections, schema by Alembic.
 
-Importing it connects to nothing; ``open_engine`` does, once per process.
+Importing it connects to nothing and imports no Alembic; ``open_engine``
+creates the engine, which connects on first use.
 """
 
 from .engine import SQLITE_PRAGMAS, open_engine
-from .migrate import HEAD, current_revision, downgrade, upgrade, upgrade_script
+from .migrate import HEAD, current_revision, downgrade, guard_schema, upgrade, upgrade_script
 from .ports import SqlPortLeaseRepository, SqlPortReservationRepository
 from .repository import SqlConsoleConnectionRepository
 
@@ -16,6 +17,7 @@ __all__ = [
     "SqlPortReservationRepository",
     "current_revision",
     "downgrade",
+    "guard_schema",
     "open_engine",
     "upgrade",
     "upgrade_script",

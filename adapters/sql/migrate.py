@@ -4,27 +4,34 @@ The migrations ship inside the package (``script_location`` is a package
 resource), so an installed wheel can upgrade its own schema. The version
 table has its own name so that console-auth can share a database with an
 application that runs Alembic too.
+
+Alembic is imported only to migrate (it is most of a command's start-up):
+reading the revision and ``guard_schema``'s check on a current schema are
+plain SQL.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, String, column, event, inspect, select, table
+from sqlalchemy.pool import StaticPool
 
-from console_auth.domain import InvalidRequest, UnsupportedVersion
+from console_auth.domain import BackendUnavailable, InvalidRequest, UnsupportedVersion
 
+from .engine import open_engine
 from .errors import mapped_errors
 from .transactions import transaction
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+logger = logging.getLogger(__name__)
 
 SCRIPT_LOCATION: Final = "console_auth.adapters.sql:migrations"
 VERSION_TABLE: Final = "console_auth_alembic_version"
@@ -38,14 +45,64 @@ two threads must never migrate at once."""
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema up to ``revision``; a no-op when it is there already."""
-    with _migrating(engine) as config:
+    from alembic import command
+
+    with _migrating(engine, revision) as config:
         command.upgrade(config, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Take the schema down to ``revision`` (``"base"``: drop everything)."""
-    with _migrating(engine) as config:
+    from alembic import command
+
+    with _migrating(engine, revision) as config:
         command.downgrade(config, revision)
+
+
+def guard_schema(engine: Engine, *, auto_migrate: bool | None) -> None:
+    """Check the schema when ``engine`` first connects, not before, so that
+    building a service opens nothing.
+
+    ``auto_migrate`` ``True`` upgrades; ``None`` creates the schema in a
+    fresh SQLite database (no tables at all) only; otherwise a schema behind
+    this release is ``BackendUnavailable`` naming ``console-auth db
+    upgrade``, so a deliberate downgrade is never undone by a service. A
+    schema newer than this release (a rolling upgrade) is used as it is.
+    """
+    if isinstance(engine.pool, StaticPool):  # in-memory SQLite: one connection, always fresh
+        if auto_migrate is not False:
+            upgrade(engine)
+        return
+    url = engine.url.render_as_string(hide_password=False)
+
+    def check(_dbapi_connection: Any, _record: Any) -> None:
+        # On an engine of its own: this pool's first connection is half made.
+        checker = open_engine(url)
+        try:
+            _ensure_schema(checker, auto_migrate)
+        finally:
+            checker.dispose()
+
+    # SQLAlchemy runs first_connect once, again after a failure, under a lock.
+    event.listen(engine, "first_connect", check)
+
+
+def _ensure_schema(engine: Engine, auto_migrate: bool | None) -> None:
+    with mapped_errors(), engine.connect() as connection:
+        revision = _current(connection)
+        fresh = revision is None and not inspect(connection).get_table_names()
+    if revision == HEAD:
+        return
+    if auto_migrate or (auto_migrate is None and fresh and engine.dialect.name == "sqlite"):
+        upgrade(engine)
+    elif revision is not None and revision not in _known_revisions():
+        logger.info("the database schema is at revision %s, newer than %s", revision, HEAD)
+    else:
+        found = f"is at revision {revision}" if revision else "has no console-auth schema"
+        raise BackendUnavailable(
+            f"the token store {found}, and this release needs revision {HEAD}: "
+            "run `console-auth db upgrade`"
+        )
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -54,11 +111,21 @@ def current_revision(engine: Engine) -> str | None:
         return _current(connection)
 
 
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {
+        script.revision for script in ScriptDirectory.from_config(script_config()).walk_revisions()
+    }
+
+
 def upgrade_script(url: str, revision: str = "head") -> str:
     """The DDL of an upgrade as text, for operators who apply it themselves.
 
     Needs only the dialect of ``url``, never a connection.
     """
+    from alembic import command
+
     buffer = io.StringIO()
     config = script_config(output_buffer=buffer)
     config.set_main_option("sqlalchemy.url", url)
@@ -69,6 +136,8 @@ def upgrade_script(url: str, revision: str = "head") -> str:
 
 def script_config(output_buffer: io.StringIO | None = None) -> Config:
     """An Alembic ``Config`` for console-auth's scripts, built in code."""
+    from alembic.config import Config
+
     config = Config(output_buffer=output_buffer)
     config.set_main_option("script_location", SCRIPT_LOCATION)
     return config
@@ -80,7 +149,7 @@ is migrating the same SQLite file (on a loaded host that can take seconds)."""
 
 
 @contextmanager
-def _migrating(engine: Engine) -> Iterator[Config]:
+def _migrating(engine: Engine, revision: str) -> Iterator[Config]:
     """One transaction around the whole run, handed to ``env.py``.
 
     On SQLite the driver would autocommit each DDL statement, leaving half a
@@ -91,6 +160,10 @@ def _migrating(engine: Engine) -> Iterator[Config]:
     (server engines autocommit, so the transaction is asked for explicitly);
     MariaDB/MySQL commit each DDL statement whatever is asked.
     """
+    from alembic.util import CommandError
+
+    if not revision.strip():  # Alembic would fail an assertion
+        raise InvalidRequest("a target revision is required, such as head or base")
     with _ALEMBIC, mapped_errors(), transaction(engine) as connection:
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:  # a whole migration may hold the lock longer than one write
@@ -100,7 +173,7 @@ def _migrating(engine: Engine) -> Iterator[Config]:
         try:
             config = script_config()
             config.attributes["connection"] = connection
-            _check_known(_current(connection), ScriptDirectory.from_config(config))
+            _check_known(_current(connection))
             try:
                 yield config
             except CommandError as exc:  # e.g. an unknown target revision
@@ -111,13 +184,19 @@ def _migrating(engine: Engine) -> Iterator[Config]:
 
 
 def _current(connection: Connection) -> str | None:
-    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    """What Alembic's ``MigrationContext.get_current_revision`` reads, in plain SQL."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    query = select(column("version_num", String)).select_from(table(VERSION_TABLE))
+    revisions = list(connection.execute(query).scalars())
+    if len(revisions) > 1:
+        raise InvalidRequest(f"the database schema has several heads: {', '.join(revisions)}")
+    return revisions[0] if revisions else None
 
 
-def _check_known(current: str | None, scripts: ScriptDirectory) -> None:
+def _check_known(current: str | None) -> None:
     """A schema written by a newer release: refuse to guess how to move it."""
-    if current is not None and current not in {s.revision for s in scripts.walk_revisions()}:
+    if current is not None and current not in _known_revisions():
         raise UnsupportedVersion(
             f"the database schema is at revision {current}, newer than this release "
             f"of console-auth knows (its head is {HEAD})"

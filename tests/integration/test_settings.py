@@ -3,19 +3,23 @@ mistake is an ``InvalidRequest`` that names the setting but not its value."""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from console_auth.adapters.settings import (
     CONFIG_FILE_ENV,
+    MAX_CONFIG_FILE_BYTES,
     DatabaseSettings,
     MemcachedSettings,
     Settings,
+    default_database_url,
     load_settings,
-    resolve_auto_migrate,
 )
+from console_auth.application import MAX_PURGE_BATCH_SIZE
 from console_auth.domain import InvalidRequest
 
 SECRET = "s3cret-pa55"
@@ -35,7 +39,10 @@ def write_toml(directory: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_run_a_single_host_on_sqlite() -> None:
+def test_defaults_run_a_single_host_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     settings = load_settings()
 
     assert settings == Settings(
@@ -43,7 +50,11 @@ def test_defaults_run_a_single_host_on_sqlite() -> None:
         token_ttl=600,
         require_instance_uuid=False,
         purge_batch_size=1000,
-        database=DatabaseSettings(url="sqlite:///console-auth.sqlite3", auto_migrate=None),
+        purge_grace=300,
+        database=DatabaseSettings(
+            url=f"sqlite:///{tmp_path}/state/console-auth/console-auth.sqlite3",
+            auto_migrate=None,
+        ),
         memcached=MemcachedSettings(
             servers=("127.0.0.1:11211",),
             key_prefix="console_auth",
@@ -125,6 +136,10 @@ def test_the_environment_overrides_the_file_key_by_key(
         ("CONSOLE_AUTH_TOKEN_TTL", "2592001", "token_ttl"),
         ("CONSOLE_AUTH_TOKEN_TTL", "ten", "token_ttl"),
         ("CONSOLE_AUTH_PURGE_BATCH_SIZE", "0", "purge_batch_size"),
+        ("CONSOLE_AUTH_PURGE_BATCH_SIZE", str(MAX_PURGE_BATCH_SIZE + 1), "purge_batch_size"),
+        ("CONSOLE_AUTH_PURGE_BATCH_SIZE", str(2**63), "purge_batch_size"),
+        ("CONSOLE_AUTH_PURGE_GRACE", "-1", "purge_grace"),
+        ("CONSOLE_AUTH_PURGE_GRACE", "86401", "purge_grace"),
         ("CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND", "redis", "console_tokens_backend"),
         ("CONSOLE_AUTH_FALLBACK", "memory", "fallback"),
         ("CONSOLE_AUTH_FALLBACK", "database", "fallback"),  # the primary already
@@ -241,18 +256,122 @@ def test_a_database_password_is_never_echoed(
     assert settings.database.url == good  # masked only where it is shown
 
 
+def test_purge_settings_at_their_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSOLE_AUTH_PURGE_BATCH_SIZE", str(MAX_PURGE_BATCH_SIZE))
+    monkeypatch.setenv("CONSOLE_AUTH_PURGE_GRACE", "0")
+
+    settings = load_settings()
+
+    assert (settings.purge_batch_size, settings.purge_grace) == (MAX_PURGE_BATCH_SIZE, 0)
+
+
+def test_the_default_store_is_under_the_users_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_database_url() == (
+        f"sqlite:///{tmp_path}/home/.local/state/console-auth/console-auth.sqlite3"
+    )
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/is/ignored")  # as the XDG rule says
+    assert load_settings().database.url == default_database_url()
+    assert "/home/.local/state/" in default_database_url()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert load_settings().database.url == (
+        f"sqlite:///{tmp_path}/state/console-auth/console-auth.sqlite3"
+    )
+    assert not (tmp_path / "state").exists()  # settings create nothing
+
+
 @pytest.mark.parametrize(
-    ("url", "auto_migrate", "expected"),
+    ("variable", "hint"),
     [
-        ("sqlite:///console-auth.sqlite3", None, True),
-        ("sqlite+pysqlite:///:memory:", None, True),
-        ("postgresql+psycopg://db/console", None, False),
-        ("mysql+pymysql://db/console", None, False),
-        ("sqlite:///console-auth.sqlite3", False, False),
-        ("postgresql+psycopg://db/console", True, True),
+        ("CONSOLE_AUTH_DATABASE_URL", "CONSOLE_AUTH_DATABASE__URL"),
+        ("CONSOLE_AUTH_TOKEN_TL", "CONSOLE_AUTH_TOKEN_TTL"),
+        ("console_auth_cell_map", "CONSOLE_AUTH_CELL_MAP_FILE"),
+        ("CONSOLE_AUTH_TOKEN_TTL__X", "CONSOLE_AUTH_TOKEN_TTL"),
+        ("CONSOLE_AUTH_XYZZY", None),
     ],
 )
-def test_only_sqlite_migrates_itself_unless_told(
-    url: str, auto_migrate: bool | None, expected: bool
+def test_an_unknown_variable_is_warned_about_never_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    hint: str | None,
 ) -> None:
-    assert resolve_auto_migrate(url, auto_migrate) is expected
+    monkeypatch.setenv(variable, SECRET)
+
+    with caplog.at_level(logging.WARNING, logger="console_auth.adapters.settings"):
+        load_settings()
+
+    [record] = caplog.records
+    assert variable in record.getMessage()
+    assert SECRET not in record.getMessage()
+    if hint is not None:
+        assert f"did you mean {hint}?" in record.getMessage()
+
+
+def test_known_variables_raise_no_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    map_file = tmp_path / "cells.toml"
+    map_file.write_text("")
+    for name, value in {
+        "CONSOLE_AUTH_TOKEN_TTL": "30",
+        "CONSOLE_AUTH_DATABASE__AUTO_MIGRATE": "false",
+        "CONSOLE_AUTH_MEMCACHED": '{"timeout": 2}',  # a nested model whole, as JSON
+        "CONSOLE_AUTH_CELLS__CELL1__DATABASE__URL": "sqlite://",
+        "CONSOLE_AUTH_CELL_MAP_FILE": str(map_file),
+        "console_auth_purge_grace": "10",  # names are case-insensitive
+        "CONSOLE_AUTH_TEST_POSTGRESQL_URL": "postgresql://x",  # the test suite's own
+        CONFIG_FILE_ENV: "",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    with caplog.at_level(logging.WARNING, logger="console_auth.adapters.settings"):
+        settings = load_settings()
+
+    assert caplog.records == []
+    assert settings.purge_grace == 10
+    assert list(settings.cells) == ["cell1"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"token_ttl = 3\n\xff\n", "not UTF-8"),
+        (b"token_ttl = " + b"9" * 5000 + b"\n", "too long"),
+        (b"x = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
+        (b"x = " + b"{a=" * 100_000 + b"1" + b"}" * 100_000 + b"\n", "nested too deeply"),
+    ],
+)
+def test_an_unreadable_file_is_an_invalid_request(
+    tmp_path: Path, content: bytes, problem: str | None
+) -> None:
+    path = tmp_path / "console-auth.toml"
+    path.write_bytes(content)
+
+    with pytest.raises(InvalidRequest, match=str(path)) as caught:
+        load_settings(path)
+
+    if problem is not None:
+        assert problem in str(caught.value)
+
+
+def test_a_fifo_or_directory_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(InvalidRequest, match="not a regular file"):
+        load_settings(fifo)
+    with pytest.raises(InvalidRequest, match=r"not a regular file|cannot be read"):
+        load_settings(tmp_path)
+    assert time.monotonic() - started < 5
+
+
+def test_a_file_larger_than_the_bound_is_refused(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "# " + "x" * MAX_CONFIG_FILE_BYTES + "\n")
+
+    with pytest.raises(InvalidRequest, match="larger than"):
+        load_settings(path)
