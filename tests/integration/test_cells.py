@@ -129,7 +129,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def service(cells: CellRoutedConsoleConnectionRepository, clock: FakeClock) -> ConsoleAuthService:
-    return ConsoleAuthService(cells, clock, FixedTokenSource(), ServicePolicy(purge_batch_size=3))
+    return ConsoleAuthService(
+        cells,
+        clock,
+        FixedTokenSource(),
+        ServicePolicy(purge_batch_size=3, purge_grace=timedelta(0)),
+    )
 
 
 def _through(url: str, proxy: TcpProxy) -> str:
