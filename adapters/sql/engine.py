@@ -2,28 +2,41 @@
 
 ``hide_parameters=True`` is forced: SQLAlchemy otherwise writes bound values
 (token hashes, hosts) into exception text and echo logs. SQLite gets its
-pragmas on every new DBAPI connection, since they are per connection.
+pragmas on every new DBAPI connection, since they are per connection, and
+a database file it creates is readable by its owner only (0600).
 
 Server databases (PostgreSQL through psycopg 3, MariaDB/MySQL through
-PyMySQL) get bounded waits everywhere, so a stopped or unreachable server
-is a ``BackendUnavailable`` within seconds, never a hang:
+PyMySQL) get bounded waits everywhere, so a stopped, frozen, locked or
+unreachable server is a ``BackendUnavailable`` within seconds, never a hang:
 
 ============== ======= ==========================================================
 option         default what it bounds
 ============== ======= ==========================================================
 connect_timeout   5 s  opening a connection, handshake included (psycopg:
                        libpq ``connect_timeout``; PyMySQL: ``connect_timeout``,
-                       and the handshake by ``io_timeout``)
-io_timeout        5 s  one read or write on an open connection (PyMySQL
-                       ``read_timeout``/``write_timeout``); on PostgreSQL,
-                       libpq has no read timeout, so it is ``tcp_user_timeout``
-                       (data the peer never acknowledges) plus TCP keepalives
+                       and the handshake by its read timeout)
+io_timeout        5 s  one statement, on the server: PostgreSQL's
+                       ``statement_timeout`` and ``lock_timeout`` (libpq
+                       ``options``); MariaDB's ``max_statement_time``,
+                       ``innodb_lock_wait_timeout`` and ``lock_wait_timeout``
+                       (MySQL: the last two), in whole seconds, set when a
+                       connection opens. A server that says nothing for
+                       ``io_timeout`` + ``CLIENT_GRACE_S`` is given up on by the
+                       client: PyMySQL's ``read_timeout``/``write_timeout``; on
+                       PostgreSQL, whose libpq has no read timeout (and a frozen
+                       server's kernel still acknowledges, so no TCP timeout
+                       fires), a watchdog thread shuts the socket of a statement
+                       past that deadline. Plus ``tcp_user_timeout`` and TCP
+                       keepalives for a peer that vanished.
 pool_timeout      5 s  waiting for a free pooled connection (SQLAlchemy's own)
 ============== ======= ==========================================================
 
 A value in the URL's query (``?connect_timeout=10``) or in ``connect_args``
-wins over these defaults; ``io_timeout=None`` turns the read/write bound off
-(a migration of a very large table may need that).
+wins over these defaults; a PostgreSQL ``options`` given there is appended
+to the bounds, so its own ``-c statement_timeout=...`` wins.
+``io_timeout=None`` turns the statement bounds off (a migration of a very
+large table may need that). A statement cut off by a bound fails, and a
+connection cut off by the client is discarded, never reused.
 
 Server connections autocommit: a token lookup or insert is one statement,
 and BEGIN/COMMIT or the pool's ROLLBACK on return would double or triple its
@@ -39,12 +52,18 @@ if dead, the pool invalidated and a fresh connection opened. Passing
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import math
 import os
 import select
+import socket
+import threading
+import time
 import weakref
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
@@ -52,6 +71,11 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
+
+from .errors import register_driver
+
+if TYPE_CHECKING:
+    import psycopg
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +94,12 @@ DEFAULT_IO_TIMEOUT: Final = 5.0
 DEFAULT_POOL_TIMEOUT: Final = 5.0
 """Seconds; see the module docstring. Far above a healthy server's
 milliseconds, well under what a proxy's user waits before giving up."""
+CLIENT_GRACE_S: Final = 1.0
+"""How much longer than ``io_timeout`` the client waits for a statement's
+answer: a live server reports its own bound first, on a connection that
+stays usable; only a frozen or lost one is cut off by the client."""
+WATCHDOG_TICK_S: Final = 0.25
+"""How often the PostgreSQL watchdog looks for statements past their deadline."""
 
 POSTGRESQL_KEEPALIVES: Final = {
     "keepalives": 1,
@@ -126,12 +156,18 @@ def open_engine(
         raise InvalidRequest(f"database driver {exc.name!r} is not installed") from None
     except sa_exc.ArgumentError as exc:  # names options, never the URL
         raise InvalidRequest(f"invalid engine options: {exc}") from None
+    register_driver(engine.dialect.loaded_dbapi)
     if backend == "sqlite":
         event.listen(engine, "connect", _pragma_setter(memory=_is_memory(parsed)))
-    elif (backend, driver) in _SERVER_DRIVERS and not options["pool_pre_ping"]:
-        event.listen(engine, "checkout", _liveness_check(engine.dialect))
-        if options["isolation_level"] == "AUTOCOMMIT":
-            _HOLDABLE.add(engine)
+        if not _is_memory(parsed) and not parsed.query.get("uri"):
+            event.listen(engine, "do_connect", _private_file(parsed.database or ""))
+    elif (backend, driver) in _SERVER_DRIVERS:
+        if backend != "postgresql" and io_timeout is not None:
+            event.listen(engine, "connect", _mysql_bounds(io_timeout))
+        if not options["pool_pre_ping"]:
+            event.listen(engine, "checkout", _liveness_check(engine.dialect))
+            if options["isolation_level"] == "AUTOCOMMIT":
+                _HOLDABLE.add(engine)
     if auto_migrate:
         from .migrate import upgrade  # Alembic is imported only by those who migrate
 
@@ -167,6 +203,19 @@ def _sqlite_options(url: URL, requested: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _private_file(path: str) -> Callable[..., None]:
+    """A ``do_connect`` listener: create a missing database file readable
+    by its owner only, before SQLite creates it with the umask's mode
+    (0644, as a rule). SQLite gives its ``-wal`` and ``-shm`` files the
+    mode of the database file. An existing file keeps its mode."""
+
+    def create(*_args: Any) -> None:
+        with contextlib.suppress(OSError):  # it exists; or sqlite3 will say why it cannot
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+    return create
+
+
 def _driver_name(url: URL) -> str:
     """The URL's driver, or the dialect's default one; empty for an unknown dialect
     (``create_engine`` then says so)."""
@@ -180,24 +229,31 @@ def _server_options(
     url: URL, requested: dict[str, Any], connect_timeout: float, io_timeout: float | None
 ) -> dict[str, Any]:
     """Autocommit, bounded waits, and the socket poll instead of a pre-ping."""
+    client_timeout = None if io_timeout is None else io_timeout + CLIENT_GRACE_S
     if url.get_backend_name() == "postgresql":
         defaults: dict[str, Any] = {
             # libpq takes whole seconds, and treats anything under 2 as 2
             "connect_timeout": max(2, round(connect_timeout)),
             **POSTGRESQL_KEEPALIVES,
         }
-        if io_timeout is not None:
+        if io_timeout is not None and client_timeout is not None:
             defaults["tcp_user_timeout"] = round(io_timeout * 1000)
+            defaults["cursor_factory"] = _bounded_cursor(client_timeout)
     else:
         defaults = {
             "connect_timeout": connect_timeout,
             "charset": "utf8mb4",
             "init_command": MYSQL_SESSION_ISOLATION,
         }
-        if io_timeout is not None:
-            defaults.update(read_timeout=io_timeout, write_timeout=io_timeout)
+        if client_timeout is not None:
+            defaults.update(read_timeout=client_timeout, write_timeout=client_timeout)
     connect_args = {k: v for k, v in defaults.items() if k not in url.query}
     connect_args.update(requested.get("connect_args", {}))
+    if url.get_backend_name() == "postgresql" and io_timeout is not None:
+        given = connect_args.get("options", url.query.get("options", ()))
+        connect_args["options"] = " ".join(
+            [_postgresql_bounds(io_timeout), *([given] if isinstance(given, str) else given)]
+        )
     return {
         "connect_args": connect_args,
         "pool_pre_ping": requested.get("pool_pre_ping", False),
@@ -208,6 +264,34 @@ def _server_options(
         "isolation_level": requested.get("isolation_level", "AUTOCOMMIT"),
         "skip_autocommit_rollback": requested.get("skip_autocommit_rollback", True),
     }
+
+
+def _postgresql_bounds(io_timeout: float) -> str:
+    """libpq ``options``: the server cancels a statement, or a lock wait,
+    that takes longer than ``io_timeout``."""
+    ms = max(1, round(io_timeout * 1000))
+    return f"-c statement_timeout={ms} -c lock_timeout={ms}"
+
+
+def _mysql_bounds(io_timeout: float) -> Callable[[Any, ConnectionPoolEntry], None]:
+    """A pool ``connect`` listener: the server ends a statement or a lock
+    wait that takes longer than ``io_timeout`` (one round trip per new
+    connection). ``/*M! */`` is run by MariaDB only: MySQL lacks
+    ``max_statement_time``."""
+    seconds = max(1, math.ceil(io_timeout))
+    sql = (
+        f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+        f" /*M! , max_statement_time = {io_timeout:.3f} */"
+    )
+
+    def set_bounds(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    return set_bounds
 
 
 _HOLDABLE: Final[weakref.WeakSet[Engine]] = weakref.WeakSet()
@@ -273,6 +357,134 @@ def _readable(fileno: int) -> bool:
     poller = select.poll()
     poller.register(fileno, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))
+
+
+class _Deadline:
+    """When the statement in flight on one connection is due; 0 when idle."""
+
+    __slots__ = ("__weakref__", "bound", "connection", "due", "lock")
+
+    def __init__(self, connection: Any, bound: float) -> None:
+        self.connection = weakref.ref(connection)
+        self.bound = bound
+        self.due = 0.0
+        self.lock = threading.Lock()
+        """Held while disarming or cutting: a socket is never cut after its
+        statement ended (by then its descriptor may belong to another)."""
+
+    def arm(self) -> None:
+        self.due = time.monotonic() + self.bound
+
+    def disarm(self) -> None:
+        with self.lock:
+            self.due = 0.0
+
+    def cut_if_late(self, now: float) -> None:
+        with self.lock:
+            if not 0.0 < self.due < now:
+                return
+            self.due = 0.0
+            fileno = _socket_of(self.connection())
+            if fileno is None or fileno < 0:
+                return
+            try:  # a duplicate descriptor: closing it leaves the driver's own
+                with socket.socket(fileno=os.dup(fileno)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                return
+        logger.warning("SQL token store gave no answer in %.1f s; connection cut off", self.bound)
+
+
+class _Watchdog:
+    """One daemon thread per process, running while any bounded connection
+    lives: it cuts off the socket of a statement past its deadline, so the
+    blocked driver read fails. Arming costs a call an attribute write, and
+    disarming an uncontended lock; nothing is allocated per call."""
+
+    def __init__(self) -> None:
+        self._deadlines: weakref.WeakSet[_Deadline] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child has no thread
+                self._pid, self._thread = os.getpid(), None
+            self._deadlines.add(deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="console-auth-sql-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_TICK_S)
+            with self._lock:
+                deadlines: Iterable[_Deadline] = list(self._deadlines)
+                if not deadlines:
+                    self._thread = None
+                    return
+            now = time.monotonic()
+            for deadline in deadlines:
+                deadline.cut_if_late(now)
+
+
+_WATCHDOG: Final = _Watchdog()
+_DEADLINE: Final = "_console_auth_deadline"
+
+
+@functools.cache
+def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
+    """A psycopg cursor class whose statements the watchdog cuts off after
+    ``bound`` seconds. As the ``cursor_factory`` of every connection, it
+    bounds every path at once: Core, the pooled and the held hot paths, pings."""
+    import psycopg
+    from psycopg.abc import Params, Query
+    from psycopg.rows import RowFactory
+
+    class BoundedCursor(psycopg.Cursor[Any]):
+        __slots__ = ("_deadline",)
+
+        def __init__(
+            self,
+            connection: psycopg.Connection[Any],
+            *,
+            row_factory: RowFactory[Any] | None = None,
+        ) -> None:
+            super().__init__(connection, row_factory=row_factory or connection.row_factory)
+            deadline = getattr(connection, _DEADLINE, None)
+            if deadline is None:
+                deadline = _Deadline(connection, bound)
+                setattr(connection, _DEADLINE, deadline)
+                _WATCHDOG.watch(deadline)
+            self._deadline: _Deadline = deadline
+
+        def execute(
+            self,
+            query: Query,
+            params: Params | None = None,
+            *,
+            prepare: bool | None = None,
+            binary: bool | None = None,
+        ) -> BoundedCursor:
+            self._deadline.arm()
+            try:
+                return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc, arg-type]
+            finally:
+                self._deadline.disarm()
+
+        def executemany(
+            self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
+        ) -> None:
+            self._deadline.arm()
+            try:
+                super().executemany(query, params_seq, returning=returning)
+            finally:
+                self._deadline.disarm()
+
+    return BoundedCursor
 
 
 def _is_memory(url: URL) -> bool:

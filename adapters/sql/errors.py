@@ -9,9 +9,10 @@ values (PostgreSQL's ``DETAIL``), so they stay in the chained cause, where
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import exc as sa_exc
 
@@ -19,9 +20,10 @@ from console_auth.domain import BackendUnavailable, InvalidRequest
 
 DUPLICATE_HASH = "a connection with this token hash is already stored"
 
-RETRYABLE_MYSQL_ERRNOS: Final = frozenset({1205, 1213})
-"""InnoDB's lock wait timeout and deadlock victim: the statement (in
-autocommit, the whole unit) was rolled back, so running it again is safe."""
+RETRYABLE_MYSQL_ERRNOS: Final = frozenset({1213})
+"""InnoDB's deadlock victim: the transaction was rolled back, so running it
+again is safe. A lock wait timeout (1205) is not retried: the wait is the
+engine's ``io_timeout`` bound, and running again would multiply it."""
 RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})
 """PostgreSQL's deadlock detected and serialization failure: the
 transaction was rolled back whole."""
@@ -47,6 +49,21 @@ def mapped_errors(*, on_conflict: str | None = None) -> Iterator[None]:
         raise BackendUnavailable(f"SQL token store unavailable: {describe(exc)}") from exc
     except sa_exc.DBAPIError as exc:  # e.g. a file that is not a database, a missing table
         raise BackendUnavailable(f"SQL token store failed: {describe(exc)}") from exc
+    except _driver_errors as exc:  # raw from where SQLAlchemy does not wrap (pool events)
+        raise BackendUnavailable(f"SQL token store unavailable: {describe(exc)}") from exc
+
+
+_driver_errors: tuple[type[Exception], ...] = ()
+"""The ``Error`` base class of every driver an engine was opened with."""
+_driver_errors_lock: Final = threading.Lock()
+
+
+def register_driver(dbapi: Any) -> None:
+    """Have ``mapped_errors`` map the raw errors of ``dbapi`` (a DBAPI module)."""
+    global _driver_errors
+    with _driver_errors_lock:
+        if dbapi.Error not in _driver_errors:
+            _driver_errors = (*_driver_errors, dbapi.Error)
 
 
 def describe(exc: BaseException) -> str:
@@ -63,13 +80,14 @@ def describe(exc: BaseException) -> str:
     if orig is None:
         return type(exc).__name__
     name = f"{type(orig).__module__}.{type(orig).__qualname__}"
-    code = (
-        getattr(orig, "sqlite_errorname", None)  # sqlite3
-        or getattr(orig, "sqlstate", None)  # psycopg 3
-        or getattr(orig, "pgcode", None)  # psycopg2
-    )
-    if code is None and orig.args and isinstance(orig.args[0], int):
-        code = orig.args[0]  # MySQL/MariaDB drivers: the server's errno
+    if orig.args and isinstance(orig.args[0], int):
+        code: object = orig.args[0]  # MySQL/MariaDB drivers: the server's errno
+    else:
+        code = (
+            getattr(orig, "sqlite_errorname", None)  # sqlite3
+            or getattr(orig, "sqlstate", None)  # psycopg 3
+            or getattr(orig, "pgcode", None)  # psycopg2
+        )
     return name if code is None else f"{name} {code}"
 
 

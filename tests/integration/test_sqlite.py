@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,45 @@ def test_bad_urls_are_invalid_requests_that_do_not_quote_the_password(url: str) 
         open_engine(url)
     assert "s3cret" not in str(caught.value)
     assert caught.value.__cause__ is None
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_a_new_database_file_and_its_wal_and_shm_are_private(tmp_path: Path) -> None:
+    """Under a permissive umask: created 0600, and SQLite gives its journal
+    files the main file's mode."""
+    path = tmp_path / "new.sqlite3"
+    with _umask(0o022):
+        engine = open_engine(f"sqlite:///{path}", auto_migrate=True)
+        try:
+            repository = SqlConsoleConnectionRepository(engine)  # its connection keeps -wal
+            repository.add(a_connection())
+            files = [path, tmp_path / "new.sqlite3-wal", tmp_path / "new.sqlite3-shm"]
+            assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+                f.name: 0o600 for f in files
+            }
+        finally:
+            engine.dispose()
+
+
+def test_an_existing_database_file_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    path.touch(mode=0o640)
+    path.chmod(0o640)
+    with _umask(0o022):
+        engine = open_engine(f"sqlite:///{path}", auto_migrate=True)
+        try:
+            SqlConsoleConnectionRepository(engine).add(a_connection())
+        finally:
+            engine.dispose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 # --- exact time ------------------------------------------------------------------------------
