@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any, Final
 from uuid import UUID
 
@@ -31,13 +32,21 @@ from console_auth.domain.leases import LeaseKind, PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
 
 from .ports import Clock, PortLeaseRepository, PortReservationRepository, TokenSource
-from .service import ConsoleAuthService
+from .service import (
+    DEFAULT_PURGE_GRACE,
+    ConsoleAuthService,
+    check_purge,
+    clock_now,
+    purge_cutoff,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_DEFINED_PORTS: Final = 64
 """Far above any real instance's serial devices, low enough to bound a
 request."""
+
+MAX_LEASE_TTL: Final = timedelta(days=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,12 +55,18 @@ class PortPolicy:
 
     lease_ttl: timedelta = timedelta(seconds=60)
     purge_batch_size: int = 1000
+    purge_grace: timedelta = DEFAULT_PURGE_GRACE
+    """Purge deletes only leases that expired more than this long ago: every
+    reader checks a lease's expiry, but a purger whose clock runs ahead would
+    delete a live lease and free its port for a second client."""
 
     def __post_init__(self) -> None:
-        if not timedelta(0) < self.lease_ttl <= timedelta(days=1):
-            raise InvalidRequest("lease ttl must be above zero and at most one day")
-        if self.purge_batch_size < 1:
-            raise InvalidRequest("purge batch size must be at least 1")
+        lease_ttl = self.lease_ttl
+        if not isinstance(lease_ttl, timedelta) or not timedelta(0) < lease_ttl <= MAX_LEASE_TTL:
+            raise InvalidRequest(
+                f"lease ttl must be a timedelta above zero and at most {MAX_LEASE_TTL}"
+            )
+        check_purge(self.purge_batch_size, self.purge_grace)
 
 
 class ConsolePortService:
@@ -135,7 +150,7 @@ class ConsolePortService:
         connection = self._consoles.validate(token, instance_uuid)
         if connection.console_type is not ConsoleType.SERIAL:
             raise InvalidRequest("only serial consoles take port leases")
-        now = self._now()
+        now, expires_at = self._lease_window()
         lease = PortLease.model_validate(
             {
                 "host": connection.host,
@@ -146,7 +161,7 @@ class ConsolePortService:
                 "token_hash": connection.token_hash,
                 "proxy_id": _proxy_id(proxy_id),
                 "since": now,
-                "expires_at": now + self._policy.lease_ttl,
+                "expires_at": expires_at,
             }
         )
         blocker = self._leases.claim(lease, now)
@@ -166,15 +181,15 @@ class ConsolePortService:
 
     def heartbeat(self, lease: PortLease) -> PortLease:
         """Extend a live lease; ``LeaseLost`` if it expired or was replaced."""
-        now = self._now()
-        renewed = self._leases.renew(lease, now + self._policy.lease_ttl, now)
+        now, expires_at = self._lease_window()
+        renewed = self._leases.renew(_check_lease(lease), expires_at, now)
         if renewed is None:
             raise LeaseLost(f"the lease on serial port {lease.host}:{lease.port} is gone")
         return renewed
 
     def disconnect(self, lease: PortLease) -> bool:
         """Free the port; ``False`` if the lease was already gone."""
-        released = self._leases.release(lease)
+        released = self._leases.release(_check_lease(lease))
         logger.info("serial port %s:%s disconnected", lease.host, lease.port)
         return released
 
@@ -194,10 +209,14 @@ class ConsolePortService:
         return self._leases.delete_by_instance(parse_instance_uuid(instance_uuid))
 
     def purge_expired(self, host: str | None = None) -> int:
-        """Delete expired leases in bounded batches (they already free their
-        ports; this reclaims the space)."""
+        """Delete leases that expired more than ``purge_grace`` ago, in
+        bounded batches (they already free their ports; this reclaims the
+        space)."""
         host = None if host is None else parse_host(host)
-        now, batch, total = self._now(), self._policy.purge_batch_size, 0
+        now = purge_cutoff(self._clock, self._policy.purge_grace)
+        if now is None:
+            return 0
+        batch, total = self._policy.purge_batch_size, 0
         while (deleted := self._leases.delete_expired(now, host, batch)) == batch:
             total += deleted
         return total + deleted
@@ -223,13 +242,23 @@ class ConsolePortService:
         return self._reservations.release(parse_host(host), _check_ports([port])[0])
 
     def _now(self) -> datetime:
-        return self._clock.now().astimezone(UTC)
+        return clock_now(self._clock)
+
+    def _lease_window(self) -> tuple[datetime, datetime]:
+        """Now, and when a lease taken or renewed now expires."""
+        now = self._now()
+        try:
+            return now, now + self._policy.lease_ttl
+        except OverflowError:
+            raise InvalidRequest(
+                "a lease from Clock.now() ends past the supported date range"
+            ) from None
 
 
 def _check_ports(ports: Sequence[int]) -> list[int]:
-    if isinstance(ports, str | bytes) or not 0 < len(ports) <= MAX_DEFINED_PORTS:
+    checked = list(islice(ports, MAX_DEFINED_PORTS + 1)) if _is_sequence(ports) else []
+    if not 0 < len(checked) <= MAX_DEFINED_PORTS:
         raise InvalidRequest(f"defined ports must be a list of 1-{MAX_DEFINED_PORTS} ports")
-    checked = list(ports)
     if any(type(p) is not int or not 1 <= p <= 65535 for p in checked):
         raise InvalidRequest("defined ports must be integers in 1-65535")
     if len(set(checked)) != len(checked):
@@ -238,19 +267,29 @@ def _check_ports(ports: Sequence[int]) -> list[int]:
 
 
 def _check_range(port_range: range | tuple[int, int]) -> tuple[int, int]:
+    bounds: tuple[object, ...]
     if isinstance(port_range, range):
         if port_range.step != 1 or not port_range:
             raise InvalidRequest("port range must be a non-empty range with step 1")
         bounds = (port_range.start, port_range.stop - 1)
     else:
-        bounds = tuple(port_range)  # type: ignore[assignment]
-    if (
-        len(bounds) != 2
-        or any(type(b) is not int or not 1 <= b <= 65535 for b in bounds)
-        or bounds[0] > bounds[1]
-    ):
+        bounds = tuple(islice(port_range, 3)) if _is_sequence(port_range) else ()
+    first, last = bounds if len(bounds) == 2 else (None, None)
+    if type(first) is not int or type(last) is not int or not 1 <= first <= last <= 65535:
         raise InvalidRequest("port range must be first-last within 1-65535, first <= last")
-    return bounds[0], bounds[1]
+    return first, last
+
+
+def _check_lease(lease: PortLease) -> PortLease:
+    if not isinstance(lease, PortLease):
+        raise InvalidRequest("lease must be a PortLease this service handed out")
+    return lease
+
+
+def _is_sequence(value: object) -> bool:
+    """A list, tuple or range of ports (``islice`` keeps a huge one bounded);
+    text is a sequence too, of characters."""
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
 
 
 def _proxy_id(proxy_id: str) -> str:

@@ -29,7 +29,7 @@ from console_auth.domain import (
     hash_token,
     parse_access_url,
 )
-from console_auth.domain.model import parse_host, parse_instance_uuid
+from console_auth.domain.model import parse_host, parse_instance_uuid, parse_utc
 
 from .cells import cells_unavailable
 from .ports import CellRoutedRepository, Clock, ConsoleConnectionRepository, TokenSource
@@ -49,6 +49,8 @@ DEFAULT_PURGE_GRACE: Final = timedelta(minutes=5)
 decided at ``validate``, so a purger whose clock runs ahead must not delete
 live tokens."""
 
+MAX_PURGE_GRACE: Final = timedelta(days=1)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServicePolicy:
@@ -63,10 +65,35 @@ class ServicePolicy:
 
     def __post_init__(self) -> None:
         _check_ttl(self.default_ttl)
-        if not isinstance(self.purge_batch_size, int) or not (
-            1 <= self.purge_batch_size <= MAX_PURGE_BATCH_SIZE
-        ):
-            raise InvalidRequest(f"purge batch size must be from 1 to {MAX_PURGE_BATCH_SIZE}")
+        check_purge(self.purge_batch_size, self.purge_grace)
+
+
+def check_purge(batch_size: object, grace: object) -> None:
+    """The purge knobs of a policy: a batch a transaction can hold, a grace
+    from zero to ``MAX_PURGE_GRACE``."""
+    if type(batch_size) is not int or not 1 <= batch_size <= MAX_PURGE_BATCH_SIZE:
+        raise InvalidRequest(f"purge batch size must be from 1 to {MAX_PURGE_BATCH_SIZE}")
+    if not isinstance(grace, timedelta) or not timedelta(0) <= grace <= MAX_PURGE_GRACE:
+        raise InvalidRequest(f"purge grace must be a timedelta from 0 to {MAX_PURGE_GRACE}")
+
+
+def clock_now(clock: Clock) -> datetime:
+    """The clock's time, aware UTC. A naive time (``oslo_utils.timeutils.utcnow()``)
+    is refused: read as local time it would shift every expiry."""
+    now = clock.now()
+    if isinstance(now, datetime) and now.tzinfo is UTC:  # the system clock's: no conversion
+        return now
+    return parse_utc(now, "Clock.now()")
+
+
+def purge_cutoff(clock: Clock, grace: timedelta) -> datetime | None:
+    """What a purge deletes up to: expired more than ``grace`` ago by
+    ``clock``; ``None`` when that is before the earliest datetime (nothing is)."""
+    now = clock_now(clock)
+    try:
+        return now - grace
+    except OverflowError:
+        return None
 
 
 class ConsoleAuthService:
@@ -135,8 +162,8 @@ class ConsoleAuthService:
         serial port's hold). Pass the result to ``store``."""
         ttl = self._policy.default_ttl if ttl is None else _check_ttl(ttl)
         token = check_token(self._tokens.new_token())
-        try:  # in UTC: a TTL is elapsed time, and wall time jumps at DST
-            now = self._clock.now().astimezone(UTC)
+        now = clock_now(self._clock)  # in UTC: a TTL is elapsed time, wall time jumps at DST
+        try:
             expires_at = now + ttl
         except OverflowError:
             raise InvalidRequest("ttl puts the expiry past the supported date range") from None
@@ -186,7 +213,7 @@ class ConsoleAuthService:
         if connection is None:
             logger.info("refused console token (hash %.8s): unknown", token_hash)
             raise InvalidToken(InvalidTokenReason.UNKNOWN)
-        if connection.is_expired(self._clock.now()):
+        if connection.is_expired(clock_now(self._clock)):
             logger.info("refused console token (hash %.8s): expired", token_hash)
             raise InvalidToken(InvalidTokenReason.EXPIRED)
         if expected is not None and expected != connection.instance_uuid:
@@ -211,8 +238,10 @@ class ConsoleAuthService:
         return count
 
     def purge_expired(self, host: str | None = None) -> int:
-        """Delete expired connections, of one compute host when given, in
-        batches so no transaction holds the table for long.
+        """Delete connections that expired more than ``purge_grace`` ago, of
+        one compute host when given, in batches so no transaction holds the
+        table for long. Validity is decided by ``validate``; the grace keeps
+        a purger whose clock runs ahead from deleting live tokens.
 
         Split over cells, each cell is purged to the end in turn (only the
         host's cell, when the locator knows it); a cell that fails is
@@ -221,7 +250,9 @@ class ConsoleAuthService:
         of ids at a time.
         """
         host = None if host is None else parse_host(host)
-        now = self._clock.now()
+        now = purge_cutoff(self._clock, self._policy.purge_grace)
+        if now is None:
+            return 0
         of_host = f" of {host}" if host else ""
         if self._cells is None:
             total = self._purge(self._repository, now, host)

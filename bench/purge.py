@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -172,7 +172,7 @@ class PurgeBench:
         self._clock = BenchClock()
         self._timed = _TimedBatches(SqlConsoleConnectionRepository(engine))
         self.service = ConsoleAuthService(
-            self._timed, self._clock, SecretsTokenSource(), ServicePolicy(purge_batch_size=batch)
+            self._timed, self._clock, SecretsTokenSource(), ServicePolicy(purge_batch_size=batch, purge_grace=timedelta(0))
         )
         self.live = [
             self.service.authorize(

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -131,7 +132,7 @@ def compare(workdir: Path, sizes: Sizes, progress: Progress) -> Comparison:
     for path in (library_path, floor_path):
         bulk_insert(path, background)
     clock = BenchClock()
-    policy = ServicePolicy(purge_batch_size=sizes.purge_batch)
+    policy = ServicePolicy(purge_batch_size=sizes.purge_batch, purge_grace=timedelta(0))
     library = LibrarySide(library_path, clock, policy)
     try:
         floor = FloorSide(floor_path, clock, policy)
@@ -220,7 +221,7 @@ def grow(workdir: Path, sizes: Sizes, progress: Progress) -> Growth:
     """
     rng = random.Random(sizes.seed + 1)
     clock = BenchClock()
-    policy = ServicePolicy(purge_batch_size=sizes.purge_batch)
+    policy = ServicePolicy(purge_batch_size=sizes.purge_batch, purge_grace=timedelta(0))
     pools: dict[str, list[str]] = {}
     paths = {"small": workdir / SMALL_FILE, "big": workdir / BIG_FILE}
     for size, rows in (("small", sizes.small), ("big", sizes.big)):

@@ -16,7 +16,8 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from .model import UtcDatetime, check_host
+from .hosts import check_host
+from .model import UtcDatetime
 from .tokens import is_token_hash
 
 MAX_PROXY_ID: Final = 255

@@ -7,8 +7,6 @@ convert rows and cache values to and from it.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -31,14 +29,17 @@ from pydantic import (
 
 from . import versions
 from .errors import InvalidRequest
+from .hosts import check_host
 from .tokens import is_token_hash
 from .urls import build_access_url, check_base_url
 
-MAX_HOST_LENGTH: Final = 253
 MAX_EXTRA_OPTIONS: Final = 16
 MAX_OPTION_TEXT: Final = 255
-_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _OPTION_KEY: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_EXTRA_VALUE_PROBLEM: Final = (
+    "extra option values must be booleans, 64-bit integers, finite numbers or printable "
+    f"text of at most {MAX_OPTION_TEXT} characters"
+)
 
 
 class ConsoleType(StrEnum):
@@ -89,17 +90,14 @@ class ConsoleOptions(BaseModel):
         if len(extra) > MAX_EXTRA_OPTIONS:
             raise ValueError(f"at most {MAX_EXTRA_OPTIONS} extra options are allowed")
         for key, value in extra.items():
+            # the caller's key is never echoed: it may be anything, a token too
             if _OPTION_KEY.fullmatch(key) is None:
-                raise ValueError(f"extra option key {key[:64]!r} must match {_OPTION_KEY.pattern}")
+                raise ValueError(f"extra option keys must match {_OPTION_KEY.pattern}")
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"extra option {key!r} must be a finite number")
+                raise ValueError("extra option values must be finite numbers")
             if isinstance(value, int) and not -(2**63) <= value < 2**63:
-                raise ValueError(f"extra option {key!r} must fit in 64 bits")
+                raise ValueError("extra option integers must fit in 64 bits")
         return extra
-
-
-_cached_base_url = functools.lru_cache(maxsize=1024)(check_base_url)
-"""A deployment has a handful of proxy base URLs; rows repeat them."""
 
 
 _OPTION_FIELDS: Final = frozenset(ConsoleOptions.model_fields)
@@ -116,43 +114,28 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("is outside the supported date range in UTC") from None
 
 
-@functools.lru_cache(maxsize=4096)
-def check_host(host: str) -> str:
-    """A hostname (RFC 1123) or an IP literal; anything else cannot be dialled.
-
-    Cached: a cloud has few compute hosts and every stored row is checked on
-    read, so this would otherwise dominate a token lookup. Only results are
-    cached, never errors."""
-    if (
-        not 0 < len(host) <= MAX_HOST_LENGTH
-        or not host.isascii()
-        or not host.isprintable()
-        or " " in host
-    ):
-        raise ValueError(f"must be an ASCII hostname or IP of 1-{MAX_HOST_LENGTH} characters")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:  # one spelling per address, so purge by host finds every row
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            zone = f"%{address.scope_id}" if address.scope_id else ""
-            return f"::ffff:{address.ipv4_mapped}{zone}"  # alike on every Python release
-        return str(address)
-    labels = host.removesuffix(".").split(".")
-    if not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
-        raise ValueError("must be a hostname or an IP address")
-    return host
-
-
 def parse_host(host: object) -> str:
     """``check_host`` for callers outside a model: ``InvalidRequest``."""
     if not isinstance(host, str):
         raise InvalidRequest("host must be text")
     try:
         return check_host(host)
-    except ValueError as exc:
-        raise InvalidRequest(f"host {exc}") from None
+    except ValueError as exc:  # raised below, so the chain does not hold the input
+        problem = str(exc)
+    raise InvalidRequest(f"host {problem}")
+
+
+def parse_utc(value: object, what: str) -> datetime:
+    """``value`` as an aware UTC datetime, for callers outside a model:
+    ``InvalidRequest`` naming ``what``. A naive time is refused, never read
+    as local time."""
+    problem = "must be a datetime"
+    if isinstance(value, datetime):
+        try:
+            return _utc(value)
+        except ValueError as exc:
+            problem = str(exc)
+    raise InvalidRequest(f"{what} {problem}")
 
 
 def parse_instance_uuid(value: object) -> UUID:
@@ -202,7 +185,7 @@ class ConsoleConnection(BaseModel):
         if value is None:
             return None
         try:
-            return _cached_base_url(value)
+            return check_base_url(value)
         except InvalidRequest as exc:
             raise ValueError(str(exc)) from None
 
@@ -221,8 +204,9 @@ class ConsoleConnection(BaseModel):
         """Construct, turning validation errors into ``InvalidRequest``."""
         try:
             return cls.model_validate(fields)
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
+        except ValidationError as exc:  # raised below: the chain must not hold the input
+            error = invalid_request(exc)
+        raise error
 
     def to_primitive(self, target_version: versions.Version | str | None = None) -> dict[str, Any]:
         """A JSON-safe envelope another process, maybe of an older release, can read."""
@@ -259,12 +243,18 @@ class ConsoleConnection(BaseModel):
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
-    """Name each bad field without echoing its value (it may be hostile)."""
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'input'}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False)
-    )
-    return InvalidRequest(f"invalid console connection: {problems}")
+    """Name each bad field without echoing its value, or a caller's option
+    key (either may be hostile, a token even)."""
+    problems: dict[str, str] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        if "extra" in loc[:-1]:  # below it come the caller's keys
+            loc = loc[: loc.index("extra") + 1]
+            problems.setdefault(".".join(loc), _EXTRA_VALUE_PROBLEM)
+        else:
+            problems.setdefault(".".join(loc) or "input", error["msg"])
+    listed = "; ".join(f"{where}: {problem}" for where, problem in problems.items())
+    return InvalidRequest(f"invalid console connection: {listed}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,10 +29,8 @@ def check_token(token: object) -> str:
     Accepts ``bytes`` too, since proxies often hold raw header values.
     """
     if isinstance(token, bytes | bytearray):
-        try:
-            token = bytes(token).decode("ascii")
-        except UnicodeDecodeError:
-            raise InvalidToken(InvalidTokenReason.MALFORMED) from None
+        # no decode error: its .object would carry the presented bytes in the chain
+        token = token.decode("ascii") if token.isascii() else None
     if not isinstance(token, str) or _TOKEN_SHAPE.fullmatch(token) is None:
         raise InvalidToken(InvalidTokenReason.MALFORMED)
     return token

@@ -19,6 +19,7 @@ NAME: Final = "ConsoleConnection"
 NAME_KEY: Final = "console_auth.name"
 VERSION_KEY: Final = "console_auth.version"
 DATA_KEY: Final = "console_auth.data"
+_PART_LIMIT: Final = 10**6
 
 
 def _keep(data: dict[str, Any]) -> None:
@@ -47,15 +48,18 @@ CURRENT: Final = HISTORY[-1].version
 
 
 def parse_version(value: object) -> Version:
-    """``"1.1"`` or ``(1, 1)`` to ``(1, 1)``; anything else is unsupported."""
-    if isinstance(value, tuple) and len(value) == 2 and all(type(v) is int for v in value):
-        return (value[0], value[1])
-    if isinstance(value, str):
+    """``"1.1"`` or ``(1, 1)`` to ``(1, 1)``, each part below a million;
+    anything else is unsupported."""
+    if isinstance(value, tuple) and len(value) == 2:
+        if all(type(v) is int and 0 <= v < _PART_LIMIT for v in value):
+            return (value[0], value[1])
+    elif isinstance(value, str) and len(value) <= 13:
         major, dot, minor = value.partition(".")
         parts = (major, minor)
         if dot and all(p.isascii() and p.isdigit() and len(p) <= 6 for p in parts):
             return (int(major), int(minor))
-    raise UnsupportedVersion(f"{NAME} version {str(value)[:20]!r} is not of the form X.Y")
+    # the value is not echoed: str() of a huge int raises, and it may be anything
+    raise UnsupportedVersion(f"{NAME} version is not of the form X.Y")
 
 
 def check_writable(target: Version) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Final
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 import pytest
 from hypothesis import example, given
@@ -24,6 +24,7 @@ from tests.property.strategies import (
     MAX_BASE_URL_LENGTH,
     any_base_urls,
     base_urls,
+    hostnames,
     raw_novnc_paths,
     tokens,
 )
@@ -35,6 +36,20 @@ TOKEN = "T" * 43
 
 def _pairs(url: str) -> list[tuple[str, str]]:
     return parse_qsl(urlsplit(url).query, keep_blank_values=True)
+
+
+def _raw_pieces_kept(base: str, url: str) -> bool:
+    """The base's raw query pieces are in the built URL byte for byte, in
+    order; only the ``path`` piece may be longer, or one is added last."""
+    before = urlsplit(base).query.split("&") if urlsplit(base).query else []
+    after = urlsplit(url).query.split("&")
+    is_path = [unquote_plus(piece.partition("=")[0]) == "path" for piece in before]
+    if not any(is_path):
+        return after[: len(before)] == before and len(after) == len(before) + 1
+    return len(after) == len(before) and all(
+        new.startswith(old) if path else new == old
+        for old, new, path in zip(before, after, is_path, strict=True)
+    )
 
 
 @given(base=any_base_urls)
@@ -78,6 +93,7 @@ def test_novnc_round_trip_nests_in_path_and_keeps_the_rest(
     assert len(paths) == 1
     original = next((value for key, value in before if key == "path"), "")
     assert paths[0].startswith(original)
+    assert _raw_pieces_kept(base, url)
     assert _pairs(paths[0]) == [
         *_pairs(original),
         ("token", token),
@@ -236,18 +252,23 @@ def test_authorize_with_a_hostile_base_stores_nothing(
     other=tokens,
     instance=st.uuids(),
     key=st.sampled_from(["token", "instance_uuid"]),
-    nested=st.booleans(),
+    built_nested=st.booleans(),
+    added_nested=st.booleans(),
 )
 def test_a_url_carrying_our_keys_twice_is_refused(
-    base: str, token: str, other: str, instance: uuid.UUID, key: str, nested: bool
+    base: str,
+    token: str,
+    other: str,
+    instance: uuid.UUID,
+    key: str,
+    built_nested: bool,
+    added_nested: bool,
 ) -> None:
-    if nested:  # the duplicate hides inside noVNC's path
-        doubled = _with_query(base, urlencode([("path", f"?{key}={other}")]))
-        url = build_access_url(doubled, token, instance, nested_in_path=True)
-    else:
-        url = _with_query(
-            build_access_url(base, token, instance, nested_in_path=False), f"{key}={other}"
-        )
+    """At the top level, inside noVNC's path, or one at each: noVNC sends
+    the one in path, so a URL that could mean two is refused."""
+    url = build_access_url(base, token, instance, nested_in_path=built_nested)
+    added = urlencode([("path", f"?{key}={other}")]) if added_nested else f"{key}={other}"
+    url = _with_query(url, added)
     with pytest.raises(InvalidRequest):
         parse_access_url(url)
 
@@ -304,3 +325,27 @@ def test_a_novnc_base_with_two_paths_is_refused_or_keeps_both() -> None:
         return
     url = build_access_url(base, TOKEN, INSTANCE, nested_in_path=True)
     assert [v for k, v in _pairs(url) if k == "path"][1:] == ["b"]
+
+
+# --- proxy hosts ----------------------------------------------------------------
+
+_NOT_IN_A_HOST: Final = "\\%_!$&'()*+,;=~\"<>^`{|}"
+"""Characters that stay inside ``urlsplit``'s host but no hostname holds; a
+browser reads ``\\`` as ``/`` and sends the user elsewhere."""
+
+
+@given(
+    host=hostnames(max_length=60),
+    at=st.integers(0, 60),
+    character=st.sampled_from(_NOT_IN_A_HOST),
+    rest=st.sampled_from(["/", "/vnc.html?path=websockify", ":6080/", ""]),
+)
+@example(host="cons.example.org", at=0, character="\\", rest="/")
+@example(host="evil.example.cons.example.org", at=12, character="\\", rest="/")
+def test_a_base_whose_host_is_no_hostname_is_refused(
+    host: str, at: int, character: str, rest: str
+) -> None:
+    cut = at % (len(host) + 1)
+    base = f"https://{host[:cut]}{character}{host[cut:]}{rest}"
+    with pytest.raises(InvalidRequest, match="host"):
+        check_base_url(base)

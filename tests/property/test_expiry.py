@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from console_auth.application import ServicePolicy
+from console_auth.application import DEFAULT_PURGE_GRACE, ServicePolicy
 from console_auth.domain import ConsoleType, InvalidRequest, InvalidToken, InvalidTokenReason
 from tests.backends import Backend
 from tests.fakes import T0
@@ -106,6 +106,8 @@ class PurgeScenario:
     host: tuple[str, str] | None
     """(canonical, spelling) of the purge's host filter, or no filter."""
     batch: int
+    grace: timedelta
+    """The policy's purge grace: only what expired longer ago is purged."""
 
 
 host_choices = st.sampled_from(sorted(PURGE_HOSTS)).flatmap(
@@ -127,12 +129,16 @@ def purge_scenarios(draw: st.DrawFn) -> PurgeScenario:
             max_size=10,
         )
     )
+    grace = draw(
+        st.sampled_from([timedelta(0), ONE_US, timedelta(seconds=1)])
+        | st.timedeltas(min_value=timedelta(0), max_value=timedelta(seconds=5))
+    )
     issued_at = T0
     expiries = []
     for advance, ttl, _ in steps:
         issued_at += advance
         expiries.append(issued_at + ttl)
-    edges = [e + nudge for e in expiries for nudge in (-ONE_US, timedelta(0), ONE_US)]
+    edges = [e + grace + nudge for e in expiries for nudge in (-ONE_US, timedelta(0), ONE_US)]
     now = draw(
         (st.sampled_from(edges) if edges else st.nothing())
         | st.timedeltas(min_value=timedelta(0), max_value=timedelta(seconds=40)).map(
@@ -144,6 +150,7 @@ def purge_scenarios(draw: st.DrawFn) -> PurgeScenario:
         now=now,
         host=draw(st.none() | host_choices),
         batch=draw(st.sampled_from([1, 2, 3])),
+        grace=grace,
     )
 
 
@@ -154,6 +161,7 @@ def purge_scenarios(draw: st.DrawFn) -> PurgeScenario:
         now=T0 + ONE_US,
         host=None,
         batch=2,
+        grace=timedelta(0),
     )
 )
 @example(  # the host filter matches another spelling of the same address
@@ -166,10 +174,24 @@ def purge_scenarios(draw: st.DrawFn) -> PurgeScenario:
         now=T0 + ONE_US,
         host=("2001:db8::1", "2001:0db8::0001"),
         batch=1,
+        grace=timedelta(0),
+    )
+)
+@example(  # the default grace: expired exactly that long ago is purged, a microsecond less is not
+    scenario=PurgeScenario(
+        issues=(
+            (timedelta(0), ONE_US, "compute-1", "compute-1"),
+            (timedelta(0), ONE_US * 2, "compute-1", "compute-1"),
+        ),
+        now=T0 + ONE_US + DEFAULT_PURGE_GRACE,
+        host=None,
+        batch=1,
+        grace=DEFAULT_PURGE_GRACE,
     )
 )
 def test_purge_removes_exactly_the_expired(backend: Backend, scenario: PurgeScenario) -> None:
-    with harness(backend, policy=ServicePolicy(purge_batch_size=scenario.batch)) as h:
+    policy = ServicePolicy(purge_batch_size=scenario.batch, purge_grace=scenario.grace)
+    with harness(backend, policy=policy) as h:
         canonical_of: dict[str, str] = {}
         for advance, ttl, canonical, spelling in scenario.issues:
             h.clock.advance(advance)
@@ -178,10 +200,11 @@ def test_purge_removes_exactly_the_expired(backend: Backend, scenario: PurgeScen
             canonical_of[issued.token.get_secret_value()] = canonical
         h.clock.set(scenario.now)
         wanted_host = None if scenario.host is None else scenario.host[0]
+        cutoff = scenario.now - scenario.grace
         doomed = {
             token
             for token, connection in h.issued.items()
-            if connection.expires_at <= scenario.now and wanted_host in (None, canonical_of[token])
+            if connection.expires_at <= cutoff and wanted_host in (None, canonical_of[token])
         }
         host_filter = None if scenario.host is None else scenario.host[1]
 
@@ -199,5 +222,5 @@ def test_purge_removes_exactly_the_expired(backend: Backend, scenario: PurgeScen
             assert refused.value.reason is expected
         assert h.service.purge_expired(host_filter) == 0
         assert h.service.purge_expired() == sum(
-            1 for c in h.issued.values() if c.expires_at <= scenario.now
+            1 for c in h.issued.values() if c.expires_at <= cutoff
         ) - len(doomed)

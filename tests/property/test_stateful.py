@@ -22,7 +22,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from console_auth.application import MAX_TTL, ConsoleAuthService, ServicePolicy
+from console_auth.application import (
+    DEFAULT_PURGE_GRACE,
+    MAX_TTL,
+    ConsoleAuthService,
+    ServicePolicy,
+)
 from console_auth.domain import (
     ConsoleConnection,
     ConsoleType,
@@ -88,10 +93,17 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self._resources.close()
 
-    @initialize(require_uuid=st.booleans(), batch=st.sampled_from([1, 2, 3, 1000]))
-    def choose_policy(self, require_uuid: bool, batch: int) -> None:
+    @initialize(
+        require_uuid=st.booleans(),
+        batch=st.sampled_from([1, 2, 3, 1000]),
+        grace=st.sampled_from([timedelta(0), ONE_US, timedelta(seconds=30), DEFAULT_PURGE_GRACE]),
+    )
+    def choose_policy(self, require_uuid: bool, batch: int, grace: timedelta) -> None:
         policy = ServicePolicy(
-            default_ttl=DEFAULT_TTL, require_instance_uuid=require_uuid, purge_batch_size=batch
+            default_ttl=DEFAULT_TTL,
+            require_instance_uuid=require_uuid,
+            purge_batch_size=batch,
+            purge_grace=grace,
         )
         self.service = ConsoleAuthService(self.repository, self.clock, FixedTokenSource(), policy)
 
@@ -149,11 +161,11 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
 
     @rule(host=st.none() | host_choices)
     def purge_expired(self, host: tuple[str, str] | None) -> None:
-        now = self.clock.now()
+        cutoff = self.clock.now() - self.service.policy.purge_grace
         doomed = [
             t
             for t, e in self.model.items()
-            if e.expires_at <= now and (host is None or e.host == host[0])
+            if e.expires_at <= cutoff and (host is None or e.host == host[0])
         ]
         assert self.service.purge_expired(None if host is None else host[1]) == len(doomed)
         for token in doomed:

@@ -7,8 +7,18 @@ from datetime import datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from console_auth.domain import ConsoleConnection, ConsoleOptions, InvalidRequest, hash_token
+from console_auth.domain import (
+    ConsoleConnection,
+    ConsoleOptions,
+    InvalidRequest,
+    InvalidToken,
+    InvalidTokenReason,
+    check_token,
+    hash_token,
+)
+from console_auth.domain.model import parse_host, parse_utc
 from tests.builders import a_connection
+from tests.chains import assert_chain_holds_no
 from tests.fakes import T0
 
 
@@ -87,3 +97,31 @@ def test_build_names_the_field_without_echoing_the_value() -> None:
         )
     assert "host" in str(caught.value)
     assert secret_looking not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "presented", [b"\xff" + b"Q" * 42, bytearray(b"Q" * 42 + b"\x80"), b"Q" * 40 + "é".encode()]
+)
+def test_check_token_refusal_of_non_ascii_bytes_holds_no_input(presented: bytes) -> None:
+    with pytest.raises(InvalidToken) as caught:
+        check_token(presented)
+    assert caught.value.reason is InvalidTokenReason.MALFORMED
+    assert caught.value.__context__ is None
+    assert_chain_holds_no(caught.value, "Q" * 40)
+
+
+def test_build_chain_holds_no_pydantic_error() -> None:
+    secret = "S3cr3t" * 8
+    with pytest.raises(InvalidRequest) as caught:
+        ConsoleConnection.build(host=secret, port=secret, options={"extra": {secret: secret}})
+    assert caught.value.__context__ is None
+    assert caught.value.__cause__ is None
+    assert_chain_holds_no(caught.value, secret)
+
+
+def test_parse_helpers_hold_no_input() -> None:
+    secret = "S3cr3t" * 8
+    for call in (lambda: parse_host(secret + " x"), lambda: parse_utc(secret, "Clock.now()")):
+        with pytest.raises(InvalidRequest) as caught:
+            call()
+        assert_chain_holds_no(caught.value, secret)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from console_auth.adapters.memory import (
     InMemoryPortLeaseRepository,
     InMemoryPortReservationRepository,
 )
-from console_auth.application import ConsoleAuthService
+from console_auth.application import DEFAULT_PURGE_GRACE, ConsoleAuthService
 from console_auth.application.serial import ConsolePortService, PortPolicy
 from console_auth.domain import ConsoleType, InvalidRequest, InvalidToken
 from console_auth.domain.errors import (
@@ -22,7 +23,7 @@ from console_auth.domain.errors import (
     PortRangeExhausted,
 )
 from console_auth.domain.leases import LeaseKind
-from tests.fakes import FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedTokenSource
 
 INSTANCE = uuid.UUID("6f1b2a0e-1c1d-4d6e-9a1f-0123456789ab")
 PORTS = [10000, 10001, 10002]
@@ -135,14 +136,28 @@ def test_release_instance_and_purge() -> None:
     assert ports.release_instance(INSTANCE) == 2
     assert ports.leases() == []
     ports.authorize_serial(INSTANCE, "compute-1", PORTS, ttl=timedelta(seconds=1))
-    clock.advance(timedelta(seconds=1))
+    clock.advance(timedelta(seconds=1) + DEFAULT_PURGE_GRACE)
     assert ports.purge_expired(host="compute-2") == 0
     assert ports.purge_expired() == 1
 
 
 @pytest.mark.parametrize(
     "defined",
-    [[], [0], [65536], [10000, 10000], ["10000"], [True], list(range(1, 66))],
+    [
+        [],
+        [0],
+        [65536],
+        [10000, 10000],
+        ["10000"],
+        [True],
+        list(range(1, 66)),
+        10000,
+        None,
+        "10000",
+        b"\x27\x10",
+        {10000},
+        range(1, 10**20),
+    ],
 )
 def test_bad_defined_ports_are_refused(defined: list[object]) -> None:
     ports, _, _ = make()
@@ -162,8 +177,73 @@ def test_allocate_hands_out_each_port_once_and_release_returns_it() -> None:
     assert ports.allocate_port("compute-1", range(10000, 10003)) == 10001
 
 
-@pytest.mark.parametrize("bad", [range(5, 1), range(1, 10, 2), (10, 5), (0, 10), (1, 70000)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        range(5, 1),
+        range(1, 10, 2),
+        (10, 5),
+        (0, 10),
+        (1, 70000),
+        None,
+        10000,
+        "1-9",
+        (1,),
+        (1, 2, 3),
+        (1.0, 2),
+        {1: 2},
+        range(10**20, 10**20 + 5),
+    ],
+)
 def test_bad_ranges_are_refused(bad: range | tuple[int, int]) -> None:
     ports, _, _ = make()
     with pytest.raises(InvalidRequest, match="range"):
         ports.allocate_port("compute-1", bad)
+
+
+@pytest.mark.parametrize("lease", [None, "lease-id", {"lease_id": "x"}, 42])
+def test_heartbeat_and_disconnect_refuse_what_is_no_lease(lease: object) -> None:
+    ports, _, _ = make()
+    with pytest.raises(InvalidRequest, match="lease"):
+        ports.heartbeat(lease)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="lease"):
+        ports.disconnect(lease)  # type: ignore[arg-type]
+
+
+def test_a_naive_clock_is_refused_by_every_port_call() -> None:
+    ports, _, clock = make()
+    issued = ports.authorize_serial(INSTANCE, "compute-1", [10000])
+    lease = ports.connect(issued.token.get_secret_value(), INSTANCE, "proxy-a")
+    clock.set(T0.replace(tzinfo=None))
+    calls: list[Callable[[], object]] = [
+        lambda: ports.authorize_serial(INSTANCE, "compute-1", [10001]),
+        lambda: ports.connect(issued.token.get_secret_value(), INSTANCE, "proxy-b"),
+        lambda: ports.heartbeat(lease),
+        lambda: ports.leases(),
+        lambda: ports.purge_expired(),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidRequest, match=r"Clock\.now\(\) must be"):
+            call()
+    clock.set(T0)
+    assert [x.lease_id for x in ports.leases()] == [lease.lease_id]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"lease_ttl": 60},
+        {"lease_ttl": timedelta(0)},
+        {"lease_ttl": timedelta(days=1, microseconds=1)},
+        {"purge_batch_size": 0},
+        {"purge_batch_size": 2**63},
+        {"purge_batch_size": "10"},
+        {"purge_grace": timedelta(seconds=-1)},
+        {"purge_grace": timedelta(days=1, microseconds=1)},
+        {"purge_grace": 300},
+        {"purge_grace": None},
+    ],
+)
+def test_bad_port_policies_are_refused(policy: dict[str, object]) -> None:
+    with pytest.raises(InvalidRequest):
+        PortPolicy(**policy)  # type: ignore[arg-type]

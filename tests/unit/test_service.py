@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -19,6 +20,7 @@ from console_auth.domain import (
     InvalidTokenReason,
     hash_token,
 )
+from tests.chains import assert_chain_holds_no
 from tests.fakes import T0, FakeClock, FixedTokenSource
 
 INSTANCE = uuid.UUID("6f1b2a0e-1c1d-4d6e-9a1f-0123456789ab")
@@ -149,7 +151,7 @@ def test_revoke_instance_counts_and_removes_its_tokens() -> None:
 
 
 def test_purge_loops_over_batches_and_keeps_live_tokens() -> None:
-    service, clock = make(purge_batch_size=2)
+    service, clock = make(purge_batch_size=2, purge_grace=timedelta(0))
     for i in range(5):
         service.authorize(INSTANCE, "compute-1", 5900 + i, "novnc", ttl=timedelta(seconds=10))
     live = service.authorize(INSTANCE, "compute-2", 5900, "novnc", ttl=timedelta(hours=1))
@@ -216,3 +218,95 @@ def test_logs_name_the_hash_prefix_never_the_token(caplog: pytest.LogCaptureFixt
     assert caplog.records
     assert issued.connection.token_hash[:8] in caplog.text
     assert token not in caplog.text
+
+
+@pytest.mark.parametrize("url", [None, b"/?token=" + b"A" * 43, 42, ["/?token="], {}, 1.5])
+def test_validate_url_refuses_what_is_not_text(url: object) -> None:
+    service, _ = make()
+    with pytest.raises(InvalidRequest, match="access URL must be text"):
+        service.validate_url(url)  # type: ignore[arg-type]
+
+
+def test_validate_url_refuses_a_long_url_before_parsing_it() -> None:
+    service, _ = make()
+    token = service.authorize(INSTANCE, "compute-1", 5900, "spice-html5").token.get_secret_value()
+    padded = f"/?token={token}&instance_uuid={INSTANCE}&pad={'a&' * 2024}"
+    assert 4096 < len(padded) < 4200
+    with pytest.raises(InvalidRequest, match="longer than 4096") as caught:
+        service.validate_url(padded)
+    assert_chain_holds_no(caught.value, token)
+    assert service.validate_url(padded[:4096]).instance_uuid == INSTANCE
+
+
+def test_validate_url_refuses_a_token_at_the_top_and_another_in_the_novnc_path() -> None:
+    service, _ = make()
+    mine = service.authorize(INSTANCE, "compute-1", 5900, "novnc").token.get_secret_value()
+    other = service.authorize(INSTANCE, "compute-2", 5900, "novnc").token.get_secret_value()
+    for url in (
+        f"https://p.example/vnc.html?token={mine}&path=%3Ftoken%3D{other}",
+        f"https://p.example/vnc.html?path=%3Ftoken%3D{other}&token={mine}",
+        f"https://p.example/vnc.html?instance_uuid={INSTANCE}"
+        f"&path=%3Ftoken%3D{mine}%26instance_uuid%3D{INSTANCE}",
+    ):
+        with pytest.raises(InvalidRequest, match="more than once"):
+            service.validate_url(url)
+    nested = f"https://p.example/vnc.html?instance_uuid={INSTANCE}&path=%3Ftoken%3D{mine}"
+    assert service.validate_url(nested).host == "compute-1"  # one of each, at any level
+
+
+@pytest.mark.parametrize(
+    "reading", [T0.replace(tzinfo=None), None, "2026-01-01", 1.7e9, T0.date()]
+)
+def test_a_clock_time_that_is_not_aware_is_refused_everywhere(reading: object) -> None:
+    """A naive time is what ``oslo_utils.timeutils.utcnow()`` returns; read as
+    local time it would shift every expiry by the host's UTC offset."""
+
+    class Clock:
+        def now(self) -> object:
+            return reading
+
+    repository = InMemoryConsoleConnectionRepository()
+    good = ConsoleAuthService(repository, FakeClock(), FixedTokenSource())
+    token = good.authorize(INSTANCE, "compute-1", 5900, "novnc").token.get_secret_value()
+    service = ConsoleAuthService(repository, Clock(), FixedTokenSource("new"))  # type: ignore[arg-type]
+    calls: list[Callable[[], object]] = [
+        lambda: service.authorize(INSTANCE, "compute-1", 5900, "novnc"),
+        lambda: service.validate(token, INSTANCE),
+        lambda: service.purge_expired(),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidRequest, match=r"Clock\.now\(\) must be"):
+            call()
+    assert good.revoke_instance(INSTANCE) == 1  # nothing was stored or purged
+
+
+def test_an_aware_clock_in_another_zone_gives_the_same_instants() -> None:
+    class Tokyo:
+        def now(self) -> datetime:
+            return T0.astimezone(timezone(timedelta(hours=9)))
+
+    service = ConsoleAuthService(
+        InMemoryConsoleConnectionRepository(), Tokyo(), FixedTokenSource()
+    )
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc", ttl=timedelta(seconds=5))
+    assert issued.connection.expires_at == T0 + timedelta(seconds=5)
+    assert issued.connection.expires_at.tzinfo is UTC
+    assert service.validate(issued.token.get_secret_value()) == issued.connection
+
+
+def test_a_refused_extra_option_key_is_not_echoed() -> None:
+    service, _ = make()
+    hostile = "Ab" * 21 + "c"  # token-shaped, as a careless caller might pass one
+    for extra in ({hostile: 1}, {hostile: [1]}, {"k": 1, hostile: {"x": 1}}):
+        with pytest.raises(InvalidRequest, match="extra") as caught:
+            service.authorize(INSTANCE, "compute-1", 5900, "novnc", options={"extra": extra})
+        assert_chain_holds_no(caught.value, hostile)
+
+
+def test_a_refused_authorize_chain_holds_no_input() -> None:
+    service, _ = make()
+    secret = "S3cr3t" * 7
+    with pytest.raises(InvalidRequest) as caught:
+        service.authorize(INSTANCE, f"{secret} x", 5900, "novnc")
+    assert caught.value.__context__ is None
+    assert_chain_holds_no(caught.value, secret)

@@ -10,6 +10,7 @@ import pytest
 
 from console_auth.domain import ConsoleConnection, InvalidRequest, UnsupportedVersion, versions
 from tests.builders import a_connection
+from tests.chains import assert_chain_holds_no
 from tests.fakes import T0
 
 # One fingerprint per version this library ever wrote. A change to the fields
@@ -111,3 +112,40 @@ def test_newer_major_is_a_clear_error() -> None:
 def test_malformed_primitives_are_bad_requests(primitive: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         ConsoleConnection.from_primitive(primitive)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        (10**100, 0),
+        (1, 10**5000),
+        (-1, 1),
+        10**5000,
+        "1" * 5000 + ".0",
+        "1." + "9" * 10**6,
+        1.1,
+        [1, 1],
+        (True, 1),
+        None,
+        b"1.1",
+    ],
+    ids=lambda version: type(version).__name__,  # str() of a huge int raises
+)
+def test_a_huge_or_odd_version_is_unsupported_and_not_echoed(version: object) -> None:
+    primitive = a_connection().to_primitive()
+    with pytest.raises(UnsupportedVersion, match=r"not of the form X\.Y") as caught:
+        ConsoleConnection.from_primitive({**primitive, versions.VERSION_KEY: version})
+    assert "111111" not in str(caught.value)
+    if version is not None:  # to_primitive(None) writes the current version
+        with pytest.raises(UnsupportedVersion):
+            a_connection().to_primitive(version)  # type: ignore[arg-type]
+
+
+def test_a_refused_primitive_chain_holds_no_input() -> None:
+    primitive = a_connection().to_primitive()
+    secret = "S3cr3t" * 8
+    data = {**primitive[versions.DATA_KEY], "host": secret + "!", "port": secret}
+    with pytest.raises(InvalidRequest) as caught:
+        ConsoleConnection.from_primitive({**primitive, versions.DATA_KEY: data})
+    assert caught.value.__context__ is None
+    assert_chain_holds_no(caught.value, secret)
