@@ -172,7 +172,10 @@ class PurgeBench:
         self._clock = BenchClock()
         self._timed = _TimedBatches(SqlConsoleConnectionRepository(engine))
         self.service = ConsoleAuthService(
-            self._timed, self._clock, SecretsTokenSource(), ServicePolicy(purge_batch_size=batch, purge_grace=timedelta(0))
+            self._timed,
+            self._clock,
+            SecretsTokenSource(),
+            ServicePolicy(purge_batch_size=batch, purge_grace=timedelta(0)),
         )
         self.live = [
             self.service.authorize(
