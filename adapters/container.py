@@ -205,11 +205,16 @@ def _memcached_repository(
 
 
 def _policy(
-    token_ttl: int, require_instance_uuid: bool, purge_batch_size: int, purge_grace: int
+    token_ttl: int,
+    require_instance_uuid: bool,
+    require_token_mac: bool,
+    purge_batch_size: int,
+    purge_grace: int,
 ) -> ServicePolicy:
     return ServicePolicy(
         default_ttl=timedelta(seconds=token_ttl),
         require_instance_uuid=require_instance_uuid,
+        require_token_mac=require_token_mac,
         purge_batch_size=purge_batch_size,
         purge_grace=timedelta(seconds=purge_grace),
     )
@@ -307,6 +312,7 @@ class Container(containers.DeclarativeContainer):
         _policy,
         token_ttl=config.token_ttl,
         require_instance_uuid=config.require_instance_uuid,
+        require_token_mac=config.require_token_mac,
         purge_batch_size=config.purge_batch_size,
         purge_grace=config.purge_grace,
     )

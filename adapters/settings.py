@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     token_ttl: int = Field(default=600, ge=1, le=int(MAX_TTL.total_seconds()))
     """Seconds an issued token stays valid unless ``authorize`` is given a ttl."""
     require_instance_uuid: bool = False
+    require_token_mac: bool = False
+    """Refuse stored connections written before tamper evidence (no MAC);
+    set once every token issued before the upgrade has expired."""
     purge_batch_size: int = Field(default=1000, ge=1, le=MAX_PURGE_BATCH_SIZE)
     purge_grace: int = Field(default=int(DEFAULT_PURGE_GRACE.total_seconds()), ge=0, le=86_400)
     """Seconds after expiry before purge deletes a token: validity is decided

@@ -29,6 +29,7 @@ from console_auth.domain import (
     hash_token,
     parse_access_url,
 )
+from console_auth.domain.integrity import connection_mac, mac_matches
 from console_auth.domain.model import parse_host, parse_instance_uuid, parse_utc
 
 from .cells import cells_unavailable
@@ -62,6 +63,10 @@ class ServicePolicy:
     purge_batch_size: int = 1000
     purge_grace: timedelta = DEFAULT_PURGE_GRACE
     """Purge deletes only tokens that expired more than this long ago."""
+    require_token_mac: bool = False
+    """Refuse stored connections without a MAC (written before 1.2) too: set
+    it once every token issued before the upgrade has expired, so that a
+    writer to the store cannot strip a MAC to pass a changed row."""
 
     def __post_init__(self) -> None:
         _check_ttl(self.default_ttl)
@@ -181,8 +186,13 @@ class ConsoleAuthService:
         return IssuedConsole(token=SecretStr(token), connection=connection)
 
     def store(self, issued: IssuedConsole) -> IssuedConsole:
-        """Store a prepared console; from here on its token validates."""
-        connection = issued.connection
+        """Store a prepared console, with the MAC of what is stored (a caller
+        may have changed the prepared connection, as a serial port's is);
+        from here on its token validates."""
+        token = issued.token.get_secret_value()
+        connection = issued.connection.model_copy(
+            update={"mac": connection_mac(token, issued.connection)}
+        )
         self._repository.add(connection)
         logger.info(
             "authorized %s console for instance %s on %s:%s (token hash %.8s)",
@@ -192,7 +202,7 @@ class ConsoleAuthService:
             connection.port,
             connection.token_hash,
         )
-        return issued
+        return IssuedConsole(token=issued.token, connection=connection)
 
     def validate(
         self, token: str | bytes, instance_uuid: UUID | str | None = None
@@ -202,7 +212,8 @@ class ConsoleAuthService:
         Shape and uuid are checked before the store is asked, so garbage
         costs no round trip.
         """
-        token_hash = hash_token(check_token(token))
+        token = check_token(token)
+        token_hash = hash_token(token)
         expected = None if instance_uuid is None else parse_instance_uuid(instance_uuid)
         if expected is None and self._policy.require_instance_uuid:
             raise InstanceMismatch("an instance uuid is required with the console token")
@@ -213,6 +224,15 @@ class ConsoleAuthService:
         if connection is None:
             logger.info("refused console token (hash %.8s): unknown", token_hash)
             raise InvalidToken(InvalidTokenReason.UNKNOWN)
+        mac = connection.mac
+        if not mac_matches(token, connection, mac) if mac else self._policy.require_token_mac:
+            # Nothing of a changed row can be trusted, not even its expiry.
+            logger.error(
+                "refused console token (hash %.8s): the stored connection %s (tampered)",
+                token_hash,
+                "has no MAC" if mac is None else "does not match its MAC",
+            )
+            raise InvalidToken(InvalidTokenReason.TAMPERED)
         if connection.is_expired(clock_now(self._clock)):
             logger.info("refused console token (hash %.8s): expired", token_hash)
             raise InvalidToken(InvalidTokenReason.EXPIRED)

@@ -58,9 +58,11 @@ INSERTED: Final = (
     "access_url_base",
     "expires_at_us",
     "issued_at_us",
+    "mac",
 )
 """Every column but the generated id: what an authorize writes and a
-validate reads, on both sides."""
+validate reads, on both sides. The floor stores the token hash again as its
+MAC, the same size: computing the real one is the library's work."""
 
 _INSERT: Final = (
     f"INSERT INTO {TABLE} ({', '.join(INSERTED)}) VALUES ({', '.join('?' * len(INSERTED))})"
@@ -179,10 +181,11 @@ class FloorSide:
         for instance in instances:
             token = secrets.token_urlsafe(TOKEN_BYTES)
             issued_us = to_us(now())
+            token_hash = hashlib.sha256(token.encode("ascii")).hexdigest()
             conn.execute(
                 _INSERT,
                 (
-                    hashlib.sha256(token.encode("ascii")).hexdigest(),
+                    token_hash,
                     str(instance),
                     HOST,
                     PORT,
@@ -191,6 +194,7 @@ class FloorSide:
                     ACCESS_URL_BASE,
                     issued_us + TTL_US,
                     issued_us,
+                    token_hash,
                 ),
             )
             conn.commit()

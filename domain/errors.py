@@ -34,6 +34,8 @@ class InvalidTokenReason(StrEnum):
     MALFORMED = "malformed"
     UNKNOWN = "unknown"
     EXPIRED = "expired"
+    TAMPERED = "tampered"
+    """The stored connection does not match its MAC: someone changed it."""
 
 
 class InvalidToken(ConsoleAuthError):

@@ -171,11 +171,14 @@ class ConsoleConnection(BaseModel):
     token_hash: str
     expires_at: UtcDatetime
     issued_at: UtcDatetime | None = None
+    mac: str | None = None
+    """HMAC-SHA256 (hex) of the other fields, keyed by the clean token
+    (``integrity.connection_mac``); ``None`` in rows written before 1.2."""
 
-    @field_validator("token_hash")
+    @field_validator("token_hash", "mac")
     @classmethod
-    def _hash_shape(cls, value: str) -> str:
-        if not is_token_hash(value):
+    def _hash_shape(cls, value: str | None) -> str | None:
+        if value is not None and not is_token_hash(value):
             raise ValueError("must be 64 lowercase hex characters (a SHA-256)")
         return value
 

@@ -43,6 +43,7 @@ class Step(NamedTuple):
 HISTORY: Final = (
     Step((1, 0), "initial: the spec's fields, storing only the token's hash"),
     Step((1, 1), "issued_at: when the token was issued, for audit", _drop("issued_at")),
+    Step((1, 2), "mac: HMAC of the connection keyed by the token, tamper evidence", _drop("mac")),
 )
 CURRENT: Final = HISTORY[-1].version
 

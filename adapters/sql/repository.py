@@ -71,6 +71,7 @@ _COLUMNS: Final = (
     _T.c.access_url_base,
     _T.c.expires_at_us,
     _T.c.issued_at_us,
+    _T.c.mac,
 )
 _OPTION_FIELDS: Final = frozenset(ConsoleOptions.model_fields)
 _INSERT: Final = insert(_T).inline().values({c.key: bindparam(c.key) for c in _COLUMNS})
@@ -236,11 +237,12 @@ def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
         "access_url_base": connection.access_url_base,
         "expires_at_us": (connection.expires_at - EPOCH) // MICROSECOND,
         "issued_at_us": None if issued_at is None else (issued_at - EPOCH) // MICROSECOND,
+        "mac": connection.mac,
     }
 
 
 def _to_model(row: Sequence[Any]) -> ConsoleConnection:
-    (token_hash, instance_uuid, host, port, console_type, options, base, expires, issued) = row
+    token_hash, instance_uuid, host, port, console_type, options, base, expires, issued, mac = row
     try:
         return ConsoleConnection.model_validate(
             {
@@ -253,6 +255,7 @@ def _to_model(row: Sequence[Any]) -> ConsoleConnection:
                 "access_url_base": base,
                 "expires_at": from_microseconds(expires),
                 "issued_at": None if issued is None else from_microseconds(issued),
+                "mac": mac,
             }
         )
     except ValidationError as exc:  # from None: pydantic's text quotes the stored values

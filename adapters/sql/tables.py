@@ -78,6 +78,9 @@ class ConsoleConnectionRow(Base):
     access_url_base: Mapped[str | None] = mapped_column(String(1024))
     expires_at_us: Mapped[int] = mapped_column(BigInteger, index=True)  # global purge
     issued_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    mac: Mapped[str | None] = mapped_column(ascii_string(64))
+    """HMAC-SHA256 of the row's meaning keyed by the clean token (hex), which
+    only ``validate`` can check; ``NULL`` in rows written before 0003."""
 
 
 CONSOLE_CONNECTIONS: Final[Table] = Base.metadata.tables[ConsoleConnectionRow.__tablename__]

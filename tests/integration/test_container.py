@@ -322,6 +322,11 @@ def test_serial_ports_share_the_backend_and_follow_the_lease_ttl(
         container.shutdown_resources()
 
 
+def test_require_token_mac_is_wired_from_the_settings(db_file: Path) -> None:
+    service = build_container(settings_for("memory", db_file, require_token_mac=True)).service()
+    assert service.policy.require_token_mac is True
+
+
 def test_purge_grace_is_wired_from_the_settings(db_file: Path) -> None:
     service = build_container(settings_for("memory", db_file, purge_grace=7)).service()
 

@@ -49,6 +49,7 @@ def test_defaults_run_a_single_host_on_sqlite(
         console_tokens_backend="database",
         token_ttl=600,
         require_instance_uuid=False,
+        require_token_mac=False,
         purge_batch_size=1000,
         purge_grace=300,
         database=DatabaseSettings(

@@ -266,6 +266,7 @@ def connections(draw: st.DrawFn) -> ConsoleConnection:
         token_hash=draw(token_hashes),
         expires_at=expires_at,
         issued_at=issued_at,
+        mac=draw(st.none() | token_hashes),  # the MAC has a hash's shape
     )
 
 

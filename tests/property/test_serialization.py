@@ -28,7 +28,7 @@ NAME_KEY: Final = "console_auth.name"
 VERSION_KEY: Final = "console_auth.version"
 DATA_KEY: Final = "console_auth.data"
 FIELDS: Final = frozenset(ConsoleConnection.model_fields)
-WRITTEN: Final = {(1, 0), (1, 1)}
+WRITTEN: Final = {(1, 0), (1, 1), (1, 2)}
 SAMPLE: Final = ConsoleConnection(
     instance_uuid=UUID("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"),
     host="compute-1",
@@ -58,26 +58,35 @@ def _with_data(primitive: dict[str, Any], **changes: Any) -> dict[str, Any]:
 def test_primitive_round_trips_directly_and_through_json(connection: ConsoleConnection) -> None:
     primitive = connection.to_primitive()
     assert primitive[NAME_KEY] == "ConsoleConnection"
-    assert primitive[VERSION_KEY] == "1.1"
+    assert primitive[VERSION_KEY] == "1.2"
     assert ConsoleConnection.from_primitive(primitive) == connection
     assert ConsoleConnection.from_primitive(_via_json(primitive)) == connection
-    assert connection.to_primitive("1.1") == primitive
-    assert connection.to_primitive((1, 1)) == primitive
+    assert connection.to_primitive("1.2") == primitive
+    assert connection.to_primitive((1, 2)) == primitive
+
+
+@given(connection=connections())
+def test_written_for_1_1_drops_the_mac(connection: ConsoleConnection) -> None:
+    primitive = connection.to_primitive("1.1")
+    assert primitive[VERSION_KEY] == "1.1"
+    assert set(primitive[DATA_KEY]) == FIELDS - {"mac"}
+    expected = connection.model_copy(update={"mac": None})
+    assert ConsoleConnection.from_primitive(_via_json(primitive)) == expected
 
 
 @given(connection=connections())
 def test_written_for_1_0_drops_issued_at(connection: ConsoleConnection) -> None:
     primitive = connection.to_primitive("1.0")
     assert primitive[VERSION_KEY] == "1.0"
-    assert set(primitive[DATA_KEY]) == FIELDS - {"issued_at"}
+    assert set(primitive[DATA_KEY]) == FIELDS - {"issued_at", "mac"}
     assert connection.to_primitive((1, 0)) == primitive
-    expected = connection.model_copy(update={"issued_at": None})
+    expected = connection.model_copy(update={"issued_at": None, "mac": None})
     assert ConsoleConnection.from_primitive(_via_json(primitive)) == expected
 
 
 @given(
     connection=connections(),
-    minor=st.integers(2, 9999),
+    minor=st.integers(3, 9999),
     unknown=json_object_with(unknown_field_names),
 )
 @example(connection=SAMPLE, minor=99, unknown={"cell_name": "cell1"})
@@ -107,7 +116,7 @@ def test_other_major_is_unsupported(connection: ConsoleConnection, major: int, m
     connection=connections(),
     target=st.text(max_size=12) | st.from_regex(r"\d{1,3}\.\d{1,3}", fullmatch=True),
 )
-@example(connection=SAMPLE, target="1.2")
+@example(connection=SAMPLE, target="1.3")
 @example(connection=SAMPLE, target="1")
 @example(connection=SAMPLE, target="1.1.0")
 def test_only_written_versions_can_be_targeted(connection: ConsoleConnection, target: str) -> None:

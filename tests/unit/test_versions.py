@@ -18,6 +18,7 @@ from tests.fakes import T0
 # backport, then add the new fingerprint. Never edit an existing line.
 FINGERPRINTS = {
     "1.1": "0654e7c7d6f1ea096b9f89c3bf1cc02f2233d0999eb9698af6f887f08c22c0f9",
+    "1.2": "d8e88dcb5f18442092ad3c107b418d6817226269e0d4b7077dc4159404d3dc65",
 }
 _SHAPE_KEYS = {"type", "properties", "required", "enum", "anyOf", "items", "format"}
 _SHAPE_KEYS |= {"additionalProperties", "$ref", "$defs", "maximum", "minimum"}
@@ -57,7 +58,7 @@ def test_every_written_version_has_a_fingerprint() -> None:
 def test_envelope_names_the_object_and_version() -> None:
     primitive = a_connection(issued_at=T0).to_primitive()
     assert primitive["console_auth.name"] == "ConsoleConnection"
-    assert primitive["console_auth.version"] == "1.1"
+    assert primitive["console_auth.version"] == "1.2"
     assert primitive["console_auth.data"]["issued_at"] == "2026-01-01T12:00:00Z"
 
 
@@ -75,7 +76,7 @@ def test_target_version_accepts_a_tuple() -> None:
     assert a_connection().to_primitive((1, 0))["console_auth.version"] == "1.0"
 
 
-@pytest.mark.parametrize("target", ["0.9", "1.2", "2.0", "1", "one.two", "1.0.0", "\u0661.\u0660"])
+@pytest.mark.parametrize("target", ["0.9", "1.3", "2.0", "1", "one.two", "1.0.0", "\u0661.\u0660"])
 def test_unknown_target_versions_are_refused(target: str) -> None:
     with pytest.raises(UnsupportedVersion):
         a_connection().to_primitive(target)
