@@ -241,7 +241,7 @@ class FloorSide:
         self._conn.close()
 
 
-Row = tuple[str, str, str, int, str, str, str, int, int]
+Row = tuple[str, str, str, int, str, str, str, int, int, str | None]
 
 
 def fake_rows(
@@ -256,7 +256,9 @@ def fake_rows(
 
     A stored hash is uniformly random, so random ones index exactly like
     real ones; only the rows at ``known`` positions get the hash of a token
-    the caller keeps, so it can present them later.
+    the caller keeps, so it can present them later. They carry no MAC, as
+    rows written before 1.2: the growth measurement compares table sizes,
+    not the per-call work that authorize and validate hits measure.
     """
     options = json.dumps(STORED_OPTIONS, sort_keys=True)
     instance = ""
@@ -279,6 +281,7 @@ def fake_rows(
             ACCESS_URL_BASE,
             expires_us,
             issued_us,
+            None,
         )
 
 
