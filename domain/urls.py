@@ -130,6 +130,15 @@ def parse_access_url(url: str) -> tuple[str, str | None]:
     level, and a URL that could mean two tokens is refused. The uuid is
     returned as text; the caller decides whether it is well formed.
     """
+    token, instance_uuid = read_access_params(url)
+    if token is None:
+        raise InvalidRequest("access URL carries no token")
+    return token, instance_uuid
+
+
+def read_access_params(url: str) -> tuple[str | None, str | None]:
+    """``parse_access_url`` for a caller with another place to look for the
+    token (a proxy's cookie): ``None`` where the URL carries none."""
     if not isinstance(url, str):
         raise InvalidRequest("access URL must be text")
     if len(url) > MAX_ACCESS_URL_LENGTH:
@@ -139,9 +148,7 @@ def parse_access_url(url: str) -> tuple[str, str | None]:
     for key, value in pairs:
         if key == NOVNC_PATH_PARAM:
             _ours(_query_pairs(value, "access URL path parameter is malformed"), found)
-    if TOKEN_PARAM not in found:
-        raise InvalidRequest("access URL carries no token")
-    return found[TOKEN_PARAM], found.get(INSTANCE_PARAM)
+    return found.get(TOKEN_PARAM), found.get(INSTANCE_PARAM)
 
 
 def _split(url: str, problem: str) -> SplitResult:
