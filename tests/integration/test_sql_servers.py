@@ -144,6 +144,7 @@ def test_mariadb_columns_are_binary_collated_innodb(engine: Engine) -> None:
         "console_type": "utf8mb4_bin",
         "options": "utf8mb4_bin",
         "access_url_base": "utf8mb4_bin",
+        "mac": "ascii_bin",
     }
 
 
