@@ -15,6 +15,7 @@ always shown.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -22,13 +23,14 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 from sqlalchemy import Engine
 
 from console_auth.adapters import settings as settings_module
 from console_auth.adapters.container import Container, build_container
-from console_auth.adapters.settings import load_settings
+from console_auth.adapters.settings import ProxySettings, load_settings
 from console_auth.adapters.sql import current_revision, downgrade, upgrade
 from console_auth.application import MAX_TTL
 from console_auth.domain import (
@@ -104,6 +106,8 @@ class _StderrWarnings(logging.Handler):
 
 
 _WARNINGS = _StderrWarnings()
+_SESSIONS = logging.StreamHandler(sys.stderr)
+_SESSIONS.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
 
 def _log_to_stderr(*, verbose: bool) -> None:
@@ -196,6 +200,54 @@ def _ports(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     return {"ports": [lease.model_dump(mode="json", exclude={"lease_id"}) for lease in leases]}
 
 
+def _proxy(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    """Serve consoles until SIGTERM or SIGINT; the session lines go to stderr."""
+    try:  # the ``proxy`` extra: the other commands work without aiohttp
+        from console_auth.adapters.web.proxy import ProxyConfig, create_app, serve
+    except ImportError as exc:
+        raise ConsoleAuthError(
+            f"the proxy needs the proxy extra (pip install 'console-auth[proxy]'): {exc}"
+        ) from None
+    config = ProxyConfig.from_settings(
+        ProxySettings.model_validate(container.config.proxy()),
+        serial_lease_ttl=container.config.serial_lease_ttl(),
+        web_dir=args.web,
+    )
+    app = create_app(container.service(), container.ports(), config)
+    host, port = args.listen
+
+    def ready(address: str) -> None:
+        if not args.verbose:  # the session lines are the proxy's output, like an access log
+            sessions = logging.getLogger("console_auth.adapters.web")
+            sessions.setLevel(logging.INFO)
+            sessions.addHandler(_SESSIONS)
+        _print({"listening": address}, as_json=args.json)
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve(app, host, port, ready))
+    except OSError as exc:  # the listening socket: in use, or no such address
+        raise ConsoleAuthError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return {}
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT``; port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not (port.isascii() and port.isdigit() and int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _web_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+    return path.resolve()
+
+
 def _db(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     cells: dict[str, Any] = container.config.cells()
     if cells:
@@ -241,6 +293,8 @@ def _is_url(value: str) -> bool:
 
 
 def _print(result: dict[str, Any], *, as_json: bool) -> None:
+    if not result:  # a command that printed as it went (proxy)
+        return
     if as_json:
         print(json.dumps(result))
         return
@@ -337,6 +391,12 @@ def _parser() -> argparse.ArgumentParser:
     ports = _command(commands, "ports", "list taken serial ports: who, since when", _ports)
     ports.add_argument("--host", help="only this compute host's ports")
     ports.add_argument("--instance", metavar="UUID", help="only this instance's ports")
+
+    proxy = _command(commands, "proxy", "serve consoles to browsers (WebSocket)", _proxy)
+    proxy.add_argument(
+        "--listen", required=True, type=_listen, metavar="HOST:PORT", help="e.g. 127.0.0.1:6080"
+    )
+    proxy.add_argument("--web", type=_web_dir, metavar="DIR", help="static files (noVNC) at /")
 
     db = _command(commands, "db", "database schema migrations", _db)
     actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

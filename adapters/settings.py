@@ -12,8 +12,10 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import socket
 import typing
 from collections.abc import Iterator, Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -38,7 +40,7 @@ from sqlalchemy.exc import ArgumentError
 
 from console_auth.adapters.cells import read_toml
 from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE, MAX_TTL
-from console_auth.domain import InvalidRequest
+from console_auth.domain import ConsoleType, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +145,7 @@ class MemcachedSettings(BaseModel):
     @field_validator("servers", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+        return _comma_list(value)
 
     @field_validator("servers")
     @classmethod
@@ -156,6 +156,13 @@ class MemcachedSettings(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("must not name a server twice")
         return tuple(names)
+
+
+def _comma_list(value: object) -> object:
+    """A list from the environment arrives as one comma-separated string."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
 def _server_name(text: str) -> str:
@@ -179,6 +186,59 @@ def _server_name(text: str) -> str:
     if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ValueError("each server port must be a number from 1 to 65535")
     return f"{shown}:{int(port)}"
+
+
+def default_proxy_id() -> str:
+    """``host:pid``: tells an operator which proxy process holds a serial port."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ProxySettings(BaseModel):
+    """The console proxy (``console-auth proxy``): who may connect, and for how long.
+
+    Times are seconds. Lists come from the environment comma-separated.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    """Origins (``https://console.example.com``) allowed besides the request's
+    own host, as Nova's ``console_allowed_origins``; checked when the proxy starts."""
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    """Networks (``10.0.0.0/8``, ``127.0.0.1``) whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed; from anyone else they are ignored."""
+    console_types: Annotated[tuple[ConsoleType, ...], NoDecode] = tuple(ConsoleType)
+    """Console kinds this proxy serves; tokens of other kinds are refused (403)."""
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    """Seconds to open the TCP connection to the console (504 past it)."""
+    session_max: float | None = Field(default=None, gt=0)
+    """Seconds a live session may last; ``None``: unlimited. Independent of
+    the token TTL, which is only the window to connect."""
+    idle_timeout: float | None = Field(default=None, gt=0)
+    """Seconds without a byte either way before a session is closed; ``None``: never."""
+    drain_timeout: float = Field(default=10.0, ge=0, le=3600)
+    """Seconds live sessions get to end by themselves after SIGTERM before
+    they are closed."""
+    ping_interval: float | None = Field(default=30.0, gt=0, le=3600)
+    """Seconds between WebSocket pings, so a vanished browser is noticed."""
+    max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    """Largest WebSocket message accepted from a client."""
+    store_threads: int = Field(default=8, ge=1, le=256)
+    """Threads that run the blocking store calls (validate, serial leases)."""
+    proxy_id: str = Field(default_factory=default_proxy_id, min_length=1, max_length=255)
+    """Names this process in serial-port leases (``console-auth ports``)."""
+
+    @field_validator("allowed_origins", "trusted_proxies", "console_types", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @field_validator("console_types")
+    @classmethod
+    def _some_types(cls, types: tuple[ConsoleType, ...]) -> tuple[ConsoleType, ...]:
+        if not types:
+            raise ValueError("must name at least one console type")
+        return tuple(dict.fromkeys(types))
 
 
 class Settings(BaseSettings):
@@ -220,6 +280,7 @@ class Settings(BaseSettings):
     cell_search_timeout: float = Field(default=2.0, gt=0, le=60)
     """Seconds a token presented without its instance uuid may take to be
     searched for in every cell (``require_instance_uuid = false``)."""
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
 
     @field_validator("fallback")
     @classmethod

@@ -1,0 +1,421 @@
+"""The console proxy: an aiohttp application, and the runner behind
+``console-auth proxy``.
+
+A WebSocket request is answered in this order, and every refusal before the
+upgrade is a real HTTP answer (a short text/plain body naming the reason):
+
+1. the request rules (``requests.read_request``): target, origin, token;
+2. the token, validated in the store's thread pool, never on the event loop;
+   a console kind this proxy does not serve is refused, and so (for now,
+   501) are consoles behind an ``internal_access_path`` or behind TLS;
+3. a serial console's port lease (``ConsolePortService.connect``, 409 if
+   the port has a client), renewed while the session lives;
+4. the TCP connection to the console, bounded by ``connect_timeout``
+   (504; 502 if refused), so an unreachable console is an HTTP answer too;
+5. the upgrade, then the relay (``relay.Relay``) until either side ends or
+   a bound is hit.
+
+Each request leaves one INFO line: client, instance, target, console kind,
+token hash prefix, outcome or refusal reason, duration, bytes each way;
+never the token, nor the request target that carries it (aiohttp's access
+log is off for that reason). Plain GETs are served from ``web_dir`` when one
+is given (noVNC's files), so the access URL opens directly; the WebSocket
+answers on any path, as websockify does, since noVNC's ``path`` parameter
+chooses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Final, TypeVar
+from uuid import UUID
+
+from aiohttp import web
+
+from console_auth.adapters.settings import ProxySettings
+from console_auth.application import ConsoleAuthService
+from console_auth.application.serial import ConsolePortService
+from console_auth.domain import (
+    BackendUnavailable,
+    ConsoleAuthError,
+    ConsoleConnection,
+    ConsoleType,
+    InvalidToken,
+    LeaseLost,
+    PortLease,
+    check_token,
+    hash_token,
+)
+
+from .refusals import Refused, refusal_for, wrong_console_kind
+from .relay import CHUNK, CLOSE_TIMEOUT, Outcome, Relay, RelayLimits, SessionEnded, Watcher
+from .requests import ConsoleRequest, RequestRules, RequestView, read_request
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+WEBSOCKET_PROTOCOLS: Final = ("binary",)
+"""Offered back when asked (older noVNC asks for ``binary``); no base64 mode."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    """What the application needs; ``from_settings`` builds it for the CLI."""
+
+    proxy_id: str
+    rules: RequestRules = field(default_factory=RequestRules)
+    console_types: frozenset[ConsoleType] = frozenset(ConsoleType)
+    connect_timeout: float = 5.0
+    limits: RelayLimits = field(default_factory=RelayLimits)
+    drain_timeout: float = 10.0
+    ping_interval: float | None = 30.0
+    max_message_bytes: int = 1 << 20
+    store_threads: int = 8
+    lease_heartbeat: float = 20.0
+    """Seconds between serial lease renewals: well inside ``serial_lease_ttl``."""
+    web_dir: Path | None = None
+
+    @classmethod
+    def from_settings(
+        cls, proxy: ProxySettings, *, serial_lease_ttl: float, web_dir: Path | None = None
+    ) -> ProxyConfig:
+        """A deployment's ``proxy`` settings; ``InvalidRequest`` for a bad origin."""
+        return cls(
+            proxy_id=proxy.proxy_id,
+            rules=RequestRules(
+                allowed_origins=frozenset(proxy.allowed_origins),
+                trusted_proxies=proxy.trusted_proxies,
+            ),
+            console_types=frozenset(proxy.console_types),
+            connect_timeout=proxy.connect_timeout,
+            limits=RelayLimits(idle_timeout=proxy.idle_timeout, session_max=proxy.session_max),
+            drain_timeout=proxy.drain_timeout,
+            ping_interval=proxy.ping_interval,
+            max_message_bytes=proxy.max_message_bytes,
+            store_threads=proxy.store_threads,
+            lease_heartbeat=serial_lease_ttl / 3,
+            web_dir=web_dir,
+        )
+
+
+def create_app(
+    service: ConsoleAuthService, ports: ConsolePortService, config: ProxyConfig
+) -> web.Application:
+    """The proxy as an aiohttp application; ``start``/``stop`` (or ``serve``) run it.
+
+    aiohttp's access log is off whatever the runner says: it would write each
+    request target, token and all. Under another runner, live sessions are
+    closed at its shutdown without a drain (aiohttp stops reading every
+    connection before ``on_shutdown``); ``stop`` drains them first.
+    """
+    proxy = _Proxy(service, ports, config)
+    app = web.Application(middlewares=[proxy.middleware], handler_args={"access_log": None})
+    app[_PROXY] = proxy
+    if config.web_dir is not None:
+        app.router.add_static("/", config.web_dir, follow_symlinks=False)
+    app.on_shutdown.append(proxy.close_all)
+    app.on_cleanup.append(proxy.cleanup)
+    return app
+
+
+async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Listen on ``host:port`` (``port`` 0 picks a free one: see ``runner.addresses``)."""
+    runner = web.AppRunner(app, shutdown_timeout=CLOSE_TIMEOUT)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def stop(runner: web.AppRunner) -> None:
+    """Stop accepting, give live sessions ``drain_timeout`` to end by
+    themselves, close the rest, and release everything."""
+    proxy = runner.app[_PROXY]
+    for site in list(runner.sites):
+        await site.stop()
+    logger.info("console proxy stopping: draining for up to %g s", proxy.config.drain_timeout)
+    await proxy.drain(proxy.config.drain_timeout)
+    await runner.cleanup()
+
+
+async def serve(app: web.Application, host: str, port: int, ready: Callable[[str], None]) -> None:
+    """Run ``app`` on ``host:port`` until SIGTERM or SIGINT, then ``stop``.
+
+    ``ready`` gets the address actually bound once it accepts connections.
+    """
+    runner = await start(app, host, port)
+    signalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, signalled.set)
+        bound = runner.addresses[0]
+        ready(f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}")
+        await signalled.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await stop(runner)
+
+
+@dataclass(kw_only=True)
+class _SessionLog:
+    """The one line a request leaves; nothing in it is secret."""
+
+    client: str | None
+    started: float
+    instance: UUID | str | None = None
+    target: str = "-"
+    kind: str = "-"
+    hash_prefix: str = "-"
+    outcome: str = "error"
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def emit(self, ended: float) -> None:
+        logger.info(
+            "console session client=%s instance=%s target=%s kind=%s token_hash=%s "
+            "outcome=%s duration=%.3fs bytes_in=%d bytes_out=%d",
+            self.client or "-",
+            self.instance or "-",
+            self.target,
+            self.kind,
+            self.hash_prefix,
+            self.outcome,
+            ended - self.started,
+            self.bytes_in,
+            self.bytes_out,
+        )
+
+
+class _Proxy:
+    """The application's state: collaborators, the store's threads, live sessions."""
+
+    def __init__(
+        self, service: ConsoleAuthService, ports: ConsolePortService, config: ProxyConfig
+    ) -> None:
+        self.config = config
+        self._service = service
+        self._ports = ports
+        self._store_threads = ThreadPoolExecutor(
+            config.store_threads, thread_name_prefix="console-auth-store"
+        )
+        self._live: set[Relay] = set()
+        self._none_live = asyncio.Event()
+        self._none_live.set()
+        self._stopping = False
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """WebSocket upgrades on any path are console sessions; the rest is static."""
+        if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self.console(request)
+        return await handler(request)
+
+    async def console(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        log = _SessionLog(client=request.remote or None, started=loop.time())
+        try:
+            return await self._session(request, log)
+        except Refused as refused:
+            log.outcome = f"refused:{refused.reason}"
+            return web.Response(
+                status=refused.status,
+                text=f"{refused.reason}: {refused.message}\n",
+                content_type="text/plain",
+            )
+        finally:
+            log.emit(loop.time())
+
+    async def _session(self, request: web.Request, log: _SessionLog) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            protocols=WEBSOCKET_PROTOCOLS,
+            heartbeat=self.config.ping_interval,
+            max_msg_size=self.config.max_message_bytes,
+            compress=False,  # a zlib context per session; VNC data is compressed already
+            timeout=CLOSE_TIMEOUT,
+        )
+        if not ws.can_prepare(request).ok:
+            raise Refused(HTTPStatus.BAD_REQUEST, "bad_upgrade", "not a valid WebSocket request")
+        asked = read_request(_view(request), self.config.rules)
+        log.client, log.instance = asked.client, _uuid_or_none(asked.instance_uuid)
+        log.hash_prefix = _hash_prefix(asked.token)
+        connection, lease = await self._admit(asked)
+        log.instance = connection.instance_uuid
+        log.kind = connection.console_type.value
+        log.target = _address(connection)
+        try:
+            reader, writer = await self._dial(connection)
+            try:
+                if self._stopping:
+                    raise Refused(
+                        HTTPStatus.SERVICE_UNAVAILABLE,
+                        "shutting_down",
+                        "the console proxy is shutting down",
+                    )
+                await ws.prepare(request)
+                relay = Relay(
+                    ws=ws,
+                    reader=reader,
+                    writer=writer,
+                    limits=self.config.limits,
+                    client_transport=request.transport,
+                )
+                log.outcome = (await self._relay(relay, lease)).value
+                log.bytes_in, log.bytes_out = relay.bytes_in, relay.bytes_out
+            finally:
+                writer.close()
+            return ws
+        finally:
+            if lease is not None:
+                await self._release(lease)
+
+    async def _relay(self, relay: Relay, lease: PortLease | None) -> Outcome:
+        watchers: list[Watcher] = []
+        if lease is not None:
+            watchers.append(functools.partial(self._keep_lease, lease))
+        self._live.add(relay)
+        self._none_live.clear()
+        try:
+            return await relay.run(watchers)
+        finally:
+            self._live.discard(relay)
+            if not self._live:
+                self._none_live.set()
+
+    async def _admit(self, asked: ConsoleRequest) -> tuple[ConsoleConnection, PortLease | None]:
+        try:
+            return await self._in_store_thread(self._check, asked)
+        except ConsoleAuthError as exc:
+            raise refusal_for(exc) from exc
+
+    def _check(self, asked: ConsoleRequest) -> tuple[ConsoleConnection, PortLease | None]:
+        """In a store thread: validate, then take a serial console's port."""
+        connection = self._service.validate(asked.token, asked.instance_uuid)
+        kind = connection.console_type
+        if kind not in self.config.console_types:
+            raise wrong_console_kind(kind)
+        if connection.options.internal_access_path is not None:
+            raise _not_yet("consoles behind an internal_access_path (CONNECT) are not supported")
+        if connection.options.use_tls or connection.options.tls_port is not None:
+            raise _not_yet("consoles reached over TLS are not supported")
+        if kind is not ConsoleType.SERIAL:
+            return connection, None
+        return connection, self._ports.connect(
+            asked.token, asked.instance_uuid, self.config.proxy_id
+        )
+
+    async def _dial(
+        self, connection: ConsoleConnection
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        timeout = self.config.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.open_connection(connection.host, connection.port, limit=CHUNK)
+        except TimeoutError:
+            raise Refused(
+                HTTPStatus.GATEWAY_TIMEOUT,
+                "console_timeout",
+                f"the console did not answer within {timeout:g} s",
+            ) from None
+        except OSError as exc:  # the host and port go to the log, not to the client
+            why = os.strerror(exc.errno) if exc.errno else "no address answered"
+            raise Refused(
+                HTTPStatus.BAD_GATEWAY,
+                "console_unreachable",
+                f"the console cannot be reached ({why})",
+            ) from None
+
+    async def _keep_lease(self, lease: PortLease) -> None:
+        """Renew a serial lease while the session lives; a lost lease ends it."""
+        while True:
+            await asyncio.sleep(self.config.lease_heartbeat)
+            try:
+                lease = await self._in_store_thread(self._ports.heartbeat, lease)
+            except LeaseLost:
+                raise SessionEnded(Outcome.LEASE_LOST) from None
+            except BackendUnavailable as exc:  # the lease outlives a short outage
+                logger.warning("serial port %s: lease not renewed: %s", _address(lease), exc)
+
+    async def _release(self, lease: PortLease) -> None:
+        try:
+            await self._in_store_thread(self._ports.disconnect, lease)
+        except ConsoleAuthError as exc:  # it expires by itself after serial_lease_ttl
+            logger.warning("serial port %s: lease not released: %s", _address(lease), exc)
+
+    async def _in_store_thread(self, call: Callable[..., _T], *args: object) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_threads, functools.partial(call, *args))
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new sessions; give live ones ``grace`` seconds, then close them."""
+        self._stopping = True
+        if self._live:
+            logger.info("draining %d console sessions", len(self._live))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._none_live.wait()
+        for relay in list(self._live):
+            relay.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT + 1):
+                await self._none_live.wait()
+
+    async def close_all(self, app: web.Application) -> None:
+        await self.drain(0)
+
+    async def cleanup(self, app: web.Application) -> None:
+        self._store_threads.shutdown(wait=False, cancel_futures=True)
+
+
+_PROXY: Final = web.AppKey("console_proxy", _Proxy)
+
+
+def _view(request: web.Request) -> RequestView:
+    return RequestView(
+        target=request.raw_path,
+        headers=request.headers,
+        peer=request.remote or None,
+        secure=request.secure,
+    )
+
+
+def _hash_prefix(token: str) -> str:
+    """What the service's own log lines show of a token: its hash's first 8 hex."""
+    try:
+        return hash_token(check_token(token))[:8]
+    except InvalidToken:
+        return "-"
+
+
+def _uuid_or_none(text: str | None) -> UUID | None:
+    """A presented uuid fit for the log line: anything else could forge lines."""
+    try:
+        return None if text is None else UUID(text)
+    except ValueError:
+        return None
+
+
+def _address(where: ConsoleConnection | PortLease) -> str:
+    host = where.host
+    return f"[{host}]:{where.port}" if ":" in host else f"{host}:{where.port}"
+
+
+def _not_yet(message: str) -> Refused:
+    return Refused(HTTPStatus.NOT_IMPLEMENTED, "unsupported_console", message)
