@@ -20,7 +20,9 @@ MAC_SCHEME: Final = "console-auth/connection-mac/1"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
-_encode: Final = json.JSONEncoder(
+_NONE: Final = "\x00"
+"""An absent text: no validated text holds NUL (they are printable)."""
+_extra_json: Final = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=True, sort_keys=True, allow_nan=False
 ).encode
 
@@ -28,33 +30,39 @@ _encode: Final = json.JSONEncoder(
 def connection_mac(token: str, connection: ConsoleConnection) -> str:
     """HMAC-SHA256, hex, of every field a proxy acts on, keyed by ``token``.
 
-    The encoding is a JSON array of plain values in a fixed order, times as
-    integer microseconds, so every backend and release computes the same
-    bytes for the same meaning; the token hash is left out, since the key
-    already binds the MAC to the token.
+    The token hash is left out: the key already binds the MAC to the token.
     """
-    options = connection.options
-    issued_at = connection.issued_at
-    canonical = _encode(
-        [
-            MAC_SCHEME,
-            str(connection.instance_uuid),
-            connection.host,
-            connection.port,
-            connection.console_type.value,
-            options.internal_access_path,
-            options.use_tls,
-            options.tls_port,
-            None if options.mode is None else options.mode.value,
-            options.extra,
-            connection.access_url_base,
-            (connection.expires_at - _EPOCH) // _MICROSECOND,
-            None if issued_at is None else (issued_at - _EPOCH) // _MICROSECOND,
-        ]
-    )
-    return hmac.digest(token.encode("ascii"), canonical.encode("ascii"), "sha256").hex()
+    return hmac.digest(token.encode("ascii"), _canonical(connection), "sha256").hex()
 
 
 def mac_matches(token: str, connection: ConsoleConnection, mac: str) -> bool:
     """Constant-time comparison, so a forger learns nothing from timing."""
     return hmac.compare_digest(connection_mac(token, connection), mac)
+
+
+def _canonical(connection: ConsoleConnection) -> bytes:
+    """One line per field in a fixed order, the same bytes on every backend
+    and release for the same meaning. Unambiguous over validated
+    connections: no field's text holds a newline (texts are printable, the
+    extra options JSON escapes control characters), an absent text is NUL,
+    which no printable text is, and an absent number is empty, which no
+    number is. Times are integer microseconds, so no zone or precision enters.
+    """
+    options = connection.options
+    issued_at = connection.issued_at
+    fields = (
+        MAC_SCHEME,
+        connection.instance_uuid.hex,
+        connection.host,
+        str(connection.port),
+        connection.console_type.value,
+        _NONE if options.internal_access_path is None else options.internal_access_path,
+        "1" if options.use_tls else "0",
+        "" if options.tls_port is None else str(options.tls_port),
+        _NONE if options.mode is None else options.mode.value,
+        _extra_json(options.extra) if options.extra else "{}",  # the same bytes, sooner
+        _NONE if connection.access_url_base is None else connection.access_url_base,
+        str((connection.expires_at - _EPOCH) // _MICROSECOND),
+        "" if issued_at is None else str((issued_at - _EPOCH) // _MICROSECOND),
+    )
+    return "\n".join(fields).encode()

