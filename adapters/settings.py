@@ -227,6 +227,9 @@ class ProxySettings(BaseModel):
     """Threads that run the blocking store calls (validate, serial leases)."""
     proxy_id: str = Field(default_factory=default_proxy_id, min_length=1, max_length=255)
     """Names this process in serial-port leases (``console-auth ports``)."""
+    rfb_refusals: bool = False
+    """Refuse a WebSocket request inside RFB, after the upgrade, so noVNC shows
+    why (it cannot see an HTTP status); needs ``console_types`` = novnc only."""
 
     @field_validator("allowed_origins", "trusted_proxies", "console_types", mode="before")
     @classmethod

@@ -15,6 +15,11 @@ upgrade is a real HTTP answer (a short text/plain body naming the reason):
 5. the upgrade, then the relay (``relay.Relay``) until either side ends or
    a bound is hit.
 
+With ``rfb_refusals`` (a noVNC-only proxy), a refused request that is a
+well-formed upgrade is upgraded and refused inside RFB instead (``rfb``), so
+noVNC shows the reason rather than "code 1006". Origin refusals stay HTTP:
+a page from a foreign origin never gets a socket from the proxy.
+
 Each request leaves one INFO line: client, instance, target, console kind,
 token hash prefix, outcome or refusal reason, duration, bytes each way;
 never the token, nor the request target that carries it (aiohttp's access
@@ -50,6 +55,7 @@ from console_auth.domain import (
     ConsoleAuthError,
     ConsoleConnection,
     ConsoleType,
+    InvalidRequest,
     InvalidToken,
     LeaseLost,
     PortLease,
@@ -57,7 +63,8 @@ from console_auth.domain import (
     hash_token,
 )
 
-from .refusals import Refused, refusal_for, wrong_console_kind
+from . import rfb
+from .refusals import Reason, Refused, refusal_for, wrong_console_kind
 from .relay import CHUNK, CLOSE_TIMEOUT, Outcome, Relay, RelayLimits, SessionEnded, Watcher
 from .requests import ConsoleRequest, RequestRules, RequestView, read_request
 
@@ -67,6 +74,9 @@ _T = TypeVar("_T")
 
 WEBSOCKET_PROTOCOLS: Final = ("binary",)
 """Offered back when asked (older noVNC asks for ``binary``); no base64 mode."""
+RFB_KINDS: Final = frozenset({ConsoleType.NOVNC})
+"""Console kinds whose clients speak RFB, and so may be refused in it."""
+_HTTP_ONLY: Final = frozenset({Reason.BAD_ORIGIN, Reason.ORIGIN_SCHEME_MISMATCH})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +95,15 @@ class ProxyConfig:
     lease_heartbeat: float = 20.0
     """Seconds between serial lease renewals: well inside ``serial_lease_ttl``."""
     web_dir: Path | None = None
+    rfb_refusals: bool = False
+    """Refuse upgrade requests inside RFB rather than with an HTTP status."""
+
+    def __post_init__(self) -> None:
+        if self.rfb_refusals and not self.console_types <= RFB_KINDS:
+            raise InvalidRequest(
+                "proxy.rfb_refusals needs proxy.console_types to be novnc only: "
+                "clients of other consoles speak no RFB"
+            )
 
     @classmethod
     def from_settings(
@@ -106,6 +125,7 @@ class ProxyConfig:
             store_threads=proxy.store_threads,
             lease_heartbeat=serial_lease_ttl / 3,
             web_dir=web_dir,
+            rfb_refusals=proxy.rfb_refusals,
         )
 
 
@@ -235,6 +255,15 @@ class _Proxy:
             return await self._session(request, log)
         except Refused as refused:
             log.outcome = f"refused:{refused.reason}"
+            ws = self._websocket()
+            if (
+                self.config.rfb_refusals
+                and refused.reason not in _HTTP_ONLY
+                and ws.can_prepare(request).ok
+            ):
+                await ws.prepare(request)
+                await rfb.refuse(ws, refused.message, refused.reason)
+                return ws
             return web.Response(
                 status=refused.status,
                 text=f"{refused.reason}: {refused.message}\n",
@@ -243,14 +272,17 @@ class _Proxy:
         finally:
             log.emit(loop.time())
 
-    async def _session(self, request: web.Request, log: _SessionLog) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
+    def _websocket(self) -> web.WebSocketResponse:
+        return web.WebSocketResponse(
             protocols=WEBSOCKET_PROTOCOLS,
             heartbeat=self.config.ping_interval,
             max_msg_size=self.config.max_message_bytes,
             compress=False,  # a zlib context per session; VNC data is compressed already
             timeout=CLOSE_TIMEOUT,
         )
+
+    async def _session(self, request: web.Request, log: _SessionLog) -> web.StreamResponse:
+        ws = self._websocket()
         if not ws.can_prepare(request).ok:
             raise Refused(HTTPStatus.BAD_REQUEST, "bad_upgrade", "not a valid WebSocket request")
         asked = read_request(_view(request), self.config.rules)
