@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.integration.test_proxy_x11vnc import _free_port, _stop, _tool, _wait_listening
+from tests.integration.test_proxy_x11vnc import x11vnc
 
 NOVNC_VERSION = "1.7.0"
 DEBIAN_NOVNC = Path("/usr/share/novnc")
@@ -89,39 +89,10 @@ def novnc_app() -> Path:
     return DEBIAN_NOVNC
 
 
-@contextlib.contextmanager
-def white_x11vnc() -> Iterator[int]:
-    """x11vnc on an Xvfb whose root window is white (``-wr``), so a screen
-    that arrived is told from a canvas that stayed blank; yields the port."""
-    read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(
-        [_tool("Xvfb"), "-displayfd", str(write_fd), "-screen", "0", f"{WIDTH}x{HEIGHT}x24",
-         "-nolisten", "tcp", "-wr"],
-        pass_fds=[write_fd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    os.close(write_fd)
-    try:
-        with os.fdopen(read_fd, "rb") as displayfd:
-            display = displayfd.readline().decode().strip()
-        assert display.isdigit(), "Xvfb did not start"
-        port = _free_port()
-        vnc = subprocess.Popen(
-            [_tool("x11vnc"), "-display", f":{display}", "-rfbport", str(port), "-localhost",
-             "-nopw", "-forever", "-shared", "-noshm", "-quiet"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            _wait_listening(port, vnc)
-            yield port
-        finally:
-            _stop(vnc)
-    finally:
-        _stop(xvfb)
-
-
 @pytest.fixture(scope="session")
 def vnc_port() -> Iterator[int]:
-    with white_x11vnc() as port:
+    # a white root window (-wr), so a screen that arrived is told from a blank canvas
+    with x11vnc("-wr") as port:
         yield port
 
 

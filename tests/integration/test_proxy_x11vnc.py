@@ -48,12 +48,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def x11vnc() -> Iterator[int]:
+def x11vnc(*xvfb_args: str) -> Iterator[int]:
     """Xvfb on a display it picks itself, x11vnc on it; yields the RFB port."""
     read_fd, write_fd = os.pipe()
     xvfb = subprocess.Popen(
         [_tool("Xvfb"), "-displayfd", str(write_fd), "-screen", "0", f"{WIDTH}x{HEIGHT}x24",
-         "-nolisten", "tcp"],
+         "-nolisten", "tcp", *xvfb_args],
         pass_fds=[write_fd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     os.close(write_fd)
