@@ -32,7 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-WIDTH, HEIGHT = 320, 240
+
 PAGE = Path(__file__).with_name("rfb_page.html")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import HEIGHT, WIDTH
+from tests.integration.test_proxy_x11vnc import HEIGHT, WIDTH
 
 INSTANCE = "6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f"
 SCRIPT = str(Path(sys.executable).parent / "console-auth")
