@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -210,7 +211,18 @@ class ProxySettings(BaseModel):
     console_types: Annotated[tuple[ConsoleType, ...], NoDecode] = tuple(ConsoleType)
     """Console kinds this proxy serves; tokens of other kinds are refused (403)."""
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
-    """Seconds to open the TCP connection to the console (504 past it)."""
+    """Seconds to reach the console: TCP, the CONNECT handshake for an
+    ``internal_access_path`` and TLS for ``use_tls``, together (504 past it)."""
+    tls_ca_file: FilePath | None = None
+    """CA certificates (PEM) the certificates of ``use_tls`` consoles must
+    chain to; none: the system's."""
+    tls_cert_file: FilePath | None = None
+    """A client certificate (PEM) the proxy shows consoles that ask for one."""
+    tls_key_file: FilePath | None = None
+    """Its private key, unencrypted (PEM); none: it is in ``tls_cert_file``."""
+    tls_verify_hostname: bool = True
+    """A console's certificate must name its ``host``. Off is weaker: any
+    certificate the CAs signed, for any host, is accepted."""
     session_max: float | None = Field(default=None, gt=0)
     """Seconds a live session may last; ``None``: unlimited. Independent of
     the token TTL, which is only the window to connect."""
@@ -235,6 +247,13 @@ class ProxySettings(BaseModel):
     @classmethod
     def _split(cls, value: object) -> object:
         return _comma_list(value)
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _key_with_cert(cls, key: Path | None, info: ValidationInfo) -> Path | None:
+        if key is not None and info.data.get("tls_cert_file") is None:
+            raise ValueError("needs proxy.tls_cert_file")
+        return key
 
     @field_validator("console_types")
     @classmethod

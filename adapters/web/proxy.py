@@ -6,12 +6,12 @@ upgrade is a real HTTP answer (a short text/plain body naming the reason):
 
 1. the request rules (``requests.read_request``): target, origin, token;
 2. the token, validated in the store's thread pool, never on the event loop;
-   a console kind this proxy does not serve is refused, and so (for now,
-   501) are consoles behind an ``internal_access_path`` or behind TLS;
+   a console kind this proxy does not serve is refused;
 3. a serial console's port lease (``ConsolePortService.connect``, 409 if
    the port has a client), renewed while the session lives;
-4. the TCP connection to the console, bounded by ``connect_timeout``
-   (504; 502 if refused), so an unreachable console is an HTTP answer too;
+4. the connection to the console (``dial``): TCP, the CONNECT handshake,
+   TLS, as the connection asks, bounded by ``connect_timeout`` (504; 502 if
+   refused), so an unreachable console is an HTTP answer too;
 5. the upgrade, then the relay (``relay.Relay``) until either side ends or
    a bound is hit.
 
@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,8 +63,9 @@ from console_auth.domain import (
 )
 
 from . import rfb
+from .dial import Dialer, TargetTLS, target_port
 from .refusals import Reason, Refused, refusal_for, wrong_console_kind
-from .relay import CHUNK, CLOSE_TIMEOUT, Outcome, Relay, RelayLimits, SessionEnded, Watcher
+from .relay import CLOSE_TIMEOUT, Outcome, Relay, RelayLimits, SessionEnded, Watcher
 from .requests import ConsoleRequest, RequestRules, RequestView, read_request
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class ProxyConfig:
     rules: RequestRules = field(default_factory=RequestRules)
     console_types: frozenset[ConsoleType] = frozenset(ConsoleType)
     connect_timeout: float = 5.0
+    """Seconds to reach a console: TCP, CONNECT and TLS together."""
+    target_tls: TargetTLS = field(default_factory=TargetTLS)
     limits: RelayLimits = field(default_factory=RelayLimits)
     drain_timeout: float = 10.0
     ping_interval: float | None = 30.0
@@ -118,6 +120,12 @@ class ProxyConfig:
             ),
             console_types=frozenset(proxy.console_types),
             connect_timeout=proxy.connect_timeout,
+            target_tls=TargetTLS(
+                ca_file=proxy.tls_ca_file,
+                cert_file=proxy.tls_cert_file,
+                key_file=proxy.tls_key_file,
+                verify_hostname=proxy.tls_verify_hostname,
+            ),
             limits=RelayLimits(idle_timeout=proxy.idle_timeout, session_max=proxy.session_max),
             drain_timeout=proxy.drain_timeout,
             ping_interval=proxy.ping_interval,
@@ -231,6 +239,7 @@ class _Proxy:
         self.config = config
         self._service = service
         self._ports = ports
+        self._dialer = Dialer(config.connect_timeout, config.target_tls)
         self._store_threads = ThreadPoolExecutor(
             config.store_threads, thread_name_prefix="console-auth-store"
         )
@@ -291,9 +300,9 @@ class _Proxy:
         connection, lease = await self._admit(asked)
         log.instance = connection.instance_uuid
         log.kind = connection.console_type.value
-        log.target = _address(connection)
+        log.target = _address(connection.host, target_port(connection))
         try:
-            reader, writer = await self._dial(connection)
+            reader, writer = await self._dialer.dial(connection)
             try:
                 if self._stopping:
                     raise Refused(
@@ -343,36 +352,11 @@ class _Proxy:
         kind = connection.console_type
         if kind not in self.config.console_types:
             raise wrong_console_kind(kind)
-        if connection.options.internal_access_path is not None:
-            raise _not_yet("consoles behind an internal_access_path (CONNECT) are not supported")
-        if connection.options.use_tls or connection.options.tls_port is not None:
-            raise _not_yet("consoles reached over TLS are not supported")
         if kind is not ConsoleType.SERIAL:
             return connection, None
         return connection, self._ports.connect(
             asked.token, asked.instance_uuid, self.config.proxy_id
         )
-
-    async def _dial(
-        self, connection: ConsoleConnection
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        timeout = self.config.connect_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.open_connection(connection.host, connection.port, limit=CHUNK)
-        except TimeoutError:
-            raise Refused(
-                HTTPStatus.GATEWAY_TIMEOUT,
-                "console_timeout",
-                f"the console did not answer within {timeout:g} s",
-            ) from None
-        except OSError as exc:  # the host and port go to the log, not to the client
-            why = os.strerror(exc.errno) if exc.errno else "no address answered"
-            raise Refused(
-                HTTPStatus.BAD_GATEWAY,
-                "console_unreachable",
-                f"the console cannot be reached ({why})",
-            ) from None
 
     async def _keep_lease(self, lease: PortLease) -> None:
         """Renew a serial lease while the session lives; a lost lease ends it."""
@@ -383,13 +367,17 @@ class _Proxy:
             except LeaseLost:
                 raise SessionEnded(Outcome.LEASE_LOST) from None
             except BackendUnavailable as exc:  # the lease outlives a short outage
-                logger.warning("serial port %s: lease not renewed: %s", _address(lease), exc)
+                logger.warning(
+                    "serial port %s: lease not renewed: %s", _address(lease.host, lease.port), exc
+                )
 
     async def _release(self, lease: PortLease) -> None:
         try:
             await self._in_store_thread(self._ports.disconnect, lease)
         except ConsoleAuthError as exc:  # it expires by itself after serial_lease_ttl
-            logger.warning("serial port %s: lease not released: %s", _address(lease), exc)
+            logger.warning(
+                "serial port %s: lease not released: %s", _address(lease.host, lease.port), exc
+            )
 
     async def _in_store_thread(self, call: Callable[..., _T], *args: object) -> _T:
         loop = asyncio.get_running_loop()
@@ -444,10 +432,5 @@ def _uuid_or_none(text: str | None) -> UUID | None:
         return None
 
 
-def _address(where: ConsoleConnection | PortLease) -> str:
-    host = where.host
-    return f"[{host}]:{where.port}" if ":" in host else f"{host}:{where.port}"
-
-
-def _not_yet(message: str) -> Refused:
-    return Refused(HTTPStatus.NOT_IMPLEMENTED, "unsupported_console", message)
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -11,8 +11,7 @@ keeps the detail.
 401    missing or malformed token
 403    unknown, expired, tampered, wrong instance, wrong console kind, origin
 409    serial port already connected (or otherwise unavailable)
-501    a console the proxy cannot reach yet (CONNECT, TLS): the proxy's
-502    the console refuses the connection: the proxy's
+502    the console, its CONNECT gateway or its TLS certificate refuses: the proxy's
 503    the store cannot answer, or holds a newer release's data; shutting down
 504    the console does not answer in time: the proxy's
 =====  ====================================================================
@@ -63,9 +62,13 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     # the proxy's own, around the upgrade and the dial
     BAD_UPGRADE = "bad_upgrade"
-    UNSUPPORTED_CONSOLE = "unsupported_console"
     CONSOLE_TIMEOUT = "console_timeout"
     CONSOLE_UNREACHABLE = "console_unreachable"
+    BAD_ACCESS_PATH = "bad_access_path"
+    CONSOLE_GATEWAY_REFUSED = "console_gateway_refused"
+    CONSOLE_GATEWAY_ERROR = "console_gateway_error"
+    CONSOLE_BAD_CERTIFICATE = "console_bad_certificate"
+    CONSOLE_TLS_FAILED = "console_tls_failed"
     SHUTTING_DOWN = "shutting_down"
 
 

@@ -46,7 +46,6 @@ IN_BAND = {
         "the console token was not issued for this instance",
     ),
     "wrong console kind": ("wrong_console_kind", "this proxy does not serve serial consoles"),
-    "TLS console": ("unsupported_console", "consoles reached over TLS are not supported"),
     "console unreachable": ("console_unreachable", "the console cannot be reached"),
 }
 
@@ -103,8 +102,6 @@ async def test_a_refused_novnc_client_reads_the_reason_in_rfb(
             instance = OTHER_INSTANCE
         elif case == "wrong console kind":
             token = consoles.serial(console.port)
-        elif case == "TLS console":
-            token = consoles.novnc(console.port, use_tls=True)
         uri = console_uri(port, token, instance)
         if case == "missing token":
             uri = f"ws://127.0.0.1:{port}/websockify?instance_uuid={INSTANCE}"
