@@ -77,6 +77,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "mariadb, in batches of --purge-batch, while a thread validates; print rows/s, "
         "batches, peak memory and the validates' latency",
     )
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="instead: console-auth's proxy against websockify with its TokenFile plugin, "
+        "both relaying to one local echo target; set-up rate, throughput, idle memory "
+        "(--quick and --repeat apply)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--ops", type=int, help=f"ops per timed batch ({FULL['ops']:,})")
     parser.add_argument("--repeat", type=int, help=f"timed repetitions ({FULL['repeat']})")
@@ -159,6 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    if args.proxy:
+        from . import proxy  # needs the proxy extra, websockets and websockify
+
+        try:
+            passed = proxy.main(
+                proxy.sizes(quick=args.quick, repeat=args.repeat),
+                _progress_from(time.perf_counter_ns()),
+                as_json_output=args.json,
+            )
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        return 1 if args.check and not passed else 0
     if args.purge_scale is not None:
         from . import purge
 
