@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -494,3 +494,29 @@ def test_the_proxy_command_refuses_bad_settings_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("console-auth: error: allowed origins must be http(s)://host[:port]")
     assert len(err.splitlines()) == 1
+
+
+IDLE_SESSIONS = 500
+
+
+@pytest.mark.asyncio
+async def test_500_idle_sessions_stay_open_and_each_still_relays() -> None:
+    """Held open together, as a cloud's idle consoles are; then every one
+    still carries bytes both ways, and the proxy kept one console
+    connection per session."""
+    consoles = Consoles()
+    async with target("echo") as console, proxy(consoles) as port:
+        uri = console_uri(port, consoles.novnc(console.port))
+        async with contextlib.AsyncExitStack() as stack:
+            opened = [
+                await stack.enter_async_context(client(uri, port)) for _ in range(IDLE_SESSIONS)
+            ]
+            await asyncio.sleep(0.5)  # idle: nothing flows
+            assert console.accepted == IDLE_SESSIONS
+
+            async def echoed(ws: ClientConnection, n: int) -> bytes:
+                await ws.send(f"probe {n}".encode())
+                return cast(bytes, await asyncio.wait_for(ws.recv(), 10))
+
+            answers = await asyncio.gather(*(echoed(ws, n) for n, ws in enumerate(opened)))
+            assert answers == [f"probe {n}".encode() for n in range(IDLE_SESSIONS)]
