@@ -11,7 +11,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Final
@@ -159,6 +159,17 @@ def _progress_from(start_ns: int) -> Progress:
     return progress
 
 
+def _verdict(run: Callable[[Progress], bool], *, check: bool) -> int:
+    """Exit status of one benchmark mode: 2 when it could not run, 1 when
+    ``--check`` and a target failed."""
+    try:
+        passed = run(_progress_from(time.perf_counter_ns()))
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    return 1 if check and not passed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -169,57 +180,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.proxy:
         from . import proxy  # needs the proxy extra, websockets and websockify
 
-        try:
-            passed = proxy.main(
+        return _verdict(
+            lambda progress: proxy.main(
                 proxy.sizes(quick=args.quick, repeat=args.repeat),
-                _progress_from(time.perf_counter_ns()),
+                progress,
                 as_json_output=args.json,
-            )
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        return 1 if args.check and not passed else 0
+            ),
+            check=args.check,
+        )
     if args.purge_scale is not None:
         from . import purge
 
-        try:
-            passed = purge.main(
+        return _verdict(
+            lambda progress: purge.main(
                 args.backend,
                 args.url,
                 args.purge_scale,
                 args.purge_batch,
-                _progress_from(time.perf_counter_ns()),
+                progress,
                 as_json_output=args.json,
-            )
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        return 1 if args.check and not passed else 0
+            ),
+            check=args.check,
+        )
     if args.backend in ("postgresql", "mariadb"):
         from . import servers  # needs the postgresql or mysql extra
 
-        try:
-            passed = servers.main(
-                args.backend,
-                args.url,
-                sizes,
-                _progress_from(time.perf_counter_ns()),
-                as_json_output=args.json,
-            )
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        return 1 if args.check and not passed else 0
+        return _verdict(
+            lambda progress: servers.main(
+                args.backend, args.url, sizes, progress, as_json_output=args.json
+            ),
+            check=args.check,
+        )
     if args.backend == "memcached":
         from . import memcached  # needs the memcached extra (pymemcache)
 
-        progress = _progress_from(time.perf_counter_ns())
-        try:
-            passed = memcached.main(args.memcached, sizes, progress, as_json_output=args.json)
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        return 1 if args.check and not passed else 0
+        return _verdict(
+            lambda progress: memcached.main(
+                args.memcached, sizes, progress, as_json_output=args.json
+            ),
+            check=args.check,
+        )
     with ExitStack() as stack:
         if args.workdir is None:
             workdir = Path(
