@@ -20,8 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.integration.rfb_target import RFB_VERSION
-
 
 @dataclass(frozen=True)
 class Issued:
@@ -132,47 +130,6 @@ def server_context(
     if max_tls12:  # the client certificate is then checked inside the handshake
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     return context
-
-
-class TLSConsole:
-    """An RFB 3.8 greeting then an echo, over TLS; ``accepted`` counts
-    clients whose handshake succeeded: the ones that reached the console."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.accepted = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> TLSConsole:
-        self._server = await asyncio.start_server(
-            self._serve, "127.0.0.1", 0, ssl=self.context, ssl_handshake_timeout=5
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self._writers.add(writer)
-        try:
-            writer.write(RFB_VERSION)
-            await writer.drain()
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            self._writers.discard(writer)
 
 
 GatewayMode = Literal["ok", "ok_with_extra", "forbidden", "garbage", "endless", "silent", "close"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Final, Literal
 
@@ -17,10 +18,12 @@ Mode = Literal["echo", "rfb", "flood", "greet_and_close"]
 class Target:
     """A console: ``echo`` sends back what it gets; ``rfb`` greets as an RFB
     3.8 server, then echoes; ``flood`` writes as fast as it is let;
-    ``greet_and_close`` greets, then hangs up."""
+    ``greet_and_close`` greets, then hangs up. With ``tls`` it speaks TLS,
+    and ``accepted`` counts only clients whose handshake succeeded."""
 
-    def __init__(self, mode: Mode = "echo") -> None:
+    def __init__(self, mode: Mode = "echo", *, tls: ssl.SSLContext | None = None) -> None:
         self.mode = mode
+        self.tls = tls
         self.accepted = 0
         self.flooded = 0
         """Bytes ``flood`` got into its socket so far."""
@@ -29,7 +32,13 @@ class Target:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> Target:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._serve,
+            "127.0.0.1",
+            0,
+            ssl=self.tls,
+            ssl_handshake_timeout=5 if self.tls is not None else None,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -62,7 +71,7 @@ class Target:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
+        except (OSError, asyncio.CancelledError):  # OSError: SSLError too
             pass
         finally:
             writer.close()

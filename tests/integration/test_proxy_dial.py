@@ -28,12 +28,11 @@ from tests.integration.dial_targets import (
     Authority,
     GatewayMode,
     Issued,
-    TLSConsole,
     gateway,
     server_context,
     silent_console,
 )
-from tests.integration.rfb_target import RFB_VERSION, target
+from tests.integration.rfb_target import RFB_VERSION, Target, target
 from tests.integration.test_proxy import (
     CONFIG,
     INSTANCE,
@@ -195,7 +194,7 @@ async def test_a_tls_console_relays_on_its_tls_port(
     consoles = Consoles()
     async with (
         target("rfb") as plain,
-        TLSConsole(server_context(pki.server)) as tls,
+        Target("rfb", tls=server_context(pki.server)) as tls,
         proxy(consoles, trusting(pki)) as port,
     ):
         token = consoles.novnc(plain.port, use_tls=True, tls_port=tls.port)
@@ -210,7 +209,7 @@ async def test_a_tls_console_relays_on_its_tls_port(
 async def test_a_console_host_name_is_resolved_and_named_by_its_certificate(pki: PKI) -> None:
     consoles = Consoles()
     async with (
-        TLSConsole(server_context(pki.named)) as tls,
+        Target("rfb", tls=server_context(pki.named)) as tls,
         proxy(consoles, trusting(pki)) as port,
     ):
         issued = consoles.service.authorize(
@@ -224,7 +223,7 @@ async def test_a_console_host_name_is_resolved_and_named_by_its_certificate(pki:
 async def test_use_tls_without_a_tls_port_speaks_tls_on_the_port(pki: PKI) -> None:
     consoles = Consoles()
     async with (
-        TLSConsole(server_context(pki.server)) as tls,
+        Target("rfb", tls=server_context(pki.server)) as tls,
         proxy(consoles, trusting(pki)) as port,
     ):
         await relays(port, consoles.novnc(tls.port, use_tls=True))
@@ -237,7 +236,7 @@ async def test_a_tls_port_without_use_tls_leaves_the_port_in_the_clear(pki: PKI)
     consoles = Consoles()
     async with (
         target("rfb") as plain,
-        TLSConsole(server_context(pki.server)) as tls,
+        Target("rfb", tls=server_context(pki.server)) as tls,
         proxy(consoles, trusting(pki)) as port,
     ):
         await relays(port, consoles.novnc(plain.port, tls_port=tls.port))
@@ -249,7 +248,7 @@ async def test_a_client_certificate_reaches_a_console_that_requires_one(pki: PKI
     consoles = Consoles()
     config = trusting(pki, cert_file=pki.proxy_client.cert, key_file=pki.proxy_client.key)
     async with (
-        TLSConsole(server_context(pki.server, client_ca=pki.consoles.ca_file)) as tls,
+        Target("rfb", tls=server_context(pki.server, client_ca=pki.consoles.ca_file)) as tls,
         proxy(consoles, config) as port,
     ):
         await relays(port, consoles.novnc(tls.port, use_tls=True))
@@ -261,7 +260,7 @@ async def test_hostname_verification_can_be_turned_off(pki: PKI) -> None:
     """Weaker, and documented so: any certificate of the CA passes."""
     consoles = Consoles()
     async with (
-        TLSConsole(server_context(pki.elsewhere)) as tls,
+        Target("rfb", tls=server_context(pki.elsewhere)) as tls,
         proxy(consoles, trusting(pki, verify_hostname=False)) as port,
     ):
         await relays(port, consoles.novnc(tls.port, use_tls=True))
@@ -295,7 +294,7 @@ async def test_a_tls_console_that_cannot_be_trusted_is_refused_and_relays_nothin
     # TLS 1.2: a missing client certificate is refused inside the handshake
     context = server_context(issued, client_ca=client_ca, max_tls12=client_ca is not None)
     async with (
-        TLSConsole(context) as tls,
+        Target("rfb", tls=context) as tls,
         target("rfb") as plain,
         silent_console() as silent,
         proxy(consoles, config) as port,
@@ -326,7 +325,7 @@ async def test_a_tls_console_that_cannot_be_trusted_is_refused_and_relays_nothin
 async def test_tls_runs_through_the_connect_tunnel_to_the_console(pki: PKI) -> None:
     consoles = Consoles()
     async with (
-        TLSConsole(server_context(pki.server)) as tls,
+        Target("rfb", tls=server_context(pki.server)) as tls,
         gateway(tls.port) as gate,
         proxy(consoles, trusting(pki)) as port,
     ):
@@ -341,7 +340,7 @@ async def test_bytes_a_gateway_adds_before_tls_are_never_relayed(pki: PKI) -> No
     """Only what the console's certificate vouches for reaches the client."""
     consoles = Consoles()
     async with (
-        TLSConsole(server_context(pki.server)) as tls,
+        Target("rfb", tls=server_context(pki.server)) as tls,
         gateway(tls.port, "ok_with_extra") as gate,
         proxy(consoles, trusting(pki)) as port,
     ):
@@ -449,7 +448,7 @@ async def test_a_tls13_console_that_refuses_the_client_after_the_handshake_ends_
     caplog.set_level(logging.INFO)
     consoles = Consoles()
     context = server_context(pki.server, client_ca=pki.consoles.ca_file, max_tls12=False)
-    async with TLSConsole(context) as tls, proxy(consoles, trusting(pki)) as port:
+    async with Target("rfb", tls=context) as tls, proxy(consoles, trusting(pki)) as port:
         token = consoles.novnc(tls.port, use_tls=True)
         async with client(console_uri(port, token), port) as ws:
             with pytest.raises(ConnectionClosed):
