@@ -14,20 +14,11 @@ import pytest
 
 from console_auth.adapters import cli
 from console_auth.adapters.sql import current_revision, open_engine
+from tests.integration.test_cli import AUTHORIZE, INSTANCE, database
 
-INSTANCE = "6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f"
-AUTHORIZE = ["authorize", "--instance", INSTANCE, "--host", "compute-1", "--port", "5900"]
+__all__ = ["database"]  # the autouse fixture: a private SQLite file, no outside variables
+
 SCRIPT = str(Path(sys.executable).parent / "console-auth")
-
-
-@pytest.fixture(autouse=True)
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in list(os.environ):
-        if name.startswith("CONSOLE_AUTH_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "cli.sqlite3"
-    monkeypatch.setenv("CONSOLE_AUTH_DATABASE__URL", f"sqlite:///{path}")
-    return path
 
 
 def run(*argv: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[str]:
