@@ -7,8 +7,8 @@ checks it); it also serves single-process deployments and tests.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection, InvalidRequest, UnknownCell
@@ -21,6 +21,7 @@ class InMemoryConsoleConnectionRepository:
 
     def __init__(self) -> None:
         self._by_hash: dict[str, ConsoleConnection] = {}
+        self._revoked: dict[UUID, datetime] = {}
         self._lock = threading.Lock()
 
     def add(self, connection: ConsoleConnection) -> None:
@@ -32,11 +33,23 @@ class InMemoryConsoleConnectionRepository:
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
         return self._by_hash.get(token_hash)
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         with self._lock:
             doomed = [h for h, c in self._by_hash.items() if c.instance_uuid == instance_uuid]
             for token_hash in doomed:
                 del self._by_hash[token_hash]
+            self._revoked[instance_uuid] = revoked_at.astimezone(UTC)
+        return len(doomed)
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        with self._lock:
+            return {u: self._revoked[u] for u in instance_uuids if u in self._revoked}
+
+    def delete_revocations(self, before: datetime) -> int:
+        with self._lock:
+            doomed = [u for u, at in self._revoked.items() if at < before]
+            for instance_uuid in doomed:
+                del self._revoked[instance_uuid]
         return len(doomed)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:

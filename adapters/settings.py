@@ -228,6 +228,9 @@ class ProxySettings(BaseModel):
     the token TTL, which is only the window to connect."""
     idle_timeout: float | None = Field(default=None, gt=0)
     """Seconds without a byte either way before a session is closed; ``None``: never."""
+    session_recheck: float = Field(default=5.0, ge=0.05, le=3600)
+    """Seconds between asks of the store whether a live session's instance
+    was revoked (``revoke_instance``): the bound on how long it runs on."""
     drain_timeout: float = Field(default=10.0, ge=0, le=3600)
     """Seconds live sessions get to end by themselves after SIGTERM before
     they are closed."""

@@ -21,6 +21,7 @@ from .service import (
     DEFAULT_PURGE_GRACE,
     MAX_PURGE_BATCH_SIZE,
     MAX_TTL,
+    REVOCATION_RETENTION,
     ConsoleAuthService,
     ServicePolicy,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_PURGE_GRACE",
     "MAX_PURGE_BATCH_SIZE",
     "MAX_TTL",
+    "REVOCATION_RETENTION",
     "CellLocator",
     "CellRoutedConsoleConnectionRepository",
     "CellRoutedFallbackRepository",

@@ -9,11 +9,13 @@ instance goes straight there:
 - ``get_by_hash_in_cell_of`` (validate with the uuid, which every URL this
   library builds carries): that cell only. The other cells are never asked,
   so a cell that is down fails only its own consoles.
-- ``delete_by_instance`` (revoke): every cell, one after another. The
-  cell map may have moved the instance since a token was issued, and that
-  token, left in its old cell, would still validate from a legacy URL. A
-  cell that is down is skipped; once the others are done a
-  ``BackendUnavailable`` names it and says how many were deleted.
+- ``delete_by_instance`` (revoke): every cell, one after another, each
+  keeping the revocation record. The cell map may have moved the instance
+  since a token was issued, and that token, left in its old cell, would
+  still validate from a legacy URL. A cell that is down is skipped; once the
+  others are done a ``BackendUnavailable`` names it and says how many were
+  deleted.
+- ``revocations`` (a proxy's recheck): each instance's cell.
 - ``cells_to_purge`` (purge): the compute host's cell when the locator
   knows it, otherwise every cell; the service purges them one by one.
 
@@ -31,16 +33,17 @@ Depends on the ports only, so any repository adapter can serve a cell.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime
 from typing import Final, TypeVar
 from uuid import UUID
 
-from console_auth.domain import BackendUnavailable, ConsoleConnection, InvalidRequest
+from console_auth.domain import BackendUnavailable, ConsoleConnection, InvalidRequest, UnknownCell
 
 from .ports import CellLocator, ConsoleConnectionRepository
 
@@ -122,12 +125,37 @@ class CellRoutedConsoleConnectionRepository:
             return in_cell(name, only.get_by_hash, token_hash)
         return self._search(token_hash)
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
-        """Every cell: see the module docstring."""
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
+        """Every cell, each keeping the record: see the module docstring."""
         return in_every_cell(
             self._cells,
-            lambda cell: cell.delete_by_instance(instance_uuid),
+            lambda cell: cell.delete_by_instance(instance_uuid, revoked_at),
             f"console tokens of instance {instance_uuid} deleted",
+        )
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        """Each instance's cell, asked once for all of its instances; an
+        instance no cell holds has no record. A cell that fails is skipped,
+        and once the others are done a ``BackendUnavailable`` names it."""
+        by_cell: dict[str, list[UUID]] = {}
+        for instance_uuid in instance_uuids:
+            with contextlib.suppress(UnknownCell):
+                by_cell.setdefault(self._locator.cell_of(instance_uuid), []).append(instance_uuid)
+        found: dict[UUID, datetime] = {}
+
+        def ask(name: str) -> int:
+            answers = self.cell(name).revocations(by_cell[name])
+            found.update(answers)
+            return len(answers)
+
+        in_every_cell({name: name for name in by_cell}, ask, "revocation records read")
+        return found
+
+    def delete_revocations(self, before: datetime) -> int:
+        return in_every_cell(
+            self._cells,
+            lambda cell: cell.delete_revocations(before),
+            "revocation records deleted",
         )
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from uuid import UUID
 
@@ -38,6 +38,7 @@ class FallbackConsoleConnectionRepository:
       would make an outage look like a half-working store.
     - ``delete_by_instance``: both, every cell of a split one, the sum
       returned. A revoked token must not live on in the store being retired.
+      Both keep the revocation record, so ``revocations`` asks the primary.
       A store (or cell) that fails is skipped; once the others are done a
       ``BackendUnavailable`` names it and says how many were deleted.
     - ``delete_expired``: the primary, then the secondary with what is left
@@ -81,11 +82,21 @@ class FallbackConsoleConnectionRepository:
             logger.debug("console token (hash %.8s) found in the fallback store", token_hash)
         return found
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         return in_every_cell(
             _partitions(self.primary, self.secondary, None),
-            lambda store: store.delete_by_instance(instance_uuid),
+            lambda store: store.delete_by_instance(instance_uuid, revoked_at),
             f"console tokens of instance {instance_uuid} deleted",
+        )
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        return self.primary.revocations(instance_uuids)
+
+    def delete_revocations(self, before: datetime) -> int:
+        return in_every_cell(
+            _partitions(self.primary, self.secondary, None),
+            lambda store: store.delete_revocations(before),
+            "revocation records deleted",
         )
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:

@@ -5,7 +5,7 @@ Adapters satisfy these structurally; none of them inherits from a port.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -29,8 +29,21 @@ class ConsoleConnectionRepository(Protocol):
         """The connection stored under ``token_hash``, expired or not."""
         ...
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
-        """Delete every connection of the instance; return how many."""
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
+        """Delete every connection of the instance and record that it was
+        revoked at ``revoked_at`` (a later revoke's time replaces it); return
+        how many connections went. The record outlives the tokens, so a
+        proxy can end sessions they opened (see ``revocations``)."""
+        ...
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        """When each of these instances was last revoked, for those with a
+        revocation record still kept."""
+        ...
+
+    def delete_revocations(self, before: datetime) -> int:
+        """Forget revocations recorded before ``before``; return how many
+        (a store that expires them by itself may answer 0)."""
         ...
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:

@@ -6,8 +6,9 @@ a cell database, memcached or memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -51,6 +52,10 @@ decided at ``validate``, so a purger whose clock runs ahead must not delete
 live tokens."""
 
 MAX_PURGE_GRACE: Final = timedelta(days=1)
+
+REVOCATION_RETENTION: Final = timedelta(days=1)
+"""How long purge keeps a revocation record: a proxy that cannot reach its
+store for longer may miss the revocation of a session it holds."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,10 +257,28 @@ class ConsoleAuthService:
         return self.validate(token, instance_uuid)
 
     def revoke_instance(self, instance_uuid: UUID | str) -> int:
-        """Forget every token of an instance (deleted, migrated, rebuilt)."""
-        count = self._repository.delete_by_instance(parse_instance_uuid(instance_uuid))
+        """Forget every token of an instance (deleted, migrated, rebuilt), and
+        record the revocation so that proxies end the sessions they opened
+        (``revoked_among``); return how many tokens went."""
+        instance_uuid = parse_instance_uuid(instance_uuid)
+        count = self._repository.delete_by_instance(instance_uuid, clock_now(self._clock))
         logger.info("revoked %d console tokens of instance %s", count, instance_uuid)
         return count
+
+    def revoked_among(self, connections: Collection[ConsoleConnection]) -> list[ConsoleConnection]:
+        """The connections whose instance was revoked since they were issued:
+        a proxy ends the live sessions they opened. Their tokens may have
+        expired and been purged since; the revocation record outlives them
+        (``REVOCATION_RETENTION``)."""
+        if not connections:
+            return []
+        revoked = self._repository.revocations({c.instance_uuid for c in connections})
+        return [
+            connection
+            for connection in connections
+            if connection.instance_uuid in revoked
+            and connection.is_revoked_by(revoked[connection.instance_uuid])
+        ]
 
     def purge_expired(self, host: str | None = None) -> int:
         """Delete connections that expired more than ``purge_grace`` ago, of
@@ -267,7 +290,8 @@ class ConsoleAuthService:
         host's cell, when the locator knows it); a cell that fails is
         skipped, and once the others are done a ``BackendUnavailable``
         names it. Memory stays flat whatever the number of rows: one batch
-        of ids at a time.
+        of ids at a time. Revocation records older than
+        ``REVOCATION_RETENTION`` (before the grace) go too.
         """
         host = None if host is None else parse_host(host)
         now = purge_cutoff(self._clock, self._policy.purge_grace)
@@ -302,7 +326,10 @@ class ConsoleAuthService:
             deleted = repository.delete_expired(now, host, batch)
             total += deleted
             if deleted < batch:
-                return total
+                break
+        with contextlib.suppress(OverflowError):  # before the earliest datetime: none is older
+            repository.delete_revocations(now - REVOCATION_RETENTION)
+        return total
 
 
 def _check_ttl(ttl: timedelta) -> timedelta:

@@ -40,7 +40,7 @@ import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -374,8 +374,14 @@ class _TimedBatches:
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
         return self._inner.get_by_hash(token_hash)
 
-    def delete_by_instance(self, instance_uuid: uuid.UUID) -> int:
-        return self._inner.delete_by_instance(instance_uuid)
+    def delete_by_instance(self, instance_uuid: uuid.UUID, revoked_at: datetime) -> int:
+        return self._inner.delete_by_instance(instance_uuid, revoked_at)
+
+    def revocations(self, instance_uuids: Collection[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+        return self._inner.revocations(instance_uuids)
+
+    def delete_revocations(self, before: datetime) -> int:
+        return self._inner.delete_revocations(before)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         if self.batch_seconds is None:

@@ -202,6 +202,12 @@ class ConsoleConnection(BaseModel):
         """Valid iff ``now < expires_at``: at the expiry instant it is gone."""
         return now >= self.expires_at
 
+    def is_revoked_by(self, revoked_at: datetime) -> bool:
+        """Whether revoking its instance at ``revoked_at`` ends what this
+        connection opened: it was issued no later (a connection stored
+        before 1.1, with no issue time, always is)."""
+        return self.issued_at is None or self.issued_at <= revoked_at
+
     @classmethod
     def build(cls, **fields: Any) -> ConsoleConnection:
         """Construct, turning validation errors into ``InvalidRequest``."""

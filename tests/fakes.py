@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, NoReturn
 from uuid import UUID
@@ -62,7 +62,13 @@ class UnavailableRepository:
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
         self._fail()
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
+        self._fail()
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        self._fail()
+
+    def delete_revocations(self, before: datetime) -> int:
         self._fail()
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:

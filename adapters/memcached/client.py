@@ -246,6 +246,10 @@ class MemcachedClient:
         """Store only if absent; ``False`` if the key exists."""
         return bool(self._run(key, False, lambda c: c.add(key, value, expire, noreply=False)))
 
+    def set(self, key: str, value: bytes, expire: int) -> None:
+        """Store, replacing whatever is there."""
+        self._run(key, False, lambda c: c.set(key, value, expire, noreply=False))
+
     def cas(self, key: str, value: bytes, unique: bytes, expire: int) -> bool | None:
         """``True`` stored, ``False`` changed since ``gets``, ``None`` gone."""
         stored: bool | None = self._run(

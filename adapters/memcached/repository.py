@@ -7,6 +7,7 @@ Keys (``<prefix>`` is the configured ``key_prefix``)::
     <prefix>:i:<instance_uuid>          instance index  [[hash, reclaim_at, expires_at_us, host]]
     <prefix>:h:<sha256(host)[:32]>:<n>  host index      [[instance_uuid, reclaim_at], ...]
     <prefix>:hosts:<n>                  host registry   [[host, reclaim_at], ...]
+    <prefix>:r:<instance_uuid>          revocation      microseconds since the epoch, ASCII
 
 No key and no value ever holds a token: the item is keyed by the token's
 SHA-256, as the SQL row is. Values are ``ConsoleConnection.to_primitive()``,
@@ -45,6 +46,11 @@ Purging memcached is optional: items expire by themselves. A purge walks
 every instance of the hosts concerned (one ``get`` each), so on a large
 deployment run it rarely, or not at all.
 
+Revocation records expire by themselves after ``REVOCATION_RETENTION``
+(``delete_revocations`` has nothing to do). One that is evicted early lets
+the sessions of a revoked instance run on: the proxy cannot end what it
+does not learn of, one more reason to move to the database.
+
 Eviction. memcached may drop an item early to free memory. An evicted token
 is an unknown token. The repository counts an eviction in ``stats.evicted``
 and logs it (hash prefix only) when an index walk (revoke, purge) finds an
@@ -65,14 +71,14 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
 from pydantic import ValidationError
 
-from console_auth.application import MAX_TTL
+from console_auth.application import MAX_TTL, REVOCATION_RETENTION
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
@@ -101,6 +107,7 @@ themselves)."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _MAX_REMAINING_S: Final = MAX_TTL.total_seconds()
+_REVOCATION_EXPIRY_S: Final = int(REVOCATION_RETENTION.total_seconds())
 
 
 def _fast_prefix() -> bytes:
@@ -228,12 +235,21 @@ class MemcachedConsoleConnectionRepository:
         raw = self._client.get(self._connection_key + token_hash)
         return None if raw is None else _decode(token_hash, raw)
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
-        """Delete what the instance index lists, then empty it with CAS: a
-        token added meanwhile makes the CAS fail, and the next round deletes
-        it too. Then the instance leaves its hosts' indexes, so those list
-        only instances that still have tokens (best effort: a leftover entry
-        costs a purge one ``get`` until it lapses)."""
+    def revocation_key(self, instance_uuid: UUID) -> str:
+        return f"{self._prefix}:r:{instance_uuid}"
+
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
+        """Record the revocation first, so a revoke cut short still ends the
+        sessions. Then delete what the instance index lists, and empty it
+        with CAS: a token added meanwhile makes the CAS fail, and the next
+        round deletes it too. Then the instance leaves its hosts' indexes, so
+        those list only instances that still have tokens (best effort: a
+        leftover entry costs a purge one ``get`` until it lapses)."""
+        self._client.set(
+            self.revocation_key(instance_uuid),
+            str(_microseconds(revoked_at)).encode("ascii"),
+            _REVOCATION_EXPIRY_S,
+        )
         existed: dict[str, bool] = {}
         hosts: set[str] = set()
 
@@ -253,6 +269,22 @@ class MemcachedConsoleConnectionRepository:
             except BackendUnavailable as exc:
                 logger.warning("a revoked instance stays listed in a host index: %s", exc)
         return sum(existed.values())
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        by_key = {self.revocation_key(u): u for u in instance_uuids}
+        found: dict[UUID, datetime] = {}
+        for key, raw in self._client.get_many(list(by_key)).items():
+            try:
+                found[by_key[key]] = _EPOCH + int(raw.decode("ascii")) * _MICROSECOND
+            except (UnicodeDecodeError, ValueError, OverflowError):
+                raise BackendUnavailable(
+                    f"stored revocation of instance {by_key[key]} is unreadable"
+                ) from None
+        return found
+
+    def delete_revocations(self, before: datetime) -> int:
+        """Nothing to do: the records expire by themselves."""
+        return 0
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Walk the instances of ``host`` (or of every registered host) and

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 SCRIPT_LOCATION: Final = "console_auth.adapters.sql:migrations"
 VERSION_TABLE: Final = "console_auth_alembic_version"
-HEAD: Final = "0003"
+HEAD: Final = "0004"
 """The newest revision; a test pins it to the scripts' head."""
 
 _ALEMBIC: Final = threading.Lock()

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 from uuid import UUID
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    Insert,
     Select,
     bindparam,
     delete,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     literal_column,
     select,
 )
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from console_auth.domain import (
     BackendUnavailable,
@@ -43,7 +45,7 @@ from .driver import Driver, PooledDriver, Prepared
 from .errors import DUPLICATE_HASH, is_retryable, mapped_errors
 from .held_connection import HeldConnectionDriver
 from .sqlite_threads import SqliteThreadDriver
-from .tables import CONSOLE_CONNECTIONS
+from .tables import CONSOLE_CONNECTIONS, REVOCATIONS
 from .transactions import transaction
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ RETRY_PAUSE_S: Final = 0.02
 transactions that collided do not collide again in step."""
 
 _T: Final = CONSOLE_CONNECTIONS
+_V: Final = REVOCATIONS
 _COLUMNS: Final = (
     _T.c.token_hash,
     _T.c.instance_uuid,
@@ -101,7 +104,6 @@ class SqlConsoleConnectionRepository:
         self._driver = driver_for(engine)
         self._insert = Prepared(engine, _INSERT)
         self._by_hash = Prepared(engine, _BY_HASH)
-        self._by_instance = Prepared(engine, _BY_INSTANCE)
 
     def add(self, connection: ConsoleConnection) -> None:
         row = _to_row(connection)
@@ -112,10 +114,40 @@ class SqlConsoleConnectionRepository:
         row = self._driver.fetch_one(self._by_hash, {"token_hash": token_hash})
         return None if row is None else _to_model(row)
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
-        params = {"instance_uuid": str(instance_uuid)}
-        write, delete = self._driver.write, self._by_instance
-        return retry_rolled_back(lambda: write(delete, params))
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
+        """The delete and the record in one transaction: a revoke that fails
+        leaves both as they were, and is safe to run again."""
+        instance = str(instance_uuid)
+        record = _upsert_revocation(self._engine.dialect.name).values(
+            instance_uuid=instance, revoked_at_us=to_microseconds(revoked_at)
+        )
+
+        def revoke() -> int:
+            with mapped_errors(), transaction(self._engine) as conn:
+                deleted = conn.execute(_BY_INSTANCE, {"instance_uuid": instance}).rowcount
+                conn.execute(record)
+            return int(deleted)
+
+        return retry_rolled_back(revoke)
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        wanted = sorted(str(instance_uuid) for instance_uuid in instance_uuids)
+        found: dict[UUID, datetime] = {}
+        with mapped_errors(), self._engine.connect() as conn:
+            for start in range(0, len(wanted), DELETE_CHUNK):
+                chunk = _V.c.instance_uuid.in_(wanted[start : start + DELETE_CHUNK])
+                for instance, revoked_at_us in conn.execute(select(*_V.c).where(chunk)):
+                    found[UUID(instance)] = from_microseconds(revoked_at_us)
+        return found
+
+    def delete_revocations(self, before: datetime) -> int:
+        old = delete(_V).where(_V.c.revoked_at_us < to_microseconds(before))
+
+        def forget() -> int:
+            with mapped_errors(), transaction(self._engine) as conn:
+                return int(conn.execute(old).rowcount)
+
+        return retry_rolled_back(forget)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Select the oldest ids, then delete by id, in one transaction.
@@ -142,6 +174,21 @@ class SqlConsoleConnectionRepository:
             return deleted
 
         return retry_rolled_back(purge)
+
+
+def _upsert_revocation(dialect: str) -> Insert:
+    """Insert the record, or replace the time of the one already there; each
+    dialect spells it its own way, and SQLAlchemy has no common form."""
+    if dialect in ("mysql", "mariadb"):
+        mysql_insert = mysql.insert(_V)
+        return mysql_insert.on_duplicate_key_update(
+            revoked_at_us=mysql_insert.inserted.revoked_at_us
+        )
+    dialect_insert = postgresql.insert(_V) if dialect == "postgresql" else sqlite.insert(_V)
+    return dialect_insert.on_conflict_do_update(
+        index_elements=[_V.c.instance_uuid],
+        set_={"revoked_at_us": dialect_insert.excluded.revoked_at_us},
+    )
 
 
 def driver_for(engine: Engine) -> Driver:

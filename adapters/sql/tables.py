@@ -122,5 +122,17 @@ class PortReservationRow(Base):
     reserved_at_us: Mapped[int] = mapped_column(BigInteger)
 
 
+class RevocationRow(Base):
+    """When an instance's consoles were last revoked: its tokens are gone,
+    and this tells a proxy to end the sessions they opened."""
+
+    __tablename__ = "console_revocations"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    instance_uuid: Mapped[str] = mapped_column(ascii_string(36), primary_key=True)
+    revoked_at_us: Mapped[int] = mapped_column(BigInteger, index=True)  # purge
+
+
+REVOCATIONS: Final[Table] = Base.metadata.tables[RevocationRow.__tablename__]
 PORT_LEASES: Final[Table] = Base.metadata.tables[PortLeaseRow.__tablename__]
 PORT_RESERVATIONS: Final[Table] = Base.metadata.tables[PortReservationRow.__tablename__]

@@ -36,7 +36,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -96,6 +96,8 @@ class ProxyConfig:
     store_threads: int = 8
     lease_heartbeat: float = 20.0
     """Seconds between serial lease renewals: well inside ``serial_lease_ttl``."""
+    session_recheck: float = 5.0
+    """Seconds between asks whether live sessions' instances were revoked."""
     web_dir: Path | None = None
     rfb_refusals: bool = False
     """Refuse upgrade requests inside RFB rather than with an HTTP status."""
@@ -132,6 +134,7 @@ class ProxyConfig:
             max_message_bytes=proxy.max_message_bytes,
             store_threads=proxy.store_threads,
             lease_heartbeat=serial_lease_ttl / 3,
+            session_recheck=proxy.session_recheck,
             web_dir=web_dir,
             rfb_refusals=proxy.rfb_refusals,
         )
@@ -152,6 +155,7 @@ def create_app(
     app[_PROXY] = proxy
     if config.web_dir is not None:
         app.router.add_static("/", config.web_dir, follow_symlinks=False)
+    app.cleanup_ctx.append(proxy.rechecking)
     app.on_shutdown.append(proxy.close_all)
     app.on_cleanup.append(proxy.cleanup)
     return app
@@ -243,7 +247,7 @@ class _Proxy:
         self._store_threads = ThreadPoolExecutor(
             config.store_threads, thread_name_prefix="console-auth-store"
         )
-        self._live: set[Relay] = set()
+        self._live: dict[Relay, ConsoleConnection] = {}
         self._none_live = asyncio.Event()
         self._none_live.set()
         self._stopping = False
@@ -318,7 +322,7 @@ class _Proxy:
                     limits=self.config.limits,
                     client_transport=request.transport,
                 )
-                log.outcome = (await self._relay(relay, lease)).value
+                log.outcome = (await self._relay(relay, connection, lease)).value
                 log.bytes_in, log.bytes_out = relay.bytes_in, relay.bytes_out
             finally:
                 writer.close()
@@ -327,18 +331,47 @@ class _Proxy:
             if lease is not None:
                 await self._release(lease)
 
-    async def _relay(self, relay: Relay, lease: PortLease | None) -> Outcome:
+    async def _relay(
+        self, relay: Relay, connection: ConsoleConnection, lease: PortLease | None
+    ) -> Outcome:
         watchers: list[Watcher] = []
         if lease is not None:
             watchers.append(functools.partial(self._keep_lease, lease))
-        self._live.add(relay)
+        self._live[relay] = connection
         self._none_live.clear()
         try:
             return await relay.run(watchers)
         finally:
-            self._live.discard(relay)
+            del self._live[relay]
             if not self._live:
                 self._none_live.set()
+
+    async def rechecking(self, app: web.Application) -> AsyncIterator[None]:
+        """While the application runs, end live sessions whose instance was
+        revoked, asking the store once per ``session_recheck`` for all of them."""
+        task = asyncio.create_task(self._recheck_forever(), name="console-auth-recheck")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _recheck_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.session_recheck)
+            live = dict(self._live)
+            if not live:
+                continue
+            try:
+                revoked = await self._in_store_thread(
+                    self._service.revoked_among, list(live.values())
+                )
+            except ConsoleAuthError as exc:  # sessions run on through a store outage
+                logger.warning("live sessions not rechecked for revocation: %s", exc)
+                continue
+            ended = {id(connection) for connection in revoked}
+            for relay, connection in live.items():
+                if id(connection) in ended:
+                    relay.stop(Outcome.REVOKED)
 
     async def _admit(self, asked: ConsoleRequest) -> tuple[ConsoleConnection, PortLease | None]:
         try:

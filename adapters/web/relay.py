@@ -38,6 +38,7 @@ class Outcome(StrEnum):
     SESSION_MAX = "session_max"
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease_lost"
+    REVOKED = "revoked"
     ERROR = "error"
 
 
@@ -48,6 +49,7 @@ _CLOSE: Final = {
     Outcome.SESSION_MAX: (WSCloseCode.OK, "session time limit reached"),
     Outcome.SHUTDOWN: (WSCloseCode.GOING_AWAY, "the console proxy is shutting down"),
     Outcome.LEASE_LOST: (WSCloseCode.OK, "the serial port lease was lost"),
+    Outcome.REVOKED: (WSCloseCode.POLICY_VIOLATION, "console access was revoked"),
     Outcome.ERROR: (WSCloseCode.INTERNAL_ERROR, "console proxy error"),
 }
 """What the client is told, per outcome: code and a reason under 123 bytes."""
@@ -87,10 +89,13 @@ class Relay:
     """From the console to the client."""
     _last: float = 0.0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop_outcome: Outcome = Outcome.SHUTDOWN
 
-    def stop(self) -> None:
-        """Ask the session to end (shutdown); it closes with ``SHUTDOWN``."""
-        self._stop.set()
+    def stop(self, outcome: Outcome = Outcome.SHUTDOWN) -> None:
+        """Ask the session to end, closing with ``outcome``; the first ask wins."""
+        if not self._stop.is_set():
+            self._stop_outcome = outcome
+            self._stop.set()
 
     async def run(self, watchers: Sequence[Watcher] = ()) -> Outcome:
         """Relay until one side ends or a bound is hit; close both sides."""
@@ -173,7 +178,7 @@ class Relay:
                 if limits.idle_timeout is not None and now >= self._last + limits.idle_timeout:
                     raise SessionEnded(Outcome.IDLE) from None
             else:
-                raise SessionEnded(Outcome.SHUTDOWN)
+                raise SessionEnded(self._stop_outcome)
 
     def _touch(self) -> None:
         self._last = asyncio.get_running_loop().time()

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager
 from sqlalchemy import delete
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
-from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
+from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS, REVOCATIONS
 from console_auth.application import ConsoleConnectionRepository
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 from tests.backends.sql_ports import fresh_sql_ports
@@ -27,6 +27,7 @@ class SqliteBackend:
     def fresh(self) -> Iterator[ConsoleConnectionRepository]:
         with self.engine.begin() as conn:
             conn.execute(delete(CONSOLE_CONNECTIONS))
+            conn.execute(delete(REVOCATIONS))
         yield SqlConsoleConnectionRepository(self.engine)
 
     def fresh_ports(

@@ -101,10 +101,60 @@ def test_delete_by_instance_removes_only_that_instance(
     ours = a_connection(instance_uuid=kept)
     for connection in [*theirs, ours]:
         repository.add(connection)
-    assert repository.delete_by_instance(doomed) == 3
+    assert repository.delete_by_instance(doomed, T0) == 3
     assert all(repository.get_by_hash(c.token_hash) is None for c in theirs)
     assert repository.get_by_hash(ours.token_hash) == ours
-    assert repository.delete_by_instance(doomed) == 0
+    assert repository.delete_by_instance(doomed, T0) == 0
+
+
+def test_revoke_keeps_a_record_of_that_instance_only(
+    repository: ConsoleConnectionRepository,
+) -> None:
+    revoked, untouched, without_tokens = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    repository.add(a_connection(instance_uuid=revoked))
+    repository.add(a_connection(instance_uuid=untouched))
+    assert repository.revocations({revoked, untouched, without_tokens}) == {}
+    repository.delete_by_instance(revoked, T0)
+    repository.delete_by_instance(without_tokens, T0 + timedelta(microseconds=1))
+    assert repository.revocations({revoked, untouched, without_tokens}) == {
+        revoked: T0,
+        without_tokens: T0 + timedelta(microseconds=1),
+    }
+    assert repository.revocations({untouched}) == {}
+    assert repository.revocations(set()) == {}
+
+
+def test_a_later_revoke_replaces_the_record(repository: ConsoleConnectionRepository) -> None:
+    instance = uuid.uuid4()
+    repository.delete_by_instance(instance, T0)
+    later = (T0 + timedelta(hours=1, microseconds=7)).astimezone(timezone(timedelta(hours=-5)))
+    repository.delete_by_instance(instance, later)
+    (stored,) = repository.revocations([instance]).values()
+    assert stored == later
+    assert stored.tzinfo is UTC
+
+
+def test_revocations_are_read_for_many_instances_at_once(
+    repository: ConsoleConnectionRepository,
+) -> None:
+    instances = [uuid.uuid4() for _ in range(1200)]  # over one IN (...) chunk
+    for n, instance in enumerate(instances[::100]):
+        repository.delete_by_instance(instance, T0 + timedelta(seconds=n))
+    found = repository.revocations(instances)
+    assert found == {i: T0 + timedelta(seconds=n) for n, i in enumerate(instances[::100])}
+
+
+def test_forgetting_old_revocations_keeps_newer_ones(
+    repository: ConsoleConnectionRepository,
+) -> None:
+    old, new = uuid.uuid4(), uuid.uuid4()
+    repository.delete_by_instance(old, T0)
+    repository.delete_by_instance(new, T0 + timedelta(seconds=1))
+    forgotten = repository.delete_revocations(T0 + timedelta(seconds=1))
+    found = repository.revocations({old, new})
+    assert found[new] == T0 + timedelta(seconds=1)
+    # forgotten now (once per cell that kept it), or (memcached) left to expire by itself
+    assert (old in found) == (forgotten == 0)
 
 
 def test_delete_expired_uses_inclusive_boundary(repository: ConsoleConnectionRepository) -> None:

@@ -17,7 +17,7 @@ from console_auth.domain import (
     InvalidTokenReason,
     hash_token,
 )
-from tests.fakes import FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedTokenSource
 
 INSTANCE = uuid.UUID("6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f")
 BASE = "https://console.example.org/vnc_lite.html"
@@ -38,7 +38,7 @@ def _replace_stored(repository: ConsoleConnectionRepository, token: str, **chang
     stored = repository.get_by_hash(hash_token(token))
     assert stored is not None
     assert stored.mac is not None
-    repository.delete_by_instance(INSTANCE)
+    repository.delete_by_instance(INSTANCE, T0)
     repository.add(ConsoleConnection.model_validate({**stored.model_dump(), **changes}))
 
 

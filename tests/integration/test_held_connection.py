@@ -25,6 +25,7 @@ from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.domain import InvalidRequest
 from tests.backends.sql_servers import SERVER_NAMES, database
 from tests.builders import a_connection
+from tests.fakes import T0
 
 T: Final = CONSOLE_CONNECTIONS
 
@@ -113,7 +114,7 @@ def test_a_lone_caller_reuses_one_connection_and_checks_none_out(engine: Engine)
         assert repository.get_by_hash(stored.token_hash) == stored
     with pytest.raises(InvalidRequest, match="already stored"):
         repository.add(stored)  # a rejected duplicate keeps the connection
-    assert repository.delete_by_instance(stored.instance_uuid) == 1
+    assert repository.delete_by_instance(stored.instance_uuid, T0) == 1
     assert connects.count == 1
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
@@ -134,7 +135,7 @@ def test_a_connection_the_server_killed_costs_no_call(engine: Engine, url: str) 
         while set(sessions) & set(_other_sessions(observer)) and time.monotonic() < deadline:
             time.sleep(0.05)  # until the server has ended them and said so
         assert repository.get_by_hash(stored.token_hash) == stored
-        assert repository.delete_by_instance(stored.instance_uuid) == 1
+        assert repository.delete_by_instance(stored.instance_uuid, T0) == 1
     finally:
         observer.dispose()
 
@@ -155,14 +156,14 @@ def test_a_call_blocked_on_a_lock_leaves_the_others_to_the_pool(engine: Engine, 
         with ThreadPoolExecutor(2) as threads, blocker.connect() as conn:
             transaction = conn.begin()
             conn.execute(delete(T).where(T.c.instance_uuid == str(locked.instance_uuid)))
-            revoke = threads.submit(repository.delete_by_instance, locked.instance_uuid)
+            revoke = threads.submit(repository.delete_by_instance, locked.instance_uuid, T0)
             time.sleep(0.3)
             assert not revoke.done()  # waiting for the row lock, on the held connection
             try:
                 lookup = threads.submit(repository.get_by_hash, free.token_hash)
                 assert lookup.result(timeout=5) == free
                 threads.submit(repository.add, a_connection()).result(timeout=5)
-                other = threads.submit(repository.delete_by_instance, free.instance_uuid)
+                other = threads.submit(repository.delete_by_instance, free.instance_uuid, T0)
                 assert other.result(timeout=5) == 1
             finally:
                 transaction.rollback()  # releases the lock: the revoke finds its row
@@ -185,7 +186,7 @@ def test_dispose_during_a_call_lets_it_finish_then_closes_its_connection(
         with ThreadPoolExecutor(1) as threads, blocker.connect() as conn:
             transaction = conn.begin()
             conn.execute(delete(T).where(T.c.instance_uuid == str(locked.instance_uuid)))
-            revoke = threads.submit(repository.delete_by_instance, locked.instance_uuid)
+            revoke = threads.submit(repository.delete_by_instance, locked.instance_uuid, T0)
             time.sleep(0.3)
             assert not revoke.done()
             engine.dispose()

@@ -13,12 +13,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
 
 import pytest
 from aiohttp import ClientSession
@@ -38,7 +39,7 @@ from console_auth.adapters.web.proxy import ProxyConfig, create_app, start, stop
 from console_auth.adapters.web.relay import RelayLimits
 from console_auth.application import ConsoleAuthService, ConsolePortService, PortPolicy
 from console_auth.application.ports import ConsoleConnectionRepository
-from console_auth.domain import ConsoleType
+from console_auth.domain import BackendUnavailable, ConsoleType
 from tests.fakes import FakeClock, UnavailableRepository
 from tests.integration.rfb_target import RFB_VERSION, target, unanswered_port
 
@@ -70,9 +71,9 @@ class Consoles:
             PortPolicy(lease_ttl=self.lease_ttl),
         )
 
-    def novnc(self, port: int, **options: Any) -> str:
+    def novnc(self, port: int, instance: str = INSTANCE, **options: Any) -> str:
         issued = self.service.authorize(
-            INSTANCE, "127.0.0.1", port, ConsoleType.NOVNC, options=options
+            instance, "127.0.0.1", port, ConsoleType.NOVNC, options=options
         )
         return issued.token.get_secret_value()
 
@@ -242,6 +243,67 @@ async def test_session_max_closes_a_live_session() -> None:
     assert 0.4 < time.monotonic() - started < 2
     assert ended.rcvd is not None
     assert ended.rcvd.reason == "session time limit reached"
+
+
+@pytest.mark.asyncio
+async def test_a_revoke_closes_the_instances_live_sessions_within_session_recheck(
+    repository: ConsoleConnectionRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On every backend, and after the tokens expired and were purged: the
+    revocation record, not the token, ends the session."""
+    caplog.set_level(logging.INFO, logger=SESSION_LOG)
+    consoles = Consoles(repository=repository)
+    config = replace(CONFIG, session_recheck=0.2)
+    async with target("echo") as console, proxy(consoles, config) as port:
+        revoked_token = consoles.novnc(console.port)
+        kept_token = consoles.novnc(console.port, instance=OTHER_INSTANCE)
+        revoked_uri = console_uri(port, revoked_token)
+        kept_uri = console_uri(port, kept_token, OTHER_INSTANCE)
+        async with client(revoked_uri, port) as revoked, client(kept_uri, port) as kept:
+            consoles.clock.advance(timedelta(hours=1))  # both tokens expired, then purged
+            await asyncio.to_thread(consoles.service.purge_expired)
+            await asyncio.sleep(0.5)  # rechecks find nothing: the sessions run on
+            for ws in (revoked, kept):
+                await ws.send(b"still here")
+                assert await ws.recv() == b"still here"
+            await asyncio.to_thread(consoles.service.revoke_instance, INSTANCE)
+            started = time.monotonic()
+            ended = await closed(revoked, within=3)
+            assert time.monotonic() - started < 1.0  # session_recheck, with slack
+            assert ended.rcvd is not None
+            assert (ended.rcvd.code, ended.rcvd.reason) == (1008, "console access was revoked")
+            consoles.clock.advance(timedelta(microseconds=1))
+            after_uri = console_uri(port, consoles.novnc(console.port))
+            async with client(after_uri, port) as after:  # issued after the revoke
+                await asyncio.sleep(0.5)
+                for ws in (kept, after):
+                    await ws.send(b"not revoked")
+                    assert await ws.recv() == b"not revoked"
+    outcomes = sorted(line.split("outcome=")[1].split()[0] for line in session_lines(caplog))
+    assert outcomes == ["client_closed", "client_closed", "revoked"]
+    assert revoked_token not in caplog.text
+
+
+class _RecheckFails(InMemoryConsoleConnectionRepository):
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        raise BackendUnavailable("store unavailable")
+
+
+@pytest.mark.asyncio
+async def test_sessions_run_on_while_the_recheck_cannot_reach_the_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consoles = Consoles(repository=_RecheckFails())
+    config = replace(CONFIG, session_recheck=0.1)
+    async with (
+        target("echo") as console,
+        proxy(consoles, config) as port,
+        client(console_uri(port, consoles.novnc(console.port)), port) as ws,
+    ):
+        await asyncio.sleep(0.5)
+        await ws.send(b"ping")
+        assert await ws.recv() == b"ping"
+    assert "live sessions not rechecked for revocation: store unavailable" in caplog.text
 
 
 @pytest.mark.asyncio

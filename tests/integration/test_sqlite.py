@@ -308,7 +308,7 @@ def test_an_unreadable_row_is_a_typed_error_and_spares_the_others(
         repository.get_by_hash(bad_hash)
     assert isinstance(caught.value, BackendUnavailable)
     assert repository.get_by_hash(good.token_hash) == good
-    assert repository.delete_by_instance(good.instance_uuid) == 1
+    assert repository.delete_by_instance(good.instance_uuid, T0) == 1
 
 
 def test_option_keys_of_a_newer_release_are_dropped(

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 from console_auth.application import (
     DEFAULT_PURGE_GRACE,
     MAX_TTL,
+    REVOCATION_RETENTION,
     ConsoleAuthService,
     ServicePolicy,
 )
@@ -88,6 +89,10 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
         self.clock = FakeClock(T0)
         self.service = ConsoleAuthService(self.repository, self.clock, FixedTokenSource())
         self.model: dict[str, Expected] = {}
+        self.issued: dict[str, ConsoleConnection] = {}
+        """Every connection issued, as a proxy holding its session would."""
+        self.revoked: dict[uuid.UUID, datetime] = {}
+        """Revocation records still kept."""
         self.longest_ttl = timedelta(seconds=1)
 
     def teardown(self) -> None:
@@ -131,6 +136,7 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
         self._assert_matches(issued.connection, token, expected)
         assert token not in self.model
         self.model[token] = expected
+        self.issued[token] = issued.connection
         self.longest_ttl = max(self.longest_ttl, lifetime)
         return token
 
@@ -158,6 +164,7 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
         assert self.service.revoke_instance(presented) == len(doomed)
         for token in doomed:
             del self.model[token]
+        self.revoked[instance] = self.clock.now()
 
     @rule(host=st.none() | host_choices)
     def purge_expired(self, host: tuple[str, str] | None) -> None:
@@ -170,6 +177,18 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
         assert self.service.purge_expired(None if host is None else host[1]) == len(doomed)
         for token in doomed:
             del self.model[token]
+        for instance, at in list(self.revoked.items()):
+            if at < cutoff - REVOCATION_RETENTION:
+                del self.revoked[instance]
+
+    @rule(token=tokens)
+    def recheck_session(self, token: str) -> None:
+        """A session opened with ``token``, however long ago, ends iff its
+        instance was revoked since the token was issued (and still recorded)."""
+        connection = self.issued[token]
+        at = self.revoked.get(connection.instance_uuid)
+        ended = at is not None and (connection.issued_at is None or connection.issued_at <= at)
+        assert self.service.revoked_among([connection]) == ([connection] if ended else [])
 
     @rule(
         permille=st.sampled_from([0, 500, 1000, 2000]) | st.integers(0, 20) | st.integers(0, 2000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
@@ -119,8 +120,14 @@ class _UntouchableRepository:
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
         raise AssertionError("get_by_hash called for a malformed token")
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         raise AssertionError("delete_by_instance called")
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        raise AssertionError("revocations called")
+
+    def delete_revocations(self, before: datetime) -> int:
+        raise AssertionError("delete_revocations called")
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         raise AssertionError("delete_expired called")

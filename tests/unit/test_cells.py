@@ -375,3 +375,31 @@ def test_a_duplicate_hash_is_refused_within_a_cell(
     with pytest.raises(InvalidRequest, match="already stored"):
         cells.add(a_connection(token="same", instance_uuid=IN_A, host="compute-2"))
     assert cells.get_by_hash(first.token_hash) == first
+
+
+def test_revocations_are_asked_of_each_instances_cell(
+    cells: CellRoutedConsoleConnectionRepository,
+    a: InMemoryConsoleConnectionRepository,
+    b: InMemoryConsoleConnectionRepository,
+) -> None:
+    cells.delete_by_instance(IN_A, T0)
+    cells.delete_by_instance(IN_B, T0 + timedelta(seconds=1))
+    assert a.revocations({IN_A, IN_B}) == b.revocations({IN_A, IN_B})  # every cell keeps both
+    b.delete_revocations(T0 + timedelta(seconds=2))  # so only b's own answer can be wrong
+    a.delete_revocations(T0 + timedelta(seconds=2))
+    a.delete_by_instance(IN_A, T0)
+    b.delete_by_instance(IN_B, T0 + timedelta(seconds=1))
+    found = cells.revocations({IN_A, IN_B, NOWHERE})  # no cell holds NOWHERE: no record
+    assert found == {IN_A: T0, IN_B: T0 + timedelta(seconds=1)}
+    assert cells.delete_revocations(T0 + timedelta(seconds=1)) == 1
+
+
+def test_a_cell_that_is_down_is_named_after_the_others_answer() -> None:
+    a, down = InMemoryConsoleConnectionRepository(), UnavailableRepository()
+    repository = routed({"a": a, "b": down})
+    a.delete_by_instance(IN_A, T0)
+    with pytest.raises(BackendUnavailable, match="cell b"):
+        repository.revocations({IN_A, IN_B})
+    assert down.calls == 1
+    assert repository.revocations({IN_A}) == {IN_A: T0}
+    repository.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -100,7 +101,7 @@ def test_revoke_reaches_both_stores(
         secondary.add(connection)
     primary.add(new)
 
-    assert both.delete_by_instance(instance) == 3
+    assert both.delete_by_instance(instance, T0) == 3
     assert all(both.get_by_hash(c.token_hash) is None for c in [*old, new])
     assert both.get_by_hash(other.token_hash) == other
 
@@ -168,7 +169,13 @@ class _Down:
     def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
         raise BackendUnavailable("down")
 
-    def delete_by_instance(self, instance_uuid: UUID) -> int:
+    def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
+        raise BackendUnavailable("down")
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        raise BackendUnavailable("down")
+
+    def delete_revocations(self, before: datetime) -> int:
         raise BackendUnavailable("down")
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
@@ -195,7 +202,7 @@ def test_a_secondary_that_cannot_answer_fails_misses_and_revokes(
     with pytest.raises(BackendUnavailable):
         both.get_by_hash("f" * 64)
     with pytest.raises(BackendUnavailable):
-        both.delete_by_instance(kept.instance_uuid)
+        both.delete_by_instance(kept.instance_uuid, T0)
 
 
 def test_one_store_cannot_be_its_own_fallback(
@@ -203,3 +210,17 @@ def test_one_store_cannot_be_its_own_fallback(
 ) -> None:
     with pytest.raises(ValueError, match="differ"):
         FallbackConsoleConnectionRepository(primary, primary)
+
+
+def test_both_stores_keep_the_revocation_and_the_primary_answers(
+    primary: InMemoryConsoleConnectionRepository,
+    secondary: InMemoryConsoleConnectionRepository,
+) -> None:
+    both = FallbackConsoleConnectionRepository(primary, secondary)
+    instance = uuid.uuid4()
+    both.delete_by_instance(instance, T0)
+    assert primary.revocations([instance]) == secondary.revocations([instance]) == {instance: T0}
+    secondary.delete_revocations(T0 + timedelta(seconds=1))
+    assert both.revocations([instance]) == {instance: T0}
+    assert both.delete_revocations(T0 + timedelta(seconds=1)) == 1
+    assert both.revocations([instance]) == {}

@@ -45,6 +45,7 @@ def test_application_exports() -> None:
         "DEFAULT_PURGE_GRACE",
         "MAX_PURGE_BATCH_SIZE",
         "MAX_TTL",
+        "REVOCATION_RETENTION",
         "CellLocator",
         "CellRoutedConsoleConnectionRepository",
         "CellRoutedFallbackRepository",

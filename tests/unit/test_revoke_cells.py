@@ -181,7 +181,7 @@ def test_the_fallback_revokes_the_stores_that_answer_and_names_the_one_that_did_
     kept = a_connection(instance_uuid=MOVED)
     new_store.add(kept)
     with pytest.raises(BackendUnavailable, match=r"^1 console .* cell \(primary\): store"):
-        plain.delete_by_instance(MOVED)  # the secondary is revoked all the same
+        plain.delete_by_instance(MOVED, T0)  # the secondary is revoked all the same
     assert new_store.get_by_hash(kept.token_hash) is None
 
 
@@ -196,7 +196,7 @@ def test_a_cell_name_both_stores_use_is_revoked_in_both() -> None:
         pair = fallback_pair(first, second)
         assert isinstance(pair, CellRoutedFallbackRepository)
         assert list(pair.cells_to_purge(None)) == ["a", "b", "a (fallback)", "b (fallback)"]
-        assert pair.delete_by_instance(MOVED) == 4
+        assert pair.delete_by_instance(MOVED, T0) == 4
     finally:
         first.close()
         second.close()

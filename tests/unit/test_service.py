@@ -10,7 +10,12 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
-from console_auth.application import MAX_TTL, ConsoleAuthService, ServicePolicy
+from console_auth.application import (
+    MAX_TTL,
+    REVOCATION_RETENTION,
+    ConsoleAuthService,
+    ServicePolicy,
+)
 from console_auth.domain import (
     ConsoleConnection,
     ConsoleType,
@@ -310,3 +315,35 @@ def test_a_refused_authorize_chain_holds_no_input() -> None:
         service.authorize(INSTANCE, f"{secret} x", 5900, "novnc")
     assert caught.value.__context__ is None
     assert_chain_holds_no(caught.value, secret)
+
+
+def test_revoked_among_names_what_was_issued_no_later_than_the_revoke() -> None:
+    service, clock = make()
+    before = service.authorize(INSTANCE, "compute-1", 5900, "novnc").connection
+    other = service.authorize(uuid.uuid4(), "compute-1", 5901, "novnc").connection
+    legacy = before.model_copy(update={"issued_at": None})  # stored before 1.1
+    clock.advance(timedelta(seconds=1))
+    at_the_revoke = service.authorize(INSTANCE, "compute-1", 5900, "novnc").connection
+    assert service.revoked_among([before, other, legacy, at_the_revoke]) == []
+    service.revoke_instance(INSTANCE)
+    clock.advance(timedelta(microseconds=1))
+    after = service.authorize(INSTANCE, "compute-1", 5900, "novnc").connection
+    assert service.revoked_among([before, other, legacy, at_the_revoke, after]) == [
+        before,
+        legacy,
+        at_the_revoke,
+    ]
+    assert service.revoked_among([]) == []
+
+
+def test_purge_forgets_revocations_only_past_the_retention() -> None:
+    repository = InMemoryConsoleConnectionRepository()
+    clock = FakeClock()
+    service = ConsoleAuthService(repository, clock, FixedTokenSource())
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    service.revoke_instance(old)
+    clock.advance(timedelta(seconds=1))
+    service.revoke_instance(recent)
+    clock.advance(REVOCATION_RETENTION + service.policy.purge_grace)
+    service.purge_expired(host="compute-1")  # records have no host: any purge forgets them
+    assert repository.revocations({old, recent}) == {recent: T0 + timedelta(seconds=1)}
