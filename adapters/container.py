@@ -49,9 +49,9 @@ from console_auth.application import (
     CellRoutedConsoleConnectionRepository,
     ConsoleAuthService,
     ConsolePortService,
+    FallbackConsoleConnectionRepository,
     PortPolicy,
     ServicePolicy,
-    fallback_pair,
 )
 from console_auth.application.cell_ports import (
     CellRoutedPortLeaseRepository,
@@ -302,10 +302,14 @@ class Container(containers.DeclarativeContainer):
         config.fallback,
         none=primary_repository,
         database=providers.Singleton(
-            fallback_pair, primary=primary_repository, secondary=database_repository
+            FallbackConsoleConnectionRepository,
+            primary=primary_repository,
+            secondary=database_repository,
         ),
         memcached=providers.Singleton(
-            fallback_pair, primary=primary_repository, secondary=memcached_repository
+            FallbackConsoleConnectionRepository,
+            primary=primary_repository,
+            secondary=memcached_repository,
         ),
     )
     policy = providers.Singleton(

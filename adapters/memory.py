@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
+from console_auth.application.service import purge_in_batches
 from console_auth.domain import ConsoleConnection, InvalidRequest, UnknownCell
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
@@ -30,7 +31,9 @@ class InMemoryConsoleConnectionRepository:
                 raise InvalidRequest("a connection with this token hash is already stored")
             self._by_hash[connection.token_hash] = connection
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
         return self._by_hash.get(token_hash)
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
@@ -51,6 +54,9 @@ class InMemoryConsoleConnectionRepository:
             for instance_uuid in doomed:
                 del self._revoked[instance_uuid]
         return len(doomed)
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         with self._lock:

@@ -2,14 +2,9 @@
 job call, and the protocols its adapters satisfy."""
 
 from .cells import CellRoutedConsoleConnectionRepository
-from .fallback import (
-    CellRoutedFallbackRepository,
-    FallbackConsoleConnectionRepository,
-    fallback_pair,
-)
+from .fallback import FallbackConsoleConnectionRepository
 from .ports import (
     CellLocator,
-    CellRoutedRepository,
     Clock,
     ConsoleConnectionRepository,
     PortLeaseRepository,
@@ -33,8 +28,6 @@ __all__ = [
     "REVOCATION_RETENTION",
     "CellLocator",
     "CellRoutedConsoleConnectionRepository",
-    "CellRoutedFallbackRepository",
-    "CellRoutedRepository",
     "Clock",
     "ConsoleAuthService",
     "ConsoleConnectionRepository",
@@ -45,5 +38,4 @@ __all__ = [
     "PortReservationRepository",
     "ServicePolicy",
     "TokenSource",
-    "fallback_pair",
 ]

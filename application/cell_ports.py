@@ -87,7 +87,7 @@ class CellRoutedPortLeaseRepository(_ByHost[PortLeaseRepository]):
         return in_every_cell(
             self._cells,
             lambda cell: cell.delete_by_instance(instance_uuid),
-            f"port leases of instance {instance_uuid} deleted",
+            lambda n: f"{n} port leases of instance {instance_uuid} deleted",
         )
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:

@@ -6,9 +6,9 @@ stored in the cell that holds its instance, and everything that knows the
 instance goes straight there:
 
 - ``add`` (authorize): ``locator.cell_of(connection.instance_uuid)``.
-- ``get_by_hash_in_cell_of`` (validate with the uuid, which every URL this
-  library builds carries): that cell only. The other cells are never asked,
-  so a cell that is down fails only its own consoles.
+- ``get_by_hash`` with the instance uuid (validate; every URL this library
+  builds carries it): that cell only. The other cells are never asked, so a
+  cell that is down fails only its own consoles.
 - ``delete_by_instance`` (revoke): every cell, one after another, each
   keeping the revocation record. The cell map may have moved the instance
   since a token was issued, and that token, left in its old cell, would
@@ -16,8 +16,9 @@ instance goes straight there:
   others are done a ``BackendUnavailable`` names it and says how many were
   deleted.
 - ``revocations`` (a proxy's recheck): each instance's cell.
-- ``cells_to_purge`` (purge): the compute host's cell when the locator
-  knows it, otherwise every cell; the service purges them one by one.
+- ``purge_expired``: the compute host's cell when the locator knows it,
+  otherwise every cell, one after another; a cell that is down is skipped
+  and named once the others are done.
 
 Only a legacy URL, without the instance uuid, cannot be routed. Then
 ``get_by_hash`` asks every cell at once, on a small thread pool per cell:
@@ -65,7 +66,7 @@ the other cells, which have their own workers, never wait behind it."""
 
 
 class CellRoutedConsoleConnectionRepository:
-    """A ``CellRoutedRepository`` over one ``ConsoleConnectionRepository``
+    """A ``ConsoleConnectionRepository`` over one ``ConsoleConnectionRepository``
     per cell, placed by a ``CellLocator``.
 
     ``cells`` maps every cell name to its repository; the locator must not
@@ -118,8 +119,14 @@ class CellRoutedConsoleConnectionRepository:
         name = self._locator.cell_of(connection.instance_uuid)
         in_cell(name, self.cell(name).add, connection)
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
-        """Search every cell at once; see the module docstring."""
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
+        """The instance's cell only; without the uuid, search every cell at
+        once (see the module docstring)."""
+        if instance_uuid is not None:
+            name = self._locator.cell_of(instance_uuid)
+            return in_cell(name, self.cell(name).get_by_hash, token_hash)
         if len(self._cells) == 1:
             ((name, only),) = self._cells.items()
             return in_cell(name, only.get_by_hash, token_hash)
@@ -130,7 +137,7 @@ class CellRoutedConsoleConnectionRepository:
         return in_every_cell(
             self._cells,
             lambda cell: cell.delete_by_instance(instance_uuid, revoked_at),
-            f"console tokens of instance {instance_uuid} deleted",
+            lambda n: f"{n} console tokens of instance {instance_uuid} deleted",
         )
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
@@ -148,41 +155,36 @@ class CellRoutedConsoleConnectionRepository:
             found.update(answers)
             return len(answers)
 
-        in_every_cell({name: name for name in by_cell}, ask, "revocation records read")
+        in_every_cell(
+            {name: name for name in by_cell}, ask, lambda n: f"{n} revocation records read"
+        )
         return found
 
-    def delete_revocations(self, before: datetime) -> int:
-        return in_every_cell(
-            self._cells,
-            lambda cell: cell.delete_revocations(before),
-            "revocation records deleted",
-        )
-
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        """The cells to purge in turn, sharing ``limit`` as the fallback
-        repository shares it; for code that knows only the port. The service
-        purges cell by cell through ``cells_to_purge`` instead."""
+        """The cells that may hold ``host``'s connections in turn, sharing ``limit``."""
         deleted = 0
-        for name, repository in self.cells_to_purge(host).items():
+        for name, repository in self._cells_of_host(host).items():
             if deleted >= limit:
                 break
             deleted += in_cell(name, repository.delete_expired, now, host, limit - deleted)
         return deleted
 
-    # --- CellRoutedRepository ------------------------------------------------------------------
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        """Each cell that may hold ``host``'s connections to the end in turn:
+        the host's cell when the locator knows it, otherwise every cell."""
+        of_host = f" of {host}" if host else ""
+        return in_every_cell(
+            self._cells_of_host(host),
+            lambda cell: cell.purge_expired(now, host, batch_size),
+            lambda n: f"purged {n} expired console tokens{of_host}",
+        )
 
-    def get_by_hash_in_cell_of(
-        self, instance_uuid: UUID, token_hash: str
-    ) -> ConsoleConnection | None:
-        name = self._locator.cell_of(instance_uuid)
-        return in_cell(name, self.cell(name).get_by_hash, token_hash)
-
-    def cells_to_purge(self, host: str | None) -> Mapping[str, ConsoleConnectionRepository]:
+    def _cells_of_host(self, host: str | None) -> Mapping[str, ConsoleConnectionRepository]:
         if host is not None:
             name = self._locator.cell_of_host(host)
             if name is not None:
                 return {name: self.cell(name)}
-        return dict(self._cells)
+        return self._cells
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -245,24 +247,38 @@ def check_cell_stores(cells: Mapping[str, object], locator: CellLocator) -> None
         )
 
 
-def cells_unavailable(done: str, failed: Mapping[str, BackendUnavailable]) -> BackendUnavailable:
+class PartlyUnavailable(BackendUnavailable):
+    """Work that went through every part but some: ``done`` counts what the
+    others did, so a composite of composites (a fallback over cells) sums it."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done
+
+
+def cells_unavailable(
+    done: str, failed: Mapping[str, BackendUnavailable], count: int = 0
+) -> PartlyUnavailable:
     """One error for work that went through every cell but ``failed``: what
-    was ``done``, then each failed cell and why; the first driver error
-    stays the ``__cause__``."""
+    was ``done`` (``count`` of it), then each failed cell and why; the first
+    driver error stays the ``__cause__``."""
     first = next(iter(failed.values()))
-    error = BackendUnavailable(
+    error = PartlyUnavailable(
         f"{done}, but not in every cell: "
-        + "; ".join(f"cell {name}: {exc}" for name, exc in failed.items())
+        + "; ".join(f"cell {name}: {exc}" for name, exc in failed.items()),
+        count,
     )
     error.__cause__ = first.__cause__ or first  # as ``raise ... from`` sets it
     error.__suppress_context__ = True
     return error
 
 
-def in_every_cell(cells: Mapping[str, _S], call: Callable[[_S], int], counted: str) -> int:
+def in_every_cell(
+    cells: Mapping[str, _S], call: Callable[[_S], int], done: Callable[[int], str]
+) -> int:
     """``call`` on each cell in turn, its counts summed. A cell that fails is
     skipped; once the others are done, ``cells_unavailable`` names it and
-    says the sum (``f"{total} {counted}"``)."""
+    says what was ``done`` (given the sum)."""
     total = 0
     failed: dict[str, BackendUnavailable] = {}
     for name, cell in cells.items():
@@ -270,9 +286,10 @@ def in_every_cell(cells: Mapping[str, _S], call: Callable[[_S], int], counted: s
             total += call(cell)
         except BackendUnavailable as exc:
             logger.warning("cell %s skipped: %s", name, exc)
+            total += exc.done if isinstance(exc, PartlyUnavailable) else 0
             failed[name] = exc
     if failed:
-        raise cells_unavailable(f"{total} {counted}", failed)
+        raise cells_unavailable(done(total), failed, total)
     return total
 
 

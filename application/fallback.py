@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from datetime import datetime
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
 
 from .cells import in_every_cell
-from .ports import CellRoutedRepository, ConsoleConnectionRepository
+from .ports import ConsoleConnectionRepository
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ class FallbackConsoleConnectionRepository:
     - ``delete_by_instance``: both, every cell of a split one, the sum
       returned. A revoked token must not live on in the store being retired.
       Both keep the revocation record, so ``revocations`` asks the primary.
-      A store (or cell) that fails is skipped; once the others are done a
+      A store that fails is skipped; once the other is done a
       ``BackendUnavailable`` names it and says how many were deleted.
     - ``delete_expired``: the primary, then the secondary with what is left
-      of ``limit``, so the service's batching still holds.
+      of ``limit``. ``purge_expired``: the primary to the end, then the
+      secondary, each skipped (then named) if it fails.
 
     Otherwise an error of either store propagates (``BackendUnavailable``);
     every operation is safe to retry.
@@ -67,15 +68,13 @@ class FallbackConsoleConnectionRepository:
     def add(self, connection: ConsoleConnection) -> None:
         self.primary.add(connection)
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
-        found = self.primary.get_by_hash(token_hash)
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
+        found = self.primary.get_by_hash(token_hash, instance_uuid)
         if found is not None:
             return found
-        return self._counted(self.secondary.get_by_hash(token_hash), token_hash)
-
-    def _counted(
-        self, found: ConsoleConnection | None, token_hash: str
-    ) -> ConsoleConnection | None:
+        found = self.secondary.get_by_hash(token_hash, instance_uuid)
         if found is not None:
             with self._lock:
                 self._secondary_hits += 1
@@ -84,20 +83,13 @@ class FallbackConsoleConnectionRepository:
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         return in_every_cell(
-            _partitions(self.primary, self.secondary, None),
+            self._stores(),
             lambda store: store.delete_by_instance(instance_uuid, revoked_at),
-            f"console tokens of instance {instance_uuid} deleted",
+            lambda n: f"{n} console tokens of instance {instance_uuid} deleted",
         )
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         return self.primary.revocations(instance_uuids)
-
-    def delete_revocations(self, before: datetime) -> int:
-        return in_every_cell(
-            _partitions(self.primary, self.secondary, None),
-            lambda store: store.delete_revocations(before),
-            "revocation records deleted",
-        )
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         deleted = self.primary.delete_expired(now, host, limit)
@@ -105,59 +97,15 @@ class FallbackConsoleConnectionRepository:
             deleted += self.secondary.delete_expired(now, host, limit - deleted)
         return deleted
 
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        of_host = f" of {host}" if host else ""
+        return in_every_cell(
+            self._stores(),
+            lambda store: store.purge_expired(now, host, batch_size),
+            lambda n: f"purged {n} expired console tokens{of_host}",
+        )
 
-class CellRoutedFallbackRepository(FallbackConsoleConnectionRepository):
-    """The pair when a store is split over cells (``CellRoutedRepository``):
-    a lookup with the instance uuid asks only that instance's cell of each
-    split store, and purge goes cell by cell, as it does without the
-    fallback. A store that is not split counts as one cell, named
-    ``(primary)`` or ``(fallback)``: parentheses never appear in a cell name.
-    """
-
-    def get_by_hash_in_cell_of(
-        self, instance_uuid: UUID, token_hash: str
-    ) -> ConsoleConnection | None:
-        found = _in_cell_of(self.primary, instance_uuid, token_hash)
-        if found is not None:
-            return found
-        return self._counted(_in_cell_of(self.secondary, instance_uuid, token_hash), token_hash)
-
-    def cells_to_purge(self, host: str | None) -> dict[str, ConsoleConnectionRepository]:
-        return _partitions(self.primary, self.secondary, host)
-
-
-def fallback_pair(
-    primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository
-) -> FallbackConsoleConnectionRepository:
-    """The fallback that keeps cell routing when either store has cells."""
-    if isinstance(primary, CellRoutedRepository) or isinstance(secondary, CellRoutedRepository):
-        return CellRoutedFallbackRepository(primary, secondary)
-    return FallbackConsoleConnectionRepository(primary, secondary)
-
-
-def _in_cell_of(
-    store: ConsoleConnectionRepository, instance_uuid: UUID, token_hash: str
-) -> ConsoleConnection | None:
-    if isinstance(store, CellRoutedRepository):
-        return store.get_by_hash_in_cell_of(instance_uuid, token_hash)
-    return store.get_by_hash(token_hash)
-
-
-def _partitions(
-    primary: ConsoleConnectionRepository, secondary: ConsoleConnectionRepository, host: str | None
-) -> dict[str, ConsoleConnectionRepository]:
-    """Each store by name, a split one cell by cell (only the cells that may
-    hold ``host``'s connections, when given); a cell name both stores use is
-    kept twice, the fallback's marked."""
-    every = dict(_cells_of(primary, host, "(primary)"))
-    for name, store in _cells_of(secondary, host, "(fallback)").items():
-        every[f"{name} (fallback)" if name in every else name] = store
-    return every
-
-
-def _cells_of(
-    store: ConsoleConnectionRepository, host: str | None, name: str
-) -> Mapping[str, ConsoleConnectionRepository]:
-    if isinstance(store, CellRoutedRepository):
-        return store.cells_to_purge(host)
-    return {name: store}
+    def _stores(self) -> dict[str, ConsoleConnectionRepository]:
+        """Named as a failure names them: a split store's own cells are named
+        in its error."""
+        return {"(primary)": self.primary, "(fallback)": self.secondary}

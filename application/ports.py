@@ -5,9 +5,9 @@ Adapters satisfy these structurally; none of them inherits from a port.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
@@ -25,8 +25,15 @@ class ConsoleConnectionRepository(Protocol):
         """Store ``connection``; ``InvalidRequest`` if its hash is already stored."""
         ...
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
-        """The connection stored under ``token_hash``, expired or not."""
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
+        """The connection stored under ``token_hash``, expired or not.
+
+        ``instance_uuid``, when the caller knows it, says where to look: a
+        store split over cells asks only that instance's cell (as Nova's
+        ``console_auth_token_get_valid(token_hash, instance_uuid)``). So a
+        connection of another instance may then be ``None``."""
         ...
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
@@ -41,15 +48,18 @@ class ConsoleConnectionRepository(Protocol):
         revocation record still kept."""
         ...
 
-    def delete_revocations(self, before: datetime) -> int:
-        """Forget revocations recorded before ``before``; return how many
-        (a store that expires them by itself may answer 0)."""
-        ...
-
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Delete at most ``limit`` connections with ``expires_at <= now``
-        (of ``host`` only, when given); return how many. Callers loop, so
-        each call is one short transaction."""
+        (of ``host`` only, when given); return how many: one short transaction."""
+        ...
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        """``delete_expired`` until none is left, ``batch_size`` at a time,
+        then forget revocations recorded ``REVOCATION_RETENTION`` before
+        ``now`` (``purge_in_batches``); return how many connections went. A
+        store made of parts (cells, a fallback pair) purges the parts that
+        may hold ``host``'s connections in turn: a part that fails is
+        skipped, and once the others are done a ``BackendUnavailable`` names it."""
         ...
 
 
@@ -73,31 +83,6 @@ class CellLocator(Protocol):
 
     def cells(self) -> Sequence[str]:
         """Every cell this locator may answer, in a stable order."""
-        ...
-
-
-@runtime_checkable
-class CellRoutedRepository(ConsoleConnectionRepository, Protocol):
-    """A repository spread over cells that can also go to one cell directly.
-
-    It is a whole ``ConsoleConnectionRepository``, so anything written for
-    the port works on it unchanged (``get_by_hash`` then has to search the
-    cells). ``ConsoleAuthService`` recognises the two extra methods once,
-    when it is built, and uses them: a lookup with the instance uuid asks
-    only that instance's cell, and a purge runs cell by cell, so one cell
-    that is down neither fails nor slows the others.
-    """
-
-    def get_by_hash_in_cell_of(
-        self, instance_uuid: UUID, token_hash: str
-    ) -> ConsoleConnection | None:
-        """``get_by_hash`` in the cell holding the instance only; ``UnknownCell``
-        when no cell does, ``BackendUnavailable`` when that cell is down."""
-        ...
-
-    def cells_to_purge(self, host: str | None) -> Mapping[str, ConsoleConnectionRepository]:
-        """Each cell's own repository that may hold expired connections of
-        ``host``: the host's cell when it is known, otherwise every cell."""
         ...
 
 

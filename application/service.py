@@ -11,13 +11,12 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from uuid import UUID
 
 from pydantic import SecretStr
 
 from console_auth.domain import (
-    BackendUnavailable,
     ConsoleConnection,
     ConsoleOptions,
     ConsoleType,
@@ -33,8 +32,7 @@ from console_auth.domain import (
 from console_auth.domain.integrity import connection_mac, mac_matches
 from console_auth.domain.model import parse_host, parse_instance_uuid, parse_utc
 
-from .cells import cells_unavailable
-from .ports import CellRoutedRepository, Clock, ConsoleConnectionRepository, TokenSource
+from .ports import Clock, ConsoleConnectionRepository, TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +105,8 @@ def purge_cutoff(clock: Clock, grace: timedelta) -> datetime | None:
 
 
 class ConsoleAuthService:
-    """Authorize, validate, revoke and purge console connections.
-
-    On a ``CellRoutedRepository`` (tokens split over cells) a token
-    presented with its instance uuid is looked up in that instance's cell
-    only, and purge runs cell by cell; see ``application.cells``. On any
-    other repository both are one call to it.
-    """
+    """Authorize, validate, revoke and purge console connections, on any
+    ``ConsoleConnectionRepository``: one store, cells, or a fallback pair."""
 
     def __init__(
         self,
@@ -123,7 +116,6 @@ class ConsoleAuthService:
         policy: ServicePolicy | None = None,
     ) -> None:
         self._repository = repository
-        self._cells = repository if isinstance(repository, CellRoutedRepository) else None
         self._clock = clock
         self._tokens = tokens
         self._policy = policy or ServicePolicy()
@@ -222,10 +214,7 @@ class ConsoleAuthService:
         expected = None if instance_uuid is None else parse_instance_uuid(instance_uuid)
         if expected is None and self._policy.require_instance_uuid:
             raise InstanceMismatch("an instance uuid is required with the console token")
-        if expected is not None and self._cells is not None:
-            connection = self._cells.get_by_hash_in_cell_of(expected, token_hash)
-        else:
-            connection = self._repository.get_by_hash(token_hash)
+        connection = self._repository.get_by_hash(token_hash, expected)
         if connection is None:
             logger.info("refused console token (hash %.8s): unknown", token_hash)
             raise InvalidToken(InvalidTokenReason.UNKNOWN)
@@ -284,52 +273,47 @@ class ConsoleAuthService:
         """Delete connections that expired more than ``purge_grace`` ago, of
         one compute host when given, in batches so no transaction holds the
         table for long. Validity is decided by ``validate``; the grace keeps
-        a purger whose clock runs ahead from deleting live tokens.
+        a purger whose clock runs ahead from deleting live tokens. Memory
+        stays flat whatever the number of rows: one batch of ids at a time.
+        Revocation records older than ``REVOCATION_RETENTION`` (before the
+        grace) go too.
 
-        Split over cells, each cell is purged to the end in turn (only the
-        host's cell, when the locator knows it); a cell that fails is
-        skipped, and once the others are done a ``BackendUnavailable``
-        names it. Memory stays flat whatever the number of rows: one batch
-        of ids at a time. Revocation records older than
-        ``REVOCATION_RETENTION`` (before the grace) go too.
+        Over cells, only the host's cell when it is known; a cell that fails
+        is skipped, and once the others are done a ``BackendUnavailable``
+        names it (see ``ConsoleConnectionRepository.purge_expired``).
         """
         host = None if host is None else parse_host(host)
         now = purge_cutoff(self._clock, self._policy.purge_grace)
         if now is None:
             return 0
-        of_host = f" of {host}" if host else ""
-        if self._cells is None:
-            total = self._purge(self._repository, now, host)
-            logger.info("purged %d expired console tokens%s", total, of_host)
-            return total
-        total = 0
-        failed: dict[str, BackendUnavailable] = {}
-        for cell, repository in self._cells.cells_to_purge(host).items():
-            try:
-                purged = self._purge(repository, now, host)
-            except BackendUnavailable as exc:
-                logger.warning("purge of cell %s failed: %s", cell, exc)
-                failed[cell] = exc
-                continue
-            logger.info("purged %d expired console tokens%s in cell %s", purged, of_host, cell)
-            total += purged
-        if failed:
-            raise cells_unavailable(f"purged {total} expired console tokens{of_host}", failed)
+        total = self._repository.purge_expired(now, host, self._policy.purge_batch_size)
+        logger.info("purged %d expired console tokens%s", total, f" of {host}" if host else "")
         return total
 
-    def _purge(
-        self, repository: ConsoleConnectionRepository, now: datetime, host: str | None
-    ) -> int:
-        batch = self._policy.purge_batch_size
-        total = 0
-        while True:
-            deleted = repository.delete_expired(now, host, batch)
-            total += deleted
-            if deleted < batch:
-                break
-        with contextlib.suppress(OverflowError):  # before the earliest datetime: none is older
-            repository.delete_revocations(now - REVOCATION_RETENTION)
-        return total
+
+class BatchPurgeable(Protocol):
+    """What ``purge_in_batches`` needs of a single store."""
+
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int: ...
+
+    def delete_revocations(self, before: datetime) -> int: ...
+
+
+def purge_in_batches(
+    store: BatchPurgeable, now: datetime, host: str | None, batch_size: int
+) -> int:
+    """How a single store purges (``ConsoleConnectionRepository.purge_expired``):
+    ``delete_expired`` until it deletes fewer than ``batch_size``, each call
+    one short transaction, then the revocation records past their retention."""
+    total = 0
+    while True:
+        deleted = store.delete_expired(now, host, batch_size)
+        total += deleted
+        if deleted < batch_size:
+            break
+    with contextlib.suppress(OverflowError):  # before the earliest datetime: none is older
+        store.delete_revocations(now - REVOCATION_RETENTION)
+    return total
 
 
 def _check_ttl(ttl: timedelta) -> timedelta:

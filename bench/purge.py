@@ -54,7 +54,8 @@ from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engin
 from console_auth.adapters.sql.repository import to_microseconds
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.adapters.system import SecretsTokenSource
-from console_auth.application import ConsoleAuthService, ConsoleConnectionRepository, ServicePolicy
+from console_auth.application import ConsoleAuthService, ServicePolicy
+from console_auth.application.service import purge_in_batches
 from console_auth.domain import ConsoleConnection
 
 from .runner import BenchError
@@ -359,7 +360,7 @@ def _seed_sql(dialect: str, low: int, high: int) -> str:
 class _TimedBatches:
     """The repository, with the time of every ``delete_expired`` call kept."""
 
-    def __init__(self, inner: ConsoleConnectionRepository) -> None:
+    def __init__(self, inner: SqlConsoleConnectionRepository) -> None:
         self._inner = inner
         self.batch_seconds: list[float] | None = None
         """``None``: time nothing."""
@@ -371,8 +372,10 @@ class _TimedBatches:
     def add(self, connection: ConsoleConnection) -> None:
         self._inner.add(connection)
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
-        return self._inner.get_by_hash(token_hash)
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: uuid.UUID | None = None
+    ) -> ConsoleConnection | None:
+        return self._inner.get_by_hash(token_hash, instance_uuid)
 
     def delete_by_instance(self, instance_uuid: uuid.UUID, revoked_at: datetime) -> int:
         return self._inner.delete_by_instance(instance_uuid, revoked_at)
@@ -382,6 +385,9 @@ class _TimedBatches:
 
     def delete_revocations(self, before: datetime) -> int:
         return self._inner.delete_revocations(before)
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         if self.batch_seconds is None:

@@ -59,7 +59,9 @@ class UnavailableRepository:
     def add(self, connection: ConsoleConnection) -> None:
         self._fail()
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
         self._fail()
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
@@ -68,10 +70,10 @@ class UnavailableRepository:
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         self._fail()
 
-    def delete_revocations(self, before: datetime) -> int:
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         self._fail()
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         self._fail()
 
 
@@ -84,10 +86,12 @@ class StalledRepository(InMemoryConsoleConnectionRepository):
         self.waiting = threading.Semaphore(0)
         self._released = threading.Event()
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
         self.waiting.release()
         self._released.wait(timeout=30)
-        return super().get_by_hash(token_hash)
+        return super().get_by_hash(token_hash, instance_uuid)
 
     def release(self) -> None:
         self._released.set()

@@ -79,6 +79,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from console_auth.application import MAX_TTL, REVOCATION_RETENTION
+from console_auth.application.service import purge_in_batches
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
@@ -231,7 +232,9 @@ class MemcachedConsoleConnectionRepository:
             self._undo_add(token_hash, instance_key)
             raise
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
         raw = self._client.get(self._connection_key + token_hash)
         return None if raw is None else _decode(token_hash, raw)
 
@@ -285,6 +288,9 @@ class MemcachedConsoleConnectionRepository:
     def delete_revocations(self, before: datetime) -> int:
         """Nothing to do: the records expire by themselves."""
         return 0
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Walk the instances of ``host`` (or of every registered host) and

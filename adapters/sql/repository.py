@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from console_auth.application.service import purge_in_batches
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
@@ -110,7 +111,9 @@ class SqlConsoleConnectionRepository:
         write, insert = self._driver.write, self._insert
         retry_rolled_back(lambda: write(insert, row, on_conflict=DUPLICATE_HASH))
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
         row = self._driver.fetch_one(self._by_hash, {"token_hash": token_hash})
         return None if row is None else _to_model(row)
 
@@ -148,6 +151,9 @@ class SqlConsoleConnectionRepository:
                 return int(conn.execute(old).rowcount)
 
         return retry_rolled_back(forget)
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """Select the oldest ids, then delete by id, in one transaction.

@@ -28,7 +28,7 @@ from console_auth.adapters.sql import (
     upgrade,
 )
 from console_auth.application import (
-    CellRoutedFallbackRepository,
+    CellRoutedConsoleConnectionRepository,
     ConsoleAuthService,
     FallbackConsoleConnectionRepository,
 )
@@ -149,9 +149,10 @@ def test_a_fallback_to_a_database_split_over_cells_keeps_its_routing(tmp_path: P
     container = build_container(settings)
     try:
         repository = container.repository()
-        assert isinstance(repository, CellRoutedFallbackRepository)
+        assert isinstance(repository, FallbackConsoleConnectionRepository)
         assert repository.secondary is container.database_repository()
-        assert list(repository.cells_to_purge(None)) == ["(primary)", "a", "b"]
+        assert isinstance(repository.secondary, CellRoutedConsoleConnectionRepository)
+        assert repository.secondary.cell_names == ("a", "b")
     finally:
         container.shutdown_resources()
 

@@ -117,7 +117,9 @@ class _UntouchableRepository:
     def add(self, connection: ConsoleConnection) -> None:
         raise AssertionError("add called")
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
         raise AssertionError("get_by_hash called for a malformed token")
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
@@ -126,11 +128,11 @@ class _UntouchableRepository:
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         raise AssertionError("revocations called")
 
-    def delete_revocations(self, before: datetime) -> int:
-        raise AssertionError("delete_revocations called")
-
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         raise AssertionError("delete_expired called")
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        raise AssertionError("purge_expired called")
 
 
 @given(value=any_text.filter(lambda t: not is_token_shaped(t)) | st.binary())

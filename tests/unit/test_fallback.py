@@ -11,6 +11,7 @@ import pytest
 
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
 from console_auth.application import (
+    REVOCATION_RETENTION,
     ConsoleAuthService,
     ConsoleConnectionRepository,
     FallbackConsoleConnectionRepository,
@@ -166,7 +167,9 @@ class _Down:
     def add(self, connection: ConsoleConnection) -> None:
         raise BackendUnavailable("down")
 
-    def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+    def get_by_hash(
+        self, token_hash: str, instance_uuid: UUID | None = None
+    ) -> ConsoleConnection | None:
         raise BackendUnavailable("down")
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
@@ -175,10 +178,10 @@ class _Down:
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         raise BackendUnavailable("down")
 
-    def delete_revocations(self, before: datetime) -> int:
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         raise BackendUnavailable("down")
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         raise BackendUnavailable("down")
 
 
@@ -222,5 +225,5 @@ def test_both_stores_keep_the_revocation_and_the_primary_answers(
     assert primary.revocations([instance]) == secondary.revocations([instance]) == {instance: T0}
     secondary.delete_revocations(T0 + timedelta(seconds=1))
     assert both.revocations([instance]) == {instance: T0}
-    assert both.delete_revocations(T0 + timedelta(seconds=1)) == 1
+    assert both.purge_expired(T0 + timedelta(seconds=1) + REVOCATION_RETENTION, None, 10) == 0
     assert both.revocations([instance]) == {}

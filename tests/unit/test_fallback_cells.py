@@ -1,6 +1,6 @@
 """The fallback of a backend switch when one store is split over cells: it
 keeps the cell routing (a lookup with the uuid asks one cell, purge goes
-cell by cell) instead of hiding it."""
+cell by cell) instead of hiding it, because it passes the uuid on."""
 
 from __future__ import annotations
 
@@ -13,13 +13,10 @@ import pytest
 from console_auth.adapters.memory import InMemoryCellLocator, InMemoryConsoleConnectionRepository
 from console_auth.application import (
     CellRoutedConsoleConnectionRepository,
-    CellRoutedFallbackRepository,
-    CellRoutedRepository,
     ConsoleAuthService,
     ConsoleConnectionRepository,
     FallbackConsoleConnectionRepository,
     ServicePolicy,
-    fallback_pair,
 )
 from console_auth.domain import BackendUnavailable
 from tests.builders import a_connection
@@ -60,15 +57,20 @@ def _service(repository: ConsoleConnectionRepository) -> ConsoleAuthService:
     return ConsoleAuthService(repository, FakeClock(), FixedTokenSource(), policy)
 
 
-def test_the_pair_keeps_cell_routing_only_when_a_store_has_cells(
+def test_the_pair_keeps_cell_routing_with_the_split_store_on_either_side(
     split: CellRoutedConsoleConnectionRepository,
+    cell_a: InMemoryConsoleConnectionRepository,
+    cell_b: UnavailableRepository,
 ) -> None:
+    issued = _service(cell_a).authorize(IN_A, "compute-a", 5900, "novnc")
+    token = issued.token.get_secret_value()
     plain = InMemoryConsoleConnectionRepository()
-    assert isinstance(fallback_pair(plain, split), CellRoutedFallbackRepository)
-    assert isinstance(fallback_pair(split, plain), CellRoutedFallbackRepository)
-    neither = fallback_pair(plain, InMemoryConsoleConnectionRepository())
-    assert type(neither) is FallbackConsoleConnectionRepository
-    assert not isinstance(neither, CellRoutedRepository)
+    for pair in (
+        FallbackConsoleConnectionRepository(plain, split),
+        FallbackConsoleConnectionRepository(split, plain),
+    ):
+        assert _service(pair).validate(token, IN_A) == issued.connection
+    assert cell_b.calls == 0  # a search of every cell would have asked it
 
 
 def test_a_url_with_its_uuid_asks_only_its_cell_of_the_old_store(
@@ -80,7 +82,7 @@ def test_a_url_with_its_uuid_asks_only_its_cell_of_the_old_store(
     of the old store; validating it asks cell ``a`` only (behind the plain
     fallback it would search every cell, the down one included)."""
     new_store = InMemoryConsoleConnectionRepository()
-    pair = fallback_pair(new_store, split)
+    pair = FallbackConsoleConnectionRepository(new_store, split)
     old = _service(cell_a).authorize(IN_A, "compute-a", 5900, "novnc")
     service = _service(pair)
     assert service.validate(old.token.get_secret_value(), IN_A) == old.connection
@@ -93,17 +95,20 @@ def test_a_url_with_its_uuid_asks_only_its_cell_of_the_old_store(
 
 
 def test_purge_goes_store_by_store_and_cell_by_cell_naming_the_cell_that_failed(
-    split: CellRoutedConsoleConnectionRepository, cell_a: InMemoryConsoleConnectionRepository
+    split: CellRoutedConsoleConnectionRepository,
+    cell_a: InMemoryConsoleConnectionRepository,
+    cell_b: UnavailableRepository,
 ) -> None:
     new_store = InMemoryConsoleConnectionRepository()
-    pair = fallback_pair(new_store, split)
-    assert isinstance(pair, CellRoutedFallbackRepository)
-    assert list(pair.cells_to_purge(None)) == ["(primary)", "a", "b"]
-    assert list(pair.cells_to_purge("compute-a")) == ["(primary)", "a"]
+    pair = FallbackConsoleConnectionRepository(new_store, split)
     for store in (new_store, cell_a):
         for _ in range(3):
             store.add(a_connection(expires_at=T0 - timedelta(seconds=1)))
     with pytest.raises(BackendUnavailable, match=r"purged 6 .* cell b") as caught:
         _service(pair).purge_expired()
     assert isinstance(caught.value.__cause__, ConnectionRefusedError)
-    assert _service(pair).purge_expired("compute-a") == 0  # all gone, b not asked
+    asked = cell_b.calls
+    for store in (new_store, cell_a):
+        store.add(a_connection(host="compute-a", expires_at=T0 - timedelta(seconds=1)))
+    assert _service(pair).purge_expired("compute-a") == 2  # the primary and cell a only
+    assert cell_b.calls == asked

@@ -48,8 +48,6 @@ def test_application_exports() -> None:
         "REVOCATION_RETENTION",
         "CellLocator",
         "CellRoutedConsoleConnectionRepository",
-        "CellRoutedFallbackRepository",
-        "CellRoutedRepository",
         "Clock",
         "ConsoleAuthService",
         "ConsoleConnectionRepository",
@@ -60,7 +58,6 @@ def test_application_exports() -> None:
         "PortReservationRepository",
         "ServicePolicy",
         "TokenSource",
-        "fallback_pair",
     ]
 
 

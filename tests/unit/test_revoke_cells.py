@@ -18,11 +18,9 @@ from console_auth.adapters.memory import (
 )
 from console_auth.application import (
     CellRoutedConsoleConnectionRepository,
-    CellRoutedFallbackRepository,
     ConsoleAuthService,
     ConsoleConnectionRepository,
     FallbackConsoleConnectionRepository,
-    fallback_pair,
 )
 from console_auth.application.cell_ports import CellRoutedPortLeaseRepository
 from console_auth.domain import BackendUnavailable, InvalidToken, InvalidTokenReason
@@ -152,7 +150,7 @@ def test_the_fallback_revokes_in_the_new_store_and_every_cell_of_the_old(
     old_store = _split(routed, {"a": a, "b": b}, locator)
     old = _service(old_store).authorize(MOVED, "compute-a", 5900, "novnc")
     locator.place(MOVED, "b")
-    service = _service(fallback_pair(new_store, old_store))
+    service = _service(FallbackConsoleConnectionRepository(new_store, old_store))
     new = service.authorize(MOVED, "compute-b", 5900, "novnc")
 
     assert service.revoke_instance(MOVED) == 2
@@ -170,7 +168,7 @@ def test_the_fallback_revokes_the_stores_that_answer_and_names_the_one_that_did_
     )
     old_store = _split(routed, {"a": a, "b": down}, _locator())
     old = _service(old_store).authorize(MOVED, "compute-a", 5900, "novnc")
-    service = _service(fallback_pair(new_store, old_store))
+    service = _service(FallbackConsoleConnectionRepository(new_store, old_store))
     new = service.authorize(MOVED, "compute-a", 5900, "novnc")
     with pytest.raises(BackendUnavailable, match=r"^2 console .* cell b: store unavailable$"):
         service.revoke_instance(MOVED)
@@ -191,12 +189,14 @@ def test_a_cell_name_both_stores_use_is_revoked_in_both() -> None:
     first = CellRoutedConsoleConnectionRepository({"a": stores[0], "b": stores[1]}, _locator())
     second = CellRoutedConsoleConnectionRepository({"a": stores[2], "b": stores[3]}, _locator())
     try:
+        hashes = []
         for store in stores:
-            store.add(a_connection(instance_uuid=MOVED))
-        pair = fallback_pair(first, second)
-        assert isinstance(pair, CellRoutedFallbackRepository)
-        assert list(pair.cells_to_purge(None)) == ["a", "b", "a (fallback)", "b (fallback)"]
+            connection = a_connection(instance_uuid=MOVED)
+            store.add(connection)
+            hashes.append(connection.token_hash)
+        pair = FallbackConsoleConnectionRepository(first, second)
         assert pair.delete_by_instance(MOVED, T0) == 4
+        assert all(store.get_by_hash(h) is None for store in stores for h in hashes)
     finally:
         first.close()
         second.close()

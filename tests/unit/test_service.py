@@ -78,7 +78,9 @@ def test_validate_returns_the_stored_connection_until_expiry() -> None:
 )
 def test_malformed_tokens_never_reach_the_repository(token: object) -> None:
     class Exploding(InMemoryConsoleConnectionRepository):
-        def get_by_hash(self, token_hash: str) -> ConsoleConnection | None:
+        def get_by_hash(
+            self, token_hash: str, instance_uuid: uuid.UUID | None = None
+        ) -> ConsoleConnection | None:
             raise AssertionError("the repository was asked")
 
     service = ConsoleAuthService(Exploding(), FakeClock(), FixedTokenSource())
