@@ -105,6 +105,8 @@ class SqlConsoleConnectionRepository:
         self._driver = driver_for(engine)
         self._insert = Prepared(engine, _INSERT)
         self._by_hash = Prepared(engine, _BY_HASH)
+        self._by_instance = Prepared(engine, _BY_INSTANCE)
+        self._record = Prepared(engine, _record_revocation(engine.dialect.name))
 
     def add(self, connection: ConsoleConnection) -> None:
         row = _to_row(connection)
@@ -118,20 +120,13 @@ class SqlConsoleConnectionRepository:
         return None if row is None else _to_model(row)
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
-        """The delete and the record in one transaction: a revoke that fails
-        leaves both as they were, and is safe to run again."""
+        """The record first, then the delete: a revoke cut short between them
+        has already ended the tokens' sessions, and is safe to run again."""
+        write, record, delete = self._driver.write, self._record, self._by_instance
         instance = str(instance_uuid)
-        record = _upsert_revocation(self._engine.dialect.name).values(
-            instance_uuid=instance, revoked_at_us=to_microseconds(revoked_at)
-        )
-
-        def revoke() -> int:
-            with mapped_errors(), transaction(self._engine) as conn:
-                deleted = conn.execute(_BY_INSTANCE, {"instance_uuid": instance}).rowcount
-                conn.execute(record)
-            return int(deleted)
-
-        return retry_rolled_back(revoke)
+        at = {"instance_uuid": instance, "revoked_at_us": to_microseconds(revoked_at)}
+        retry_rolled_back(lambda: write(record, at))
+        return retry_rolled_back(lambda: write(delete, {"instance_uuid": instance}))
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         wanted = sorted(str(instance_uuid) for instance_uuid in instance_uuids)
@@ -182,18 +177,26 @@ class SqlConsoleConnectionRepository:
         return retry_rolled_back(purge)
 
 
-def _upsert_revocation(dialect: str) -> Insert:
+def _record_revocation(dialect: str) -> Insert:
     """Insert the record, or replace the time of the one already there; each
     dialect spells it its own way, and SQLAlchemy has no common form."""
+    values: dict[str, Any] = {
+        "instance_uuid": bindparam("instance_uuid"),
+        "revoked_at_us": bindparam("revoked_at_us"),
+    }
     if dialect in ("mysql", "mariadb"):
-        mysql_insert = mysql.insert(_V)
-        return mysql_insert.on_duplicate_key_update(
-            revoked_at_us=mysql_insert.inserted.revoked_at_us
+        upsert = mysql.insert(_V).values(values)
+        return upsert.on_duplicate_key_update(revoked_at_us=upsert.inserted.revoked_at_us)
+    if dialect == "postgresql":
+        on_postgresql = postgresql.insert(_V).values(values)
+        return on_postgresql.on_conflict_do_update(
+            index_elements=[_V.c.instance_uuid],
+            set_={"revoked_at_us": on_postgresql.excluded.revoked_at_us},
         )
-    dialect_insert = postgresql.insert(_V) if dialect == "postgresql" else sqlite.insert(_V)
-    return dialect_insert.on_conflict_do_update(
+    on_sqlite = sqlite.insert(_V).values(values)
+    return on_sqlite.on_conflict_do_update(
         index_elements=[_V.c.instance_uuid],
-        set_={"revoked_at_us": dialect_insert.excluded.revoked_at_us},
+        set_={"revoked_at_us": on_sqlite.excluded.revoked_at_us},
     )
 
 

@@ -32,6 +32,7 @@ from tests.backends.sql_servers import database
 
 TABLE = "console_connections"
 PORT_TABLES = {"console_port_leases", "console_port_reservations"}
+REVOCATIONS = "console_revocations"
 EXPECTED_INDEXES = {
     "ix_console_connections_instance_uuid": ["instance_uuid"],
     "ix_console_connections_expires_at_us": ["expires_at_us"],
@@ -86,7 +87,7 @@ def test_upgrade_from_empty_creates_the_table_and_its_indexes(engine: Engine) ->
     assert current_revision(engine) is None
     upgrade(engine)
     schema = inspect(engine)
-    assert set(schema.get_table_names()) == {TABLE, *PORT_TABLES, VERSION_TABLE}
+    assert set(schema.get_table_names()) == {TABLE, *PORT_TABLES, REVOCATIONS, VERSION_TABLE}
     indexes = {  # MariaDB lists its unique constraint as an index too
         ix["name"]: ix["column_names"]
         for ix in schema.get_indexes(TABLE)
@@ -98,6 +99,8 @@ def test_upgrade_from_empty_creates_the_table_and_its_indexes(engine: Engine) ->
         ("uq_console_connections_token_hash", ["token_hash"])
     ]
     assert schema.get_pk_constraint(TABLE)["constrained_columns"] == ["id"]
+    assert schema.get_pk_constraint(REVOCATIONS)["constrained_columns"] == ["instance_uuid"]
+    assert [ix["column_names"] for ix in schema.get_indexes(REVOCATIONS)] == [["revoked_at_us"]]
     assert current_revision(engine) == HEAD
 
 
