@@ -197,15 +197,8 @@ class CellRoutedConsoleConnectionRepository:
 
     def _search(self, token_hash: str) -> ConsoleConnection | None:
         deadline = time.monotonic() + self._search_timeout
-        pending: dict[Future[ConsoleConnection | None], str] = {}
-        failed: dict[str, str] = {}
+        pending, failed = self._submit(token_hash)
         cause: BaseException | None = None
-        for name, searcher in self._searchers.items():
-            future = searcher.submit(self._cells[name].get_by_hash, token_hash)
-            if future is None:
-                failed[name] = "too many searches already waiting for it"
-            else:
-                pending[future] = name
         try:
             for future in as_completed(list(pending), timeout=deadline - time.monotonic()):
                 name = pending.pop(future)
@@ -218,22 +211,43 @@ class CellRoutedConsoleConnectionRepository:
                 if found is not None:
                     return found
         except TimeoutError:
-            for name in pending.values():
-                failed[name] = f"no answer within {self._search_timeout:g} s"
+            failed.update(
+                dict.fromkeys(pending.values(), f"no answer within {self._search_timeout:g} s")
+            )
         finally:
             for future in pending:  # those not started yet never will be
                 future.cancel()
         if failed:
-            logger.warning(
-                "console token (hash %.8s) not found, and cells could not be searched: %s",
-                token_hash,
-                "; ".join(f"{name}: {why}" for name, why in sorted(failed.items())),
-            )
-            raise BackendUnavailable(
-                "console token not found in the cells that answered; unavailable: "
-                + "; ".join(f"cell {name}: {why}" for name, why in sorted(failed.items()))
-            ) from cause
+            raise _not_searched(token_hash, failed) from cause
         return None
+
+    def _submit(
+        self, token_hash: str
+    ) -> tuple[dict[Future[ConsoleConnection | None], str], dict[str, str]]:
+        """A lookup on each cell's searcher: the futures by cell, and the
+        cells whose backlog is full."""
+        pending: dict[Future[ConsoleConnection | None], str] = {}
+        failed: dict[str, str] = {}
+        for name, searcher in self._searchers.items():
+            future = searcher.submit(self._cells[name].get_by_hash, token_hash)
+            if future is None:
+                failed[name] = "too many searches already waiting for it"
+            else:
+                pending[future] = name
+        return pending, failed
+
+
+def _not_searched(token_hash: str, failed: Mapping[str, str]) -> BackendUnavailable:
+    """A miss while some cells did not answer: the token may be in one of them."""
+    logger.warning(
+        "console token (hash %.8s) not found, and cells could not be searched: %s",
+        token_hash,
+        "; ".join(f"{name}: {why}" for name, why in sorted(failed.items())),
+    )
+    return BackendUnavailable(
+        "console token not found in the cells that answered; unavailable: "
+        + "; ".join(f"cell {name}: {why}" for name, why in sorted(failed.items()))
+    )
 
 
 def check_cell_stores(cells: Mapping[str, object], locator: CellLocator) -> None:

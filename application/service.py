@@ -218,15 +218,7 @@ class ConsoleAuthService:
         if connection is None:
             logger.info("refused console token (hash %.8s): unknown", token_hash)
             raise InvalidToken(InvalidTokenReason.UNKNOWN)
-        mac = connection.mac
-        if not mac_matches(token, connection, mac) if mac else self._policy.require_token_mac:
-            # Nothing of a changed row can be trusted, not even its expiry.
-            logger.error(
-                "refused console token (hash %.8s): the stored connection %s (tampered)",
-                token_hash,
-                "has no MAC" if mac is None else "does not match its MAC",
-            )
-            raise InvalidToken(InvalidTokenReason.TAMPERED)
+        self._check_mac(token, connection)  # first: nothing of a changed row can be trusted
         if connection.is_expired(clock_now(self._clock)):
             logger.info("refused console token (hash %.8s): expired", token_hash)
             raise InvalidToken(InvalidTokenReason.EXPIRED)
@@ -239,6 +231,17 @@ class ConsoleAuthService:
             )
             raise InstanceMismatch("the console token was not issued for this instance")
         return connection
+
+    def _check_mac(self, token: str, connection: ConsoleConnection) -> None:
+        mac = connection.mac
+        if mac_matches(token, connection, mac) if mac else not self._policy.require_token_mac:
+            return
+        logger.error(
+            "refused console token (hash %.8s): the stored connection %s (tampered)",
+            connection.token_hash,
+            "has no MAC" if mac is None else "does not match its MAC",
+        )
+        raise InvalidToken(InvalidTokenReason.TAMPERED)
 
     def validate_url(self, url: str) -> ConsoleConnection:
         """Validate the token and uuid an access URL (or request target) carries."""

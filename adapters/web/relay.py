@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -162,20 +163,18 @@ class Relay:
     async def _bounds(self) -> None:
         loop = asyncio.get_running_loop()
         limits = self.limits
-        deadline = None if limits.session_max is None else loop.time() + limits.session_max
+        deadline = math.inf if limits.session_max is None else loop.time() + limits.session_max
+        idle = math.inf if limits.idle_timeout is None else limits.idle_timeout
         while True:
-            now = loop.time()
-            waits = [] if deadline is None else [deadline - now]
-            if limits.idle_timeout is not None:
-                waits.append(self._last + limits.idle_timeout - now)
+            wait = min(deadline, self._last + idle) - loop.time()
             try:
-                async with asyncio.timeout(None if not waits else max(0.0, min(waits))):
+                async with asyncio.timeout(None if wait == math.inf else max(0.0, wait)):
                     await self._stop.wait()
             except TimeoutError:
                 now = loop.time()
-                if deadline is not None and now >= deadline:
+                if now >= deadline:
                     raise SessionEnded(Outcome.SESSION_MAX) from None
-                if limits.idle_timeout is not None and now >= self._last + limits.idle_timeout:
+                if now >= self._last + idle:
                     raise SessionEnded(Outcome.IDLE) from None
             else:
                 raise SessionEnded(self._stop_outcome)

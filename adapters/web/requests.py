@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from console_auth.domain import ConsoleAuthError, InvalidRequest
 from console_auth.domain.urls import TOKEN_PARAM, read_access_params
@@ -233,7 +233,7 @@ def _check_origin(headers: Mapping[str, str], scheme: str, rules: RequestRules) 
 def _canonical_origin(origin: str) -> str | None:
     """``scheme://host[:port]`` in lower case without a default port, or ``None``
     when ``origin`` is no http(s) origin (``null``, a path, credentials)."""
-    if len(origin) > _MAX_ORIGIN_LENGTH or not origin.isascii() or not origin.isprintable():
+    if not _origin_shaped(origin):
         return None
     try:
         parts = urlsplit(origin)
@@ -241,20 +241,28 @@ def _canonical_origin(origin: str) -> str | None:
     except ValueError:
         return None
     scheme, host = parts.scheme.lower(), parts.hostname
-    if (
-        scheme not in _DEFAULT_PORTS
-        or not host
-        or " " in origin
-        or "@" in parts.netloc
-        or "\\" in parts.netloc
-        or parts.path
-        or parts.query
-        or parts.fragment
-        or origin.endswith(("?", "#"))
-    ):
+    if scheme not in _DEFAULT_PORTS or not host or not _authority_only(parts):
         return None
     if ":" in host:
         host = f"[{host}]"
     if port is None or port == _DEFAULT_PORTS[scheme]:
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
+
+
+def _origin_shaped(origin: str) -> bool:
+    """Short printable ASCII without spaces, not ending in an empty query or fragment."""
+    return (
+        len(origin) <= _MAX_ORIGIN_LENGTH
+        and origin.isascii()
+        and origin.isprintable()
+        and " " not in origin
+        and not origin.endswith(("?", "#"))
+    )
+
+
+def _authority_only(parts: SplitResult) -> bool:
+    """No credentials, backslash, path, query or fragment: a scheme and an authority."""
+    return not (
+        "@" in parts.netloc or "\\" in parts.netloc or parts.path or parts.query or parts.fragment
+    )
