@@ -32,7 +32,6 @@ from console_auth.adapters import settings as settings_module
 from console_auth.adapters.container import Container, build_container
 from console_auth.adapters.settings import ProxySettings, load_settings
 from console_auth.adapters.sql import current_revision, downgrade, upgrade
-from console_auth.application import MAX_TTL
 from console_auth.domain import (
     TOKEN_LENGTH,
     ConsoleAuthError,
@@ -41,6 +40,7 @@ from console_auth.domain import (
     ConsoleType,
     InvalidRequest,
 )
+from console_auth.domain.types import MAX_PORT, MAX_TTL_SECONDS
 
 PROG = "console-auth"
 _KNOWN_OPTIONS = frozenset(ConsoleOptions.model_fields) - {"extra"}
@@ -48,7 +48,6 @@ BROKEN_PIPE_STATUS = 141
 """128 + SIGPIPE: what a shell reports for ``yes | head -1``'s writer."""
 MAX_STDIN_LINE = 64 << 10
 """Bytes ``validate -`` reads: far above any access URL this library builds."""
-_LONGEST_TTL = int(MAX_TTL.total_seconds())
 _TOKEN_SHAPED = re.compile(
     r"\S*token=\S*|(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{%d,}(?![A-Za-z0-9_-])" % TOKEN_LENGTH  # noqa: UP031
 )
@@ -155,8 +154,8 @@ def _authorize(container: Container, args: argparse.Namespace) -> dict[str, Any]
 
 def _ttl(seconds: int) -> timedelta:
     """Checked here too: a ``timedelta`` cannot even hold 10**20 seconds."""
-    if not 0 < seconds <= _LONGEST_TTL:
-        raise InvalidRequest(f"--ttl must be from 1 to {_LONGEST_TTL} seconds")
+    if not 0 < seconds <= MAX_TTL_SECONDS:
+        raise InvalidRequest(f"--ttl must be from 1 to {MAX_TTL_SECONDS} seconds")
     return timedelta(seconds=seconds)
 
 
@@ -236,7 +235,7 @@ def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not (port.isascii() and port.isdigit() and int(port) < 65536):
+    if not sep or not host or not (port.isascii() and port.isdigit() and int(port) <= MAX_PORT):
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
 

@@ -40,8 +40,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from console_auth.adapters.cells import read_toml
-from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE, MAX_TTL
+from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE
 from console_auth.domain import ConsoleType, InvalidRequest
+from console_auth.domain.types import MAX_PORT, MIN_PORT, ProxyId, TtlSeconds
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class MemcachedSettings(BaseModel):
     """Seconds before such a retry."""
     dead_timeout: float = Field(default=2.0, ge=0, le=300)
     """Seconds a failed server's shard fails fast before it is tried again."""
-    expired_retention: int = Field(default=3600, ge=1, le=int(MAX_TTL.total_seconds()))
+    expired_retention: TtlSeconds = 3600
     """Seconds an expired token stays readable and purgeable before memcached
     drops it by itself."""
 
@@ -184,8 +185,8 @@ def _server_name(text: str) -> str:
         port, shown = port or "11211", host
     if not host or not host.isascii() or not host.isprintable() or " " in host:
         raise ValueError("each server must be host:port")
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError("each server port must be a number from 1 to 65535")
+    if not (port.isascii() and port.isdigit() and MIN_PORT <= int(port) <= MAX_PORT):
+        raise ValueError(f"each server port must be a number from {MIN_PORT} to {MAX_PORT}")
     return f"{shown}:{int(port)}"
 
 
@@ -240,7 +241,7 @@ class ProxySettings(BaseModel):
     """Largest WebSocket message accepted from a client."""
     store_threads: int = Field(default=8, ge=1, le=256)
     """Threads that run the blocking store calls (validate, serial leases)."""
-    proxy_id: str = Field(default_factory=default_proxy_id, min_length=1, max_length=255)
+    proxy_id: ProxyId = Field(default_factory=default_proxy_id)
     """Names this process in serial-port leases (``console-auth ports``)."""
     rfb_refusals: bool = False
     """Refuse a WebSocket request inside RFB, after the upgrade, so noVNC shows
@@ -274,7 +275,7 @@ class Settings(BaseSettings):
     )
 
     console_tokens_backend: Literal["database", "memcached", "memory"] = "database"
-    token_ttl: int = Field(default=600, ge=1, le=int(MAX_TTL.total_seconds()))
+    token_ttl: TtlSeconds = 600
     """Seconds an issued token stays valid unless ``authorize`` is given a ttl."""
     require_instance_uuid: bool = False
     require_token_mac: bool = False

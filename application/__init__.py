@@ -1,6 +1,8 @@
 """Use cases over ports: the service a compute API, a proxy and a periodic
 job call, and the protocols its adapters satisfy."""
 
+from console_auth.domain.types import MAX_TTL
+
 from .cells import CellRoutedConsoleConnectionRepository
 from .fallback import FallbackConsoleConnectionRepository
 from .ports import (
@@ -15,7 +17,6 @@ from .serial import ConsolePortService, PortPolicy
 from .service import (
     DEFAULT_PURGE_GRACE,
     MAX_PURGE_BATCH_SIZE,
-    MAX_TTL,
     REVOCATION_RETENTION,
     ConsoleAuthService,
     ServicePolicy,

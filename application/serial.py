@@ -30,6 +30,7 @@ from console_auth.domain.errors import (
 )
 from console_auth.domain.leases import LeaseKind, PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
+from console_auth.domain.types import MAX_PORT, MIN_PORT, is_port, parse_proxy_id
 
 from .ports import Clock, PortLeaseRepository, PortReservationRepository, TokenSource
 from .service import (
@@ -159,7 +160,7 @@ class ConsolePortService:
                 "kind": LeaseKind.CONNECTED,
                 "lease_id": self._tokens.new_token(),
                 "token_hash": connection.token_hash,
-                "proxy_id": _proxy_id(proxy_id),
+                "proxy_id": parse_proxy_id(proxy_id),
                 "since": now,
                 "expires_at": expires_at,
             }
@@ -259,8 +260,8 @@ def _check_ports(ports: Sequence[int]) -> list[int]:
     checked = list(islice(ports, MAX_DEFINED_PORTS + 1)) if _is_sequence(ports) else []
     if not 0 < len(checked) <= MAX_DEFINED_PORTS:
         raise InvalidRequest(f"defined ports must be a list of 1-{MAX_DEFINED_PORTS} ports")
-    if any(type(p) is not int or not 1 <= p <= 65535 for p in checked):
-        raise InvalidRequest("defined ports must be integers in 1-65535")
+    if not all(is_port(p) for p in checked):
+        raise InvalidRequest(f"defined ports must be integers in {MIN_PORT}-{MAX_PORT}")
     if len(set(checked)) != len(checked):
         raise InvalidRequest("defined ports must not repeat")
     return checked
@@ -275,8 +276,10 @@ def _check_range(port_range: range | tuple[int, int]) -> tuple[int, int]:
     else:
         bounds = tuple(islice(port_range, 3)) if _is_sequence(port_range) else ()
     first, last = bounds if len(bounds) == 2 else (None, None)
-    if type(first) is not int or type(last) is not int or not 1 <= first <= last <= 65535:
-        raise InvalidRequest("port range must be first-last within 1-65535, first <= last")
+    if not (is_port(first) and is_port(last) and first <= last):
+        raise InvalidRequest(
+            f"port range must be first-last within {MIN_PORT}-{MAX_PORT}, first <= last"
+        )
     return first, last
 
 
@@ -290,9 +293,3 @@ def _is_sequence(value: object) -> bool:
     """A list, tuple or range of ports (``islice`` keeps a huge one bounded);
     text is a sequence too, of characters."""
     return isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
-
-
-def _proxy_id(proxy_id: str) -> str:
-    if not isinstance(proxy_id, str) or not 0 < len(proxy_id) <= 255 or not proxy_id.isprintable():
-        raise InvalidRequest("proxy id must be printable text of 1-255 characters")
-    return proxy_id

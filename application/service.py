@@ -31,14 +31,11 @@ from console_auth.domain import (
 )
 from console_auth.domain.integrity import connection_mac, mac_matches
 from console_auth.domain.model import parse_host, parse_instance_uuid, parse_utc
+from console_auth.domain.types import parse_ttl
 
 from .ports import Clock, ConsoleConnectionRepository, TokenSource
 
 logger = logging.getLogger(__name__)
-
-MAX_TTL: Final = timedelta(days=30)
-"""Tokens are for opening a console now, not for bookmarking; the bound also
-keeps memcached's relative expiry meaningful."""
 
 MAX_PURGE_BATCH_SIZE: Final = 100_000
 """Rows one purge transaction may delete: a larger batch holds the write lock
@@ -72,7 +69,7 @@ class ServicePolicy:
     writer to the store cannot strip a MAC to pass a changed row."""
 
     def __post_init__(self) -> None:
-        _check_ttl(self.default_ttl)
+        parse_ttl(self.default_ttl)
         check_purge(self.purge_batch_size, self.purge_grace)
 
 
@@ -162,7 +159,7 @@ class ConsoleAuthService:
         """A new token and its validated connection, not stored yet: for a
         caller that must first take something else with the token's hash (a
         serial port's hold). Pass the result to ``store``."""
-        ttl = self._policy.default_ttl if ttl is None else _check_ttl(ttl)
+        ttl = self._policy.default_ttl if ttl is None else parse_ttl(ttl)
         token = check_token(self._tokens.new_token())
         now = clock_now(self._clock)  # in UTC: a TTL is elapsed time, wall time jumps at DST
         try:
@@ -317,9 +314,3 @@ def purge_in_batches(
     with contextlib.suppress(OverflowError):  # before the earliest datetime: none is older
         store.delete_revocations(now - REVOCATION_RETENTION)
     return total
-
-
-def _check_ttl(ttl: timedelta) -> timedelta:
-    if not isinstance(ttl, timedelta) or not timedelta(0) < ttl <= MAX_TTL:
-        raise InvalidRequest(f"ttl must be a timedelta above zero and at most {MAX_TTL}")
-    return ttl

@@ -51,12 +51,12 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.pool import NullPool
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
-from console_auth.adapters.sql.repository import to_microseconds
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService, ServicePolicy
 from console_auth.application.service import purge_in_batches
 from console_auth.domain import ConsoleConnection
+from console_auth.domain.types import to_microseconds
 
 from .runner import BenchError
 from .workload import (

@@ -20,6 +20,7 @@ from typing import Final, TypeVar
 
 from console_auth.application import ServicePolicy
 from console_auth.domain import TOKEN_BYTES
+from console_auth.domain.types import to_microseconds
 
 from .sqlite import (
     BIG_FILE,
@@ -43,7 +44,6 @@ from .workload import (
     TTL_US,
     BenchClock,
     Sizes,
-    to_us,
 )
 
 Progress = Callable[[str], None]
@@ -127,7 +127,12 @@ def compare(workdir: Path, sizes: Sizes, progress: Progress) -> Comparison:
         raise BenchError("library and floor databases have different schemas")
     rng = random.Random(sizes.seed)
     background = list(
-        fake_rows(sizes.background, expires_us=to_us(T0 + LONG_TTL), issued_us=to_us(T0), rng=rng)
+        fake_rows(
+            sizes.background,
+            expires_us=to_microseconds(T0 + LONG_TTL),
+            issued_us=to_microseconds(T0),
+            rng=rng,
+        )
     )
     for path in (library_path, floor_path):
         bulk_insert(path, background)
@@ -199,7 +204,7 @@ def _round(
         deleted, ns = timed(lambda: side.revoke(doomed))  # noqa: B023
         expect(deleted, ops, f"{side.name} revoke")
         out["revoke"][side.name] = (len(doomed), ns)
-    expired_us = to_us(clock.now()) - 1
+    expired_us = to_microseconds(clock.now()) - 1
     expired = list(
         fake_rows(purge_rows, expires_us=expired_us, issued_us=expired_us - TTL_US, rng=rng)
     )
@@ -233,8 +238,8 @@ def grow(workdir: Path, sizes: Sizes, progress: Progress) -> Growth:
             path,
             fake_rows(
                 rows,
-                expires_us=to_us(T0 + LONG_TTL),
-                issued_us=to_us(T0),
+                expires_us=to_microseconds(T0 + LONG_TTL),
+                issued_us=to_microseconds(T0),
                 rng=rng,
                 known=known,
             ),

@@ -45,6 +45,7 @@ from console_auth.adapters.sql.repository import _BY_HASH, _BY_INSTANCE, _INSERT
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService
 from console_auth.domain import TOKEN_BYTES
+from console_auth.domain.types import to_microseconds
 
 from .runner import BenchError, Series, expect, timed
 from .workload import (
@@ -59,7 +60,6 @@ from .workload import (
     Sizes,
     authorize_all,
     revoke_all,
-    to_us,
     validate_all,
 )
 
@@ -191,7 +191,7 @@ class FloorSide:
         tokens = []
         for instance in instances:
             token = secrets.token_urlsafe(TOKEN_BYTES)
-            issued_us = to_us(now())
+            issued_us = to_microseconds(now())
             token_hash = hashlib.sha256(token.encode("ascii")).hexdigest()
             row = {
                 "token_hash": token_hash,
@@ -216,7 +216,7 @@ class FloorSide:
             token_hash = hashlib.sha256(token.encode("ascii")).hexdigest()
             cursor.execute(sql, bind({"token_hash": token_hash}))
             row = cursor.fetchone()
-            if row is not None and row[7] > to_us(now()):  # expires_at_us
+            if row is not None and row[7] > to_microseconds(now()):  # expires_at_us
                 hits += 1
         return hits
 

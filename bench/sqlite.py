@@ -27,6 +27,7 @@ from console_auth.adapters.sql.repository import SqlConsoleConnectionRepository
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService, ServicePolicy
 from console_auth.domain import TOKEN_BYTES
+from console_auth.domain.types import to_microseconds
 
 from .workload import (
     ACCESS_URL_BASE,
@@ -38,7 +39,6 @@ from .workload import (
     BenchClock,
     authorize_all,
     revoke_all,
-    to_us,
     validate_all,
 )
 
@@ -180,7 +180,7 @@ class FloorSide:
         tokens = []
         for instance in instances:
             token = secrets.token_urlsafe(TOKEN_BYTES)
-            issued_us = to_us(now())
+            issued_us = to_microseconds(now())
             token_hash = hashlib.sha256(token.encode("ascii")).hexdigest()
             conn.execute(
                 _INSERT,
@@ -210,7 +210,7 @@ class FloorSide:
             if row is None:
                 continue
             record = dict(zip(INSERTED, row, strict=True))
-            if record["expires_at_us"] > to_us(now()):
+            if record["expires_at_us"] > to_microseconds(now()):
                 hits += 1
         return hits
 
@@ -225,7 +225,7 @@ class FloorSide:
 
     def purge(self) -> int:
         conn, batch = self._conn, self._batch
-        now_us = to_us(self._clock.now())
+        now_us = to_microseconds(self._clock.now())
         total = 0
         while True:
             ids = [row[0] for row in conn.execute(_EXPIRED_IDS, (now_us, batch))]

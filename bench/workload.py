@@ -66,14 +66,6 @@ class BenchClock:
         self._now = when
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_us(when: datetime) -> int:
-    """Microseconds since the epoch, the unit of ``expires_at_us``."""
-    return (when - _EPOCH) // timedelta(microseconds=1)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Sizes:
     """How much work one run does; ``--quick`` shrinks all of it."""

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hmac
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from .model import ConsoleConnection
+from .types import to_microseconds
 
 MAC_SCHEME: Final = "console-auth/connection-mac/1"
 """Names the encoding below; a change to it is a new scheme, never an edit."""
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 _NONE: Final = "\x00"
 """An absent text: no validated text holds NUL (they are printable)."""
 _extra_json: Final = json.JSONEncoder(
@@ -62,7 +60,7 @@ def _canonical(connection: ConsoleConnection) -> bytes:
         _NONE if options.mode is None else options.mode.value,
         _extra_json(options.extra) if options.extra else "{}",  # the same bytes, sooner
         _NONE if connection.access_url_base is None else connection.access_url_base,
-        str((connection.expires_at - _EPOCH) // _MICROSECOND),
-        "" if issued_at is None else str((issued_at - _EPOCH) // _MICROSECOND),
+        str(to_microseconds(connection.expires_at)),
+        "" if issued_at is None else str(to_microseconds(issued_at)),
     )
     return "\n".join(fields).encode()

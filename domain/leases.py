@@ -14,13 +14,13 @@ from enum import StrEnum
 from typing import Annotated, Final, Self
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 from .hosts import check_host
 from .model import UtcDatetime
 from .tokens import is_token_hash
+from .types import Port, ProxyId
 
-MAX_PROXY_ID: Final = 255
 _LEASE_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
@@ -31,12 +31,6 @@ class LeaseKind(StrEnum):
     """A token was issued for the port and nobody has connected with it yet."""
     CONNECTED = "connected"
     """A proxy has a client on the port."""
-
-
-def _check_proxy_id(value: str) -> str:
-    if not 0 < len(value) <= MAX_PROXY_ID or not value.isprintable():
-        raise ValueError(f"must be printable text of 1-{MAX_PROXY_ID} characters")
-    return value
 
 
 def _check_lease_id(value: str) -> str:
@@ -51,13 +45,13 @@ class PortLease(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     host: Annotated[str, AfterValidator(check_host)]
-    port: int = Field(ge=1, le=65535, strict=True)
+    port: Port
     instance_uuid: UUID
     kind: LeaseKind
     lease_id: Annotated[str, AfterValidator(_check_lease_id)]
     token_hash: str
     """The token that took the port: a hold is converted only by its own token."""
-    proxy_id: Annotated[str, AfterValidator(_check_proxy_id)] | None = None
+    proxy_id: ProxyId | None = None
     since: UtcDatetime
     expires_at: UtcDatetime
 

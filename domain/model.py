@@ -31,6 +31,7 @@ from . import versions
 from .errors import InvalidRequest
 from .hosts import check_host
 from .tokens import is_token_hash
+from .types import Port
 from .urls import build_access_url, check_base_url
 
 MAX_EXTRA_OPTIONS: Final = 16
@@ -80,7 +81,7 @@ class ConsoleOptions(BaseModel):
 
     internal_access_path: OptionText | None = None
     use_tls: bool = False
-    tls_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
+    tls_port: Port | None = None
     mode: SerialMode | None = None
     extra: dict[str, ExtraValue] = Field(default_factory=dict)
 
@@ -164,7 +165,7 @@ class ConsoleConnection(BaseModel):
 
     instance_uuid: UUID
     host: Annotated[str, AfterValidator(check_host)]
-    port: int = Field(ge=1, le=65535, strict=True)
+    port: Port
     console_type: ConsoleType
     options: ConsoleOptions = Field(default_factory=ConsoleOptions)
     access_url_base: str | None = None

@@ -52,6 +52,7 @@ from pymemcache.exceptions import (
 )
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
+from console_auth.domain.types import MAX_PORT, MIN_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,12 @@ def parse_server(text: str) -> Server:
         port_text = port_text or str(DEFAULT_PORT)
     if not host or any(c.isspace() for c in host) or not host.isprintable():
         raise InvalidRequest("memcached server needs a host name or address")
-    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
-        raise InvalidRequest("memcached server port must be a number from 1 to 65535")
+    if not (
+        port_text.isascii() and port_text.isdigit() and MIN_PORT <= int(port_text) <= MAX_PORT
+    ):
+        raise InvalidRequest(
+            f"memcached server port must be a number from {MIN_PORT} to {MAX_PORT}"
+        )
     return Server(host, int(port_text))
 
 

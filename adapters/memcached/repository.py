@@ -72,13 +72,13 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
 from pydantic import ValidationError
 
-from console_auth.application import MAX_TTL, REVOCATION_RETENTION
+from console_auth.application import REVOCATION_RETENTION
 from console_auth.application.service import purge_in_batches
 from console_auth.domain import (
     BackendUnavailable,
@@ -87,6 +87,13 @@ from console_auth.domain import (
     UnsupportedVersion,
 )
 from console_auth.domain import versions as _versions
+from console_auth.domain.types import (
+    EPOCH,
+    MAX_TTL,
+    MAX_TTL_SECONDS,
+    from_microseconds,
+    to_microseconds,
+)
 
 from .client import MemcachedClient
 from .index import HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry, expiry
@@ -105,8 +112,6 @@ HOST_BUCKETS: Final = 16
 (purge would miss the old ones until they lapse; items still expire by
 themselves)."""
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 _MAX_REMAINING_S: Final = MAX_TTL.total_seconds()
 _REVOCATION_EXPIRY_S: Final = int(REVOCATION_RETENTION.total_seconds())
 
@@ -161,8 +166,8 @@ class MemcachedConsoleConnectionRepository:
     ) -> None:
         if not isinstance(key_prefix, str) or KEY_PREFIX_SHAPE.fullmatch(key_prefix) is None:
             raise InvalidRequest(f"memcached key prefix must match {KEY_PREFIX_SHAPE.pattern}")
-        if type(expired_retention) is not int or not 1 <= expired_retention <= _MAX_REMAINING_S:
-            raise InvalidRequest("expired retention must be 1 to 2592000 seconds")
+        if type(expired_retention) is not int or not 1 <= expired_retention <= MAX_TTL_SECONDS:
+            raise InvalidRequest(f"expired retention must be 1 to {MAX_TTL_SECONDS} seconds")
         self._client = client
         self._prefix = key_prefix
         self._retention = expired_retention
@@ -211,7 +216,7 @@ class MemcachedConsoleConnectionRepository:
         now = self._wall()
         reclaim_at = self._reclaim_at(connection.expires_at, now)
         token_hash = connection.token_hash
-        expires_us = _microseconds(connection.expires_at)
+        expires_us = to_microseconds(connection.expires_at)
         value = json.dumps(
             connection.to_primitive(), separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
@@ -250,7 +255,7 @@ class MemcachedConsoleConnectionRepository:
         leftover entry costs a purge one ``get`` until it lapses)."""
         self._client.set(
             self.revocation_key(instance_uuid),
-            str(_microseconds(revoked_at)).encode("ascii"),
+            str(to_microseconds(revoked_at)).encode("ascii"),
             _REVOCATION_EXPIRY_S,
         )
         existed: dict[str, bool] = {}
@@ -278,7 +283,7 @@ class MemcachedConsoleConnectionRepository:
         found: dict[UUID, datetime] = {}
         for key, raw in self._client.get_many(list(by_key)).items():
             try:
-                found[by_key[key]] = _EPOCH + int(raw.decode("ascii")) * _MICROSECOND
+                found[by_key[key]] = from_microseconds(int(raw.decode("ascii")))
             except (UnicodeDecodeError, ValueError, OverflowError):
                 raise BackendUnavailable(
                     f"stored revocation of instance {by_key[key]} is unreadable"
@@ -302,7 +307,7 @@ class MemcachedConsoleConnectionRepository:
         are walked in a fixed order, so repeated calls make progress."""
         if limit < 1:
             return 0
-        now_us = _microseconds(now)
+        now_us = to_microseconds(now)
         hosts = (
             [host]
             if host is not None
@@ -344,7 +349,7 @@ class MemcachedConsoleConnectionRepository:
 
     def _reclaim_at(self, expires_at: datetime, now: float) -> int:
         """The unix second after which memcached may drop the item."""
-        remaining = min(max((expires_at - _EPOCH).total_seconds() - now, 0.0), _MAX_REMAINING_S)
+        remaining = min(max((expires_at - EPOCH).total_seconds() - now, 0.0), _MAX_REMAINING_S)
         return math.ceil(now + remaining) + self._retention
 
     def _undo_add(self, token_hash: str, instance_key: str) -> None:
@@ -390,10 +395,6 @@ def _cover(name: str, reclaim_at: int) -> Callable[[list[Entry]], list[Entry]]:
 def _digest(host: str) -> int:
     """128 bits of the host's SHA-256: its keys never depend on its spelling's length."""
     return int.from_bytes(hashlib.sha256(host.encode("utf-8")).digest()[:16], "big")
-
-
-def _microseconds(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _decode(token_hash: str, raw: bytes) -> ConsoleConnection:

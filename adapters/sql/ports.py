@@ -25,9 +25,10 @@ from sqlalchemy import exc as sa_exc
 from console_auth.domain import BackendUnavailable
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import invalid_request
+from console_auth.domain.types import from_microseconds, to_microseconds
 
 from .errors import mapped_errors
-from .repository import from_microseconds, retry_rolled_back, to_microseconds
+from .repository import retry_rolled_back
 from .tables import PORT_LEASES, PORT_RESERVATIONS
 from .transactions import transaction
 

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
@@ -38,9 +38,9 @@ from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
     ConsoleOptions,
-    InvalidRequest,
 )
 from console_auth.domain.model import invalid_request
+from console_auth.domain.types import from_microseconds, to_microseconds
 
 from .driver import Driver, PooledDriver, Prepared
 from .errors import DUPLICATE_HASH, is_retryable, mapped_errors
@@ -52,8 +52,6 @@ from .transactions import transaction
 logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND: Final = timedelta(microseconds=1)
 DELETE_CHUNK: Final = 500
 """Ids per ``IN (...)``: below every dialect's bound-parameter limit."""
 WRITE_ATTEMPTS: Final = 4
@@ -82,18 +80,6 @@ _INSERT: Final = insert(_T).inline().values({c.key: bindparam(c.key) for c in _C
 """``inline()``: no ``RETURNING id`` on PostgreSQL, nobody reads it."""
 _BY_HASH: Final = select(*_COLUMNS).where(_T.c.token_hash == bindparam("token_hash"))
 _BY_INSTANCE: Final = delete(_T).where(_T.c.instance_uuid == bindparam("instance_uuid"))
-
-
-def to_microseconds(moment: datetime) -> int:
-    """Exact integer microseconds since the epoch (no float on the way)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidRequest("time must be timezone-aware")
-    return (moment - EPOCH) // MICROSECOND
-
-
-def from_microseconds(value: int) -> datetime:
-    """Inverse of ``to_microseconds``; covers all of ``datetime``'s years 1-9999."""
-    return EPOCH + timedelta(microseconds=value)
 
 
 class SqlConsoleConnectionRepository:
@@ -281,7 +267,6 @@ def retry_rolled_back(write: Callable[[], _R]) -> _R:
 
 
 def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
-    """Times without ``to_microseconds``' checks: the model holds UTC only."""
     issued_at = connection.issued_at
     return {
         "token_hash": connection.token_hash,
@@ -291,8 +276,8 @@ def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
         "console_type": connection.console_type.value,
         "options": connection.options.model_dump_json(),
         "access_url_base": connection.access_url_base,
-        "expires_at_us": (connection.expires_at - EPOCH) // MICROSECOND,
-        "issued_at_us": None if issued_at is None else (issued_at - EPOCH) // MICROSECOND,
+        "expires_at_us": to_microseconds(connection.expires_at),
+        "issued_at_us": None if issued_at is None else to_microseconds(issued_at),
         "mac": connection.mac,
     }
 

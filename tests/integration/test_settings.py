@@ -208,6 +208,42 @@ def test_the_longest_ttl_is_thirty_days(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CONSOLE_AUTH_TOKEN_TTL", "2592001"),
+        ("CONSOLE_AUTH_TOKEN_TTL", "0"),
+        ("CONSOLE_AUTH_MEMCACHED__EXPIRED_RETENTION", "2592001"),
+        ("CONSOLE_AUTH_MEMCACHED__SERVERS", "cache-1:0"),
+        ("CONSOLE_AUTH_MEMCACHED__SERVERS", "cache-1:65536"),
+        ("CONSOLE_AUTH_PROXY__PROXY_ID", ""),
+        ("CONSOLE_AUTH_PROXY__PROXY_ID", "p" * 256),
+        ("CONSOLE_AUTH_PROXY__PROXY_ID", "proxy\tone"),
+    ],
+)
+def test_a_value_past_a_domain_bound_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(InvalidRequest, match="in the environment") as caught:
+        load_settings()
+
+    assert variable in str(caught.value)
+
+
+def test_the_domain_bounds_themselves_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__SERVERS", "cache-1:1,cache-2:65535")
+    monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__EXPIRED_RETENTION", "2592000")
+    monkeypatch.setenv("CONSOLE_AUTH_PROXY__PROXY_ID", "p" * 255)
+
+    settings = load_settings()
+
+    assert settings.memcached.servers == ("cache-1:1", "cache-2:65535")
+    assert settings.memcached.expired_retention == 2_592_000
+    assert settings.proxy.proxy_id == "p" * 255
+
+
+@pytest.mark.parametrize(
     ("text", "named"),
     [
         ("colour = 1\n", "colour"),

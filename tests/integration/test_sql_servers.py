@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
 from console_auth.adapters.sql.errors import is_retryable
-from console_auth.adapters.sql.repository import oldest_expired, to_microseconds
+from console_auth.adapters.sql.repository import oldest_expired
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService, ServicePolicy
@@ -32,6 +32,7 @@ from console_auth.domain import (
     InvalidTokenReason,
     hash_token,
 )
+from console_auth.domain.types import to_microseconds
 from tests.backends.sql_servers import SERVER_NAMES, database
 from tests.builders import a_connection
 from tests.fakes import T0

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, event, text
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
-from console_auth.adapters.sql.repository import from_microseconds, to_microseconds
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService
 from console_auth.domain import (
@@ -31,6 +30,7 @@ from console_auth.domain import (
     InvalidRequest,
     hash_token,
 )
+from console_auth.domain.types import from_microseconds, to_microseconds
 from tests.builders import a_connection
 from tests.fakes import T0
 
