@@ -42,7 +42,8 @@ from sqlalchemy.exc import ArgumentError
 from console_auth.adapters.cells import read_toml
 from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE
 from console_auth.domain import ConsoleType, InvalidRequest
-from console_auth.domain.types import MAX_PORT, MIN_PORT, ProxyId, TtlSeconds
+from console_auth.domain.hosts import DEFAULT_MEMCACHED_PORT, split_address
+from console_auth.domain.types import ProxyId, TtlSeconds
 
 logger = logging.getLogger(__name__)
 
@@ -171,23 +172,8 @@ def _server_name(text: str) -> str:
     """``host:port`` with the default port filled in, or a ``ValueError``;
     parsed here rather than by the adapter so that checking settings never
     needs the ``memcached`` extra installed."""
-    text = text.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError("an IPv6 server must look like [address]:port")
-        port = rest[1:] or "11211"
-        shown = f"[{host}]"
-    elif text.count(":") > 1:
-        host, port, shown = text, "11211", f"[{text}]"
-    else:
-        host, _, port = text.partition(":")
-        port, shown = port or "11211", host
-    if not host or not host.isascii() or not host.isprintable() or " " in host:
-        raise ValueError("each server must be host:port")
-    if not (port.isascii() and port.isdigit() and MIN_PORT <= int(port) <= MAX_PORT):
-        raise ValueError(f"each server port must be a number from {MIN_PORT} to {MAX_PORT}")
-    return f"{shown}:{int(port)}"
+    host, port = split_address(text, DEFAULT_MEMCACHED_PORT)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def default_proxy_id() -> str:

@@ -52,13 +52,12 @@ from pymemcache.exceptions import (
 )
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
-from console_auth.domain.types import MAX_PORT, MIN_PORT
+from console_auth.domain.hosts import DEFAULT_MEMCACHED_PORT, split_address
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DEFAULT_PORT: Final = 11211
 
 _NOT_DELIVERED: Final = (
     ConnectionRefusedError,
@@ -84,26 +83,10 @@ class Server(NamedTuple):
 
 def parse_server(text: str) -> Server:
     """``host:port``, ``[v6]:port``, or a bare host or IPv6 literal (port 11211)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise InvalidRequest("memcached server must look like [v6 address]:port")
-        port_text = rest[1:] if rest else str(DEFAULT_PORT)
-    elif text.count(":") > 1:  # a bare IPv6 literal
-        host, port_text = text, str(DEFAULT_PORT)
-    else:
-        host, _, port_text = text.partition(":")
-        port_text = port_text or str(DEFAULT_PORT)
-    if not host or any(c.isspace() for c in host) or not host.isprintable():
-        raise InvalidRequest("memcached server needs a host name or address")
-    if not (
-        port_text.isascii() and port_text.isdigit() and MIN_PORT <= int(port_text) <= MAX_PORT
-    ):
-        raise InvalidRequest(
-            f"memcached server port must be a number from {MIN_PORT} to {MAX_PORT}"
-        )
-    return Server(host, int(port_text))
+    try:
+        return Server(*split_address(text, DEFAULT_MEMCACHED_PORT))
+    except ValueError as exc:
+        raise InvalidRequest(f"memcached server: {exc}") from None
 
 
 class _Node:
