@@ -273,9 +273,8 @@ class IssuedConsole:
 
     ``token`` is a ``SecretStr`` so that printing or logging the object shows
     ``**********``; ``access_url`` is computed on access for the same reason.
-    A dataclass, not a model: it is built from a validated connection and
-    never read back from outside, and validating it again cost a tenth of
-    an authorize's own work.
+    A dataclass, not a model: it is built from a validated connection, and
+    validating it again would only cost time.
     """
 
     token: SecretStr

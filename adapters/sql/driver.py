@@ -55,8 +55,8 @@ class Prepared:
 
 
 def _positional(names: Sequence[str] | None) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """The parameters in compiled order; ``itemgetter`` costs a fifth of a
-    generator for the insert's nine, but returns a bare value for one name."""
+    """The parameters in compiled order; ``itemgetter`` is the cheapest way,
+    but returns a bare value for one name."""
     if not names:
         return lambda _params: ()
     if len(names) == 1:
@@ -242,8 +242,8 @@ def _kept_cursor(conn: PoolProxiedConnection) -> DBAPICursor:
     """One cursor per pooled connection, kept in the pool's per-connection
     ``info`` (cleared when the connection is replaced).
 
-    A new psycopg cursor costs about 17 us (its adapters and row loaders are
-    rebuilt), a quarter of a loopback lookup. Safe because a pooled
+    A new psycopg cursor rebuilds its adapters and row loaders
+    (ARCHITECTURE.md, "The hot path is lean"). Safe because a pooled
     connection serves one caller at a time, and the cursors of psycopg and
     PyMySQL hold no server state once a result is read. SQLite's are closed
     instead: an unexhausted one would keep its read snapshot, and an

@@ -42,9 +42,8 @@ Server connections autocommit: a token lookup or insert is one statement,
 and BEGIN/COMMIT or the pool's ROLLBACK on return would double or triple its
 round trips. Units of work spanning statements use
 ``transactions.transaction(engine)``. Instead of SQLAlchemy's pre-ping (one
-more round trip per checkout: about 90 us on a loopback PostgreSQL, half a
-lookup), each checkout polls the connection's socket, which costs no round
-trip: a server that closed the connection (restart, kill, idle timeout) or
+more round trip per checkout), each checkout polls the connection's socket,
+which costs no round trip: a server that closed the connection (restart, kill, idle timeout) or
 sent anything unasked has made it readable, and only then is it pinged and,
 if dead, the pool invalidated and a fresh connection opened. Passing
 ``pool_pre_ping=True`` restores the full ping.
@@ -188,10 +187,10 @@ def _parse(url: str) -> URL:
 
 
 def _sqlite_options(url: URL, requested: dict[str, Any]) -> dict[str, Any]:
-    """A file cannot drop a connection, so no pre-ping round trip (it would
-    add about 60% to a lookup). An in-memory database lives and dies with
-    its connection, so every thread shares one: right for tests and tools,
-    wrong for a concurrent server, which should use a file."""
+    """A file cannot drop a connection, so no pre-ping round trip. An
+    in-memory database lives and dies with its connection, so every thread
+    shares one: right for tests and tools, wrong for a concurrent server,
+    which should use a file."""
     options: dict[str, Any] = {"pool_pre_ping": requested.get("pool_pre_ping", False)}
     if _is_memory(url):
         options["poolclass"] = requested.get("poolclass", StaticPool)

@@ -2,9 +2,8 @@
 used by whichever thread finds it free; the others go through the pool.
 
 Between two round trips the client process sleeps and the server runs,
-often on the same core, so the pool's checkout and return (about 60 Python
-calls) run on cold caches: 15-30 us of CPU per call, a tenth of a
-PostgreSQL insert (``python -m bench --backend postgresql``). A console
+often on the same core, so the pool's checkout and return run on cold
+caches (ARCHITECTURE.md, "The hot path is lean"). A console
 proxy or compute API is mostly one caller at a time per process, and that
 caller keeps one connection here instead. Contended calls fall back to
 the pool, so the engine still serves as many threads as its pool allows

@@ -203,35 +203,18 @@ def expired_condition(now: datetime, host: str | None) -> ColumnElement[bool]:
 
 
 def expired_again(now: datetime) -> ColumnElement[bool]:
-    """The delete's re-check, written so that no index can serve it:
-    ``expires_at_us + 0 <= now``.
-
-    Otherwise SQLite's planner, weighing ``id IN (500 ids)`` against a range
-    on the expiry index, takes the range, and every ``DELETE`` reads every
-    expired row: each batch costs as much as the rows left, and a purge of N
-    rows takes time in N squared (on a million rows, ten times slower than
-    by id). With the expression only the primary key serves the delete, on
-    every dialect. The host is not re-checked: an id reused since the select
-    belongs to a newer row, which this re-check keeps unless it is expired
-    too, and then deleting it is right.
-    """
+    """The delete's re-check, ``expires_at_us + 0 <= now``: no index can
+    serve it, so only the primary key finds the ids (ARCHITECTURE.md,
+    "Purge deletes by id"). The host is not re-checked: an id reused since
+    the select belongs to a newer row, kept unless it is expired too."""
     return (_T.c.expires_at_us + literal_column("0")) <= to_microseconds(now)
 
 
 def oldest_expired(now: datetime, host: str | None, limit: int) -> Select[tuple[int]]:
-    """The ids of one purge batch, read from an index in its order, so a
-    batch costs the same whether 10 or 10,000,000 rows are expired.
-
-    Ordered by expiry alone, the order of ``ix_console_connections_expires_at_us``
-    and of ``(host, expires_at_us)``: every dialect reads the index in order
-    and stops at ``limit``. A tie-break on ``id`` would add nothing (rows are
-    deleted by id, the condition re-checked), and PostgreSQL, whose
-    secondary indexes do not carry the primary key, would sort for it: all
-    expired rows of one expiry (a bulk load, one clock tick) per batch, or,
-    with many equal expiries, a scan and top-N sort of every expired row,
-    per batch. SQLite and InnoDB indexes end with the row id, so there the
-    order is by id within an expiry anyway.
-    """
+    """The ids of one purge batch, ordered by expiry alone (the order of
+    both expiry indexes, so every dialect reads one in order and stops at
+    ``limit``; a tie-break on ``id`` makes PostgreSQL sort: ARCHITECTURE.md,
+    "Purge deletes by id")."""
     return (
         select(_T.c.id)
         .where(expired_condition(now, host))

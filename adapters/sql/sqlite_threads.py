@@ -1,9 +1,9 @@
 """The hot path on a SQLite file: one connection per thread, held, no pool.
 
 SQLite works in-process, so checking a connection out of SQLAlchemy's pool
-and back in (and the reset on return) is a fifth of a token insert and a
-quarter of a lookup, the largest cost left between this library and plain
-``sqlite3`` (``python -m bench``). A file database has no server to run out
+and back in (and the reset on return) is the largest cost left between this
+library and plain ``sqlite3`` (ARCHITECTURE.md, "The hot path is lean"). A
+file database has no server to run out
 of connections and nothing to drop them, so each thread keeps its own
 (``driver.Detached``: pragmas set, no pool slot taken).
 
