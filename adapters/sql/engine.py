@@ -1,4 +1,4 @@
-"""One engine per process, configured so that SQL never leaks a value.
+"""Engines, one per database (a cell each), configured so SQL never leaks a value.
 
 ``hide_parameters=True`` is forced: SQLAlchemy otherwise writes bound values
 (token hashes, hosts) into exception text and echo logs. SQLite gets its
