@@ -33,7 +33,7 @@ from console_auth.adapters.memcached import (
     Server,
     parse_server,
 )
-from console_auth.adapters.memcached.index import expiry
+from console_auth.adapters.memcached.keys import expiry
 from console_auth.adapters.memcached.repository import LIST_SLACK
 from console_auth.adapters.settings import Settings
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
