@@ -212,7 +212,14 @@ def _proxy(container: Container, args: argparse.Namespace) -> dict[str, Any]:
         serial_lease_ttl=container.config.serial_lease_ttl(),
         web_dir=args.web,
     )
-    app = create_app(container.service(), container.ports(), config)
+    service = container.service()
+    ports = None
+    if ConsoleType.SERIAL in config.console_types:  # port leases only for serial consoles
+        try:
+            ports = container.ports()
+        except InvalidRequest as exc:  # memcached: say which setting asked for them
+            raise InvalidRequest(f"proxy.console_types includes serial: {exc}") from None
+    app = create_app(service, ports, config)
     host, port = args.listen
 
     def ready(address: str) -> None:

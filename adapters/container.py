@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dependency_injector import containers, providers
 from sqlalchemy import Engine
@@ -63,12 +63,15 @@ if TYPE_CHECKING:
     from console_auth.adapters.memcached import (
         MemcachedClient,
         MemcachedConsoleConnectionRepository,
-        MemcachedPortLeaseRepository,
-        MemcachedPortReservationRepository,
     )
 
 
 logger = logging.getLogger(__name__)
+
+SERIAL_NEEDS_DATABASE: Final = (
+    'serial consoles need the database backend (console_tokens_backend = "database"): '
+    "memcached may evict a port lease"
+)
 
 
 def _open(url: str) -> Engine:
@@ -226,22 +229,10 @@ def _port_policy(serial_lease_ttl: int, purge_batch_size: int) -> PortPolicy:
     )
 
 
-def _memcached_leases(
-    client: MemcachedClient, key_prefix: str, expired_retention: int
-) -> MemcachedPortLeaseRepository:
-    from console_auth.adapters.memcached import MemcachedPortLeaseRepository
-
-    return MemcachedPortLeaseRepository(
-        client, key_prefix=key_prefix, expired_retention=expired_retention
-    )
-
-
-def _memcached_reservations(
-    client: MemcachedClient, key_prefix: str
-) -> MemcachedPortReservationRepository:
-    from console_auth.adapters.memcached import MemcachedPortReservationRepository
-
-    return MemcachedPortReservationRepository(client, key_prefix=key_prefix)
+def _no_serial_ports() -> NoReturn:
+    """memcached keeps no port leases: an evicted lease would let a second
+    client onto a port (Nova bug 1425640)."""
+    raise InvalidRequest(SERIAL_NEEDS_DATABASE)
 
 
 class Container(containers.DeclarativeContainer):
@@ -326,6 +317,7 @@ class Container(containers.DeclarativeContainer):
     )
     # Serial-port leases live in the primary backend, beside its tokens: with
     # cells, in the compute host's cell, never in the unused ``database.url``.
+    # A memcached primary refuses them, when ``ports`` is asked for.
     database_port_leases = providers.Selector(
         providers.Callable(_database_layout, cells=config.cells),
         single=providers.Singleton(SqlPortLeaseRepository, engine=store_engine),
@@ -343,22 +335,13 @@ class Container(containers.DeclarativeContainer):
     port_leases = providers.Selector(
         config.console_tokens_backend,
         database=database_port_leases,
-        memcached=providers.Singleton(
-            _memcached_leases,
-            client=memcached_client,
-            key_prefix=config.memcached.key_prefix,
-            expired_retention=config.memcached.expired_retention,
-        ),
+        memcached=providers.Callable(_no_serial_ports),
         memory=providers.Singleton(InMemoryPortLeaseRepository),
     )
     port_reservations = providers.Selector(
         config.console_tokens_backend,
         database=database_port_reservations,
-        memcached=providers.Singleton(
-            _memcached_reservations,
-            client=memcached_client,
-            key_prefix=config.memcached.key_prefix,
-        ),
+        memcached=providers.Callable(_no_serial_ports),
         memory=providers.Singleton(InMemoryPortReservationRepository),
     )
     port_policy = providers.Singleton(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import re
 import time
@@ -36,14 +35,13 @@ from console_auth.domain import BackendUnavailable
 from console_auth.domain.tokens import is_token_hash
 
 from .client import MemcachedClient
+from .keys import expiry
 
 logger = logging.getLogger(__name__)
 
 Entry = list[Any]
 WallClock = Callable[[], float]
 
-RELATIVE_EXPIRY_LIMIT: Final = 2_592_000
-"""memcached reads an expiry above 30 days as an absolute unix time."""
 SKEW: Final = 60
 """Seconds of slack for clocks of clients and servers that disagree."""
 CAS_ATTEMPTS: Final = 100
@@ -55,13 +53,6 @@ _EMPTY: Final = b"[]"
 _EMPTY_EXPIRY: Final = 60
 """An emptied index is written, not deleted (``delete`` has no CAS), and
 lingers this long unless a writer fills it again."""
-
-
-def expiry(reclaim_at: int, now: float) -> int:
-    """memcached's ``exptime`` for an item to drop at ``reclaim_at``: relative
-    seconds while they fit under 30 days, the absolute time beyond."""
-    relative = reclaim_at - math.floor(now)
-    return max(relative, 1) if relative <= RELATIVE_EXPIRY_LIMIT else reclaim_at
 
 
 class IndexKind(NamedTuple):

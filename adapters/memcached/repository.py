@@ -1,17 +1,10 @@
 """``ConsoleConnectionRepository`` on memcached: the legacy consoleauth path,
 kept for one deprecation cycle and done better than Nova did it.
 
-Keys (``<prefix>`` is the configured ``key_prefix``)::
-
-    <prefix>:c:<token_hash>             the connection: its versioned primitive as JSON
-    <prefix>:i:<instance_uuid>          instance index  [[hash, reclaim_at, expires_at_us, host]]
-    <prefix>:h:<sha256(host)[:32]>:<n>  host index      [[instance_uuid, reclaim_at], ...]
-    <prefix>:hosts:<n>                  host registry   [[host, reclaim_at], ...]
-    <prefix>:r:<instance_uuid>          revocation      microseconds since the epoch, ASCII
-
-No key and no value ever holds a token: the item is keyed by the token's
-SHA-256, as the SQL row is. Values are ``ConsoleConnection.to_primitive()``,
-so releases of one major version read each other's items during an upgrade.
+Its keys, and the TTL each item gets, are in ``keys.py``. No key and no
+value ever holds a token: the item is keyed by the token's SHA-256, as the
+SQL row is. Values are ``ConsoleConnection.to_primitive()``, so releases of
+one major version read each other's items during an upgrade.
 
 The indexes are CAS-updated lists (see ``index.py``). Revoke reads the
 instance index. Purge reads the registry (every host) or one host's index,
@@ -21,15 +14,13 @@ rewritten whole by every authorize on a busy host and could outgrow
 memcached's 1 MB item limit, while a host has only so many instances. Revoke
 takes its instance out of the host index again, so that lists the instances
 with tokens of the last ``TTL + retention``. Each host's index is split into
-``HOST_BUCKETS`` items by instance uuid (``<n>`` is ``uuid % HOST_BUCKETS``),
-so a write rewrites a sixteenth of it and some 250,000 instances per host fit
-before an item reaches 1 MB (a larger one is refused, as
-``BackendUnavailable``); the registry is split alike by host. Purge reads
-all buckets of a list with one ``get_many`` per server. Host and registry
-entries are written with ``LIST_SLACK`` to spare, so they are rewritten
-about once an hour per instance or host, not by every authorize, which only
-reads them. A host's key is a hash because a host name may be longer than a
-memcached key may be.
+``HOST_BUCKETS`` items by instance uuid, so a write rewrites a sixteenth of
+it and some 250,000 instances per host fit before an item reaches 1 MB (a
+larger one is refused, as ``BackendUnavailable``); the registry is split
+alike by host. Purge reads all buckets of a list with one ``get_many`` per
+server. Host and registry entries are written with ``LIST_SLACK`` to spare,
+so they are rewritten about once an hour per instance or host, not by every
+authorize, which only reads them.
 
 Expiry and retention. memcached drops an item at its TTL, and this
 repository has no clock of the service's: ``add`` computes the TTL from the
@@ -64,11 +55,8 @@ another round trip. memcached's own ``evictions`` statistic covers the rest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import re
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -78,7 +66,6 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from console_auth.application import REVOCATION_RETENTION
 from console_auth.application.service import purge_in_batches
 from console_auth.domain import (
     BackendUnavailable,
@@ -88,32 +75,26 @@ from console_auth.domain import (
 )
 from console_auth.domain import versions as _versions
 from console_auth.domain.types import (
-    EPOCH,
-    MAX_TTL,
-    MAX_TTL_SECONDS,
     from_microseconds,
     to_microseconds,
 )
 
 from .client import MemcachedClient
-from .index import HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry, expiry
+from .index import HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry
+from .keys import (
+    DEFAULT_PREFIX,
+    DEFAULT_RETENTION,
+    REVOCATION_EXPIRY_S,
+    Keys,
+    check_retention,
+    expiry,
+    reclaim_time,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX: Final = "console_auth"
-DEFAULT_RETENTION: Final = 3600
-"""Seconds an expired connection stays readable (and purgeable) by default."""
-KEY_PREFIX_SHAPE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
-"""Keeps every key printable, space-free and under memcached's 250 bytes."""
 LIST_SLACK: Final = 3600
 """Seconds added to host and registry entries beyond what they must cover."""
-HOST_BUCKETS: Final = 16
-"""Items per host index and in the registry; changing it moves their keys
-(purge would miss the old ones until they lapse; items still expire by
-themselves)."""
-
-_MAX_REMAINING_S: Final = MAX_TTL.total_seconds()
-_REVOCATION_EXPIRY_S: Final = int(REVOCATION_RETENTION.total_seconds())
 
 
 def _fast_prefix() -> bytes:
@@ -164,49 +145,40 @@ class MemcachedConsoleConnectionRepository:
         expired_retention: int = DEFAULT_RETENTION,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(key_prefix, str) or KEY_PREFIX_SHAPE.fullmatch(key_prefix) is None:
-            raise InvalidRequest(f"memcached key prefix must match {KEY_PREFIX_SHAPE.pattern}")
-        if type(expired_retention) is not int or not 1 <= expired_retention <= MAX_TTL_SECONDS:
-            raise InvalidRequest(f"expired retention must be 1 to {MAX_TTL_SECONDS} seconds")
+        self._keys = Keys(key_prefix)
+        self._retention = check_retention(expired_retention)
         self._client = client
-        self._prefix = key_prefix
-        self._retention = expired_retention
         self._wall = wall_clock
         self._instances = CasIndex(client, INSTANCE_INDEX, wall_clock)
         self._hosts = CasIndex(client, HOST_INDEX, wall_clock)
         self._registry = CasIndex(client, HOST_REGISTRY, wall_clock)
-        self._connection_key = f"{key_prefix}:c:"
-        self._registry_prefix = f"{key_prefix}:hosts:"
+        self._connection_key = self._keys.connection_prefix
         self.stats = MemcachedStats()
 
     @property
     def key_prefix(self) -> str:
-        return self._prefix
+        return self._keys.prefix
 
     def connection_key(self, token_hash: str) -> str:
-        return self._connection_key + token_hash
+        return self._keys.connection(token_hash)
 
     def instance_key(self, instance_uuid: UUID) -> str:
-        return f"{self._prefix}:i:{instance_uuid}"
+        return self._keys.instance(instance_uuid)
 
     def host_key(self, host: str, instance_uuid: UUID) -> str:
         """The host-index bucket that lists ``instance_uuid`` on ``host``."""
-        return f"{self._host_prefix(host)}{instance_uuid.int % HOST_BUCKETS}"
+        return self._keys.host(host, instance_uuid)
 
     def host_keys(self, host: str) -> list[str]:
         """Every bucket of ``host``'s index."""
-        prefix = self._host_prefix(host)
-        return [f"{prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
-
-    def _host_prefix(self, host: str) -> str:
-        return f"{self._prefix}:h:{_digest(host):032x}:"
+        return self._keys.hosts(host)
 
     def registry_key(self, host: str) -> str:
         """The registry bucket that lists ``host``."""
-        return f"{self._registry_prefix}{_digest(host) % HOST_BUCKETS}"
+        return self._keys.registry(host)
 
     def registry_keys(self) -> list[str]:
-        return [f"{self._registry_prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
+        return self._keys.registries()
 
     def add(self, connection: ConsoleConnection) -> None:
         """The item first, then the indexes: revoke finds a token through the
@@ -214,7 +186,7 @@ class MemcachedConsoleConnectionRepository:
         there. If an index write fails the item is deleted again and the
         error raised, so the caller never gets a token revoke cannot reach."""
         now = self._wall()
-        reclaim_at = self._reclaim_at(connection.expires_at, now)
+        reclaim_at = reclaim_time(connection.expires_at, now, self._retention)
         token_hash = connection.token_hash
         expires_us = to_microseconds(connection.expires_at)
         value = json.dumps(
@@ -244,7 +216,7 @@ class MemcachedConsoleConnectionRepository:
         return None if raw is None else _decode(token_hash, raw)
 
     def revocation_key(self, instance_uuid: UUID) -> str:
-        return f"{self._prefix}:r:{instance_uuid}"
+        return self._keys.revocation(instance_uuid)
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         """Record the revocation first, so a revoke cut short still ends the
@@ -256,7 +228,7 @@ class MemcachedConsoleConnectionRepository:
         self._client.set(
             self.revocation_key(instance_uuid),
             str(to_microseconds(revoked_at)).encode("ascii"),
-            _REVOCATION_EXPIRY_S,
+            REVOCATION_EXPIRY_S,
         )
         existed: dict[str, bool] = {}
         hosts: set[str] = set()
@@ -322,7 +294,7 @@ class MemcachedConsoleConnectionRepository:
         return deleted
 
     def _purge_instance(self, instance: str, host: str, now_us: int, budget: int) -> int:
-        key = f"{self._prefix}:i:{instance}"
+        key = self._keys.instance(instance)
         due = sorted(
             (e for e in self._instances.read(key) if e[3] == host and e[2] <= now_us),
             key=lambda e: (e[2], e[0]),
@@ -346,11 +318,6 @@ class MemcachedConsoleConnectionRepository:
         if self._wall() < reclaim_at - SKEW:
             self.stats.record_eviction(token_hash)
         return False
-
-    def _reclaim_at(self, expires_at: datetime, now: float) -> int:
-        """The unix second after which memcached may drop the item."""
-        remaining = min(max((expires_at - EPOCH).total_seconds() - now, 0.0), _MAX_REMAINING_S)
-        return math.ceil(now + remaining) + self._retention
 
     def _undo_add(self, token_hash: str, instance_key: str) -> None:
         """Best effort: the caller sees the original error either way."""
@@ -390,11 +357,6 @@ def _cover(name: str, reclaim_at: int) -> Callable[[list[Entry]], list[Entry]]:
         return [e for e in entries if e[0] != name] + [[name, reclaim_at + LIST_SLACK]]
 
     return change
-
-
-def _digest(host: str) -> int:
-    """128 bits of the host's SHA-256: its keys never depend on its spelling's length."""
-    return int.from_bytes(hashlib.sha256(host.encode("utf-8")).digest()[:16], "big")
 
 
 def _decode(token_hash: str, raw: bytes) -> ConsoleConnection:

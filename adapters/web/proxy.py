@@ -141,9 +141,12 @@ class ProxyConfig:
 
 
 def create_app(
-    service: ConsoleAuthService, ports: ConsolePortService, config: ProxyConfig
+    service: ConsoleAuthService, ports: ConsolePortService | None, config: ProxyConfig
 ) -> web.Application:
     """The proxy as an aiohttp application; ``start``/``stop`` (or ``serve``) run it.
+
+    ``ports`` may be ``None`` only when ``config.console_types`` leaves out
+    serial consoles, the only kind that takes a port lease.
 
     aiohttp's access log is off whatever the runner says: it would write each
     request target, token and all. Under another runner, live sessions are
@@ -238,8 +241,10 @@ class _Proxy:
     """The application's state: collaborators, the store's threads, live sessions."""
 
     def __init__(
-        self, service: ConsoleAuthService, ports: ConsolePortService, config: ProxyConfig
+        self, service: ConsoleAuthService, ports: ConsolePortService | None, config: ProxyConfig
     ) -> None:
+        if ports is None and ConsoleType.SERIAL in config.console_types:
+            raise InvalidRequest("a proxy that serves serial consoles needs a ConsolePortService")
         self.config = config
         self._service = service
         self._ports = ports
@@ -387,6 +392,7 @@ class _Proxy:
             raise wrong_console_kind(kind)
         if kind is not ConsoleType.SERIAL:
             return connection, None
+        assert self._ports is not None  # __init__: serial consoles come with ports
         return connection, self._ports.connect(
             asked.token, asked.instance_uuid, self.config.proxy_id
         )
@@ -395,6 +401,7 @@ class _Proxy:
         """Renew a serial lease while the session lives; a lost lease ends it."""
         while True:
             await asyncio.sleep(self.config.lease_heartbeat)
+            assert self._ports is not None  # a lease came from them
             try:
                 lease = await self._in_store_thread(self._ports.heartbeat, lease)
             except LeaseLost:
@@ -405,6 +412,7 @@ class _Proxy:
                 )
 
     async def _release(self, lease: PortLease) -> None:
+        assert self._ports is not None  # a lease came from them
         try:
             await self._in_store_thread(self._ports.disconnect, lease)
         except ConsoleAuthError as exc:  # it expires by itself after serial_lease_ttl

@@ -45,8 +45,9 @@ BACKEND_NAMES = [name for name in _MODULES if name != "memory-cells"]
 """``memory-cells`` splits serial ports only: token hashes are unique per
 cell, not across cells, so the token contract is checked in
 ``tests/unit/test_cells.py`` without its one cross-cell check."""
-PORT_BACKEND_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "memcached", "memory-cells"]
-"""Backends whose adapters store serial-port leases (issue 5), so far."""
+PORT_BACKEND_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "memory-cells"]
+"""Backends whose adapters store serial-port leases (issue 5); memcached refuses
+them (``tests/integration/test_memcached.py``)."""
 
 
 def open_backend(name: str, workdir: str) -> Backend:

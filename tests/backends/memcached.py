@@ -31,12 +31,9 @@ from mirakuru import TCPExecutor
 from console_auth.adapters.memcached import (
     MemcachedClient,
     MemcachedConsoleConnectionRepository,
-    MemcachedPortLeaseRepository,
-    MemcachedPortReservationRepository,
     parse_server,
 )
 from console_auth.application import ConsoleConnectionRepository
-from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 
 SERVERS_ENV: Final = "CONSOLE_AUTH_TEST_MEMCACHED"
 REQUIRE_ENV: Final = "CONSOLE_AUTH_TEST_REQUIRE_SERVERS"
@@ -149,19 +146,6 @@ class MemcachedBackend:
     def fresh(self) -> Iterator[ConsoleConnectionRepository]:
         yield MemcachedConsoleConnectionRepository(
             self.client, key_prefix=fresh_prefix(), expired_retention=TEST_RETENTION
-        )
-
-    @contextmanager
-    def fresh_ports(self) -> Iterator[tuple[PortLeaseRepository, PortReservationRepository]]:
-        """Leases and reservations under one new prefix; expired leases are
-        kept for ``TEST_RETENTION``, longer than any test, as the contract
-        keeps them until purged."""
-        prefix = fresh_prefix()
-        yield (
-            MemcachedPortLeaseRepository(
-                self.client, key_prefix=prefix, expired_retention=TEST_RETENTION
-            ),
-            MemcachedPortReservationRepository(self.client, key_prefix=prefix),
         )
 
     def close(self) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from console_auth.adapters.memcached import MemcachedPortLeaseRepository
 from console_auth.adapters.sql import SqlPortLeaseRepository
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 from console_auth.domain import hash_token
@@ -166,7 +165,7 @@ def _after_the_claims_read(
     """Run ``between`` once, in the next ``claim``, right after it reads the
     port and before it writes. The in-memory claim reads and writes under one
     lock, leaving no such window, so there ``between`` runs first."""
-    reads = {SqlPortLeaseRepository: "_current", MemcachedPortLeaseRepository: "_gets"}
+    reads: dict[type[PortLeaseRepository], str] = {SqlPortLeaseRepository: "_current"}
     name = reads.get(type(leases))
     if name is None:
         claim = leases.claim

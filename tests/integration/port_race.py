@@ -1,6 +1,6 @@
 """Two processes of eight threads racing for serial ports through the
 service, round by round: one shared script for every backend that stores
-leases across processes (SQL, memcached).
+leases across processes (SQL).
 
 Each round, every thread presents the round's token at once (exactly one
 must win, every other get ``PortAlreadyConnected``), then every thread

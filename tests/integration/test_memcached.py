@@ -33,7 +33,7 @@ from console_auth.adapters.memcached import (
     Server,
     parse_server,
 )
-from console_auth.adapters.memcached.index import expiry
+from console_auth.adapters.memcached.keys import expiry
 from console_auth.adapters.memcached.repository import LIST_SLACK
 from console_auth.adapters.settings import Settings
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
@@ -662,15 +662,21 @@ def test_switching_from_memcached_to_the_database_breaks_no_live_console(
 # --- the command line -------------------------------------------------------------
 
 
-def test_the_command_line_on_memcached(
-    servers: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def on_memcached(servers: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line's settings: memcached on the test servers, nothing else."""
     for name in list(os.environ):
         if name.startswith("CONSOLE_AUTH_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND", "memcached")
     monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__SERVERS", ",".join(servers))
     monkeypatch.setenv("CONSOLE_AUTH_MEMCACHED__KEY_PREFIX", fresh_prefix())
+
+
+@pytest.mark.usefixtures("on_memcached")
+def test_the_command_line_on_memcached(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     instance = str(uuid.uuid4())
 
     assert cli.main(["--json", "authorize", "--instance", instance, "--host", "compute-1",
@@ -688,3 +694,22 @@ def test_the_command_line_on_memcached(
     error = capsys.readouterr().err
     assert error.startswith("console-auth: error: memcached server 127.0.0.1:1 is unavailable")
     assert token not in error
+
+
+@pytest.mark.usefixtures("on_memcached")
+def test_the_ports_command_on_memcached_is_refused_naming_the_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """memcached may evict a port lease (Nova bug 1425640), so it keeps none;
+    the tokens of the same settings still work."""
+    assert cli.main(["ports"]) == 1
+    assert capsys.readouterr().err == (
+        "console-auth: error: serial consoles need the database backend "
+        '(console_tokens_backend = "database"): memcached may evict a port lease\n'
+    )
+    instance = str(uuid.uuid4())
+    assert cli.main(["--json", "authorize", "--instance", instance, "--host", "compute-1",
+                     "--port", "5900", "--type", "novnc"]) == 0  # fmt: skip
+    token = json.loads(capsys.readouterr().out)["token"]
+    assert cli.main(["--json", "validate", "--instance", instance, "--", token]) == 0
+    assert json.loads(capsys.readouterr().out)["connection"]["instance_uuid"] == instance

@@ -1,7 +1,8 @@
 """The console proxy end to end on loopback: a ``websockets`` client, the
 proxy (in-process on aiohttp's runner, or ``console-auth proxy`` as a
 process), and consoles that are real TCP servers counting who reached them.
-The store is real too: the in-memory adapters, or a SQLite file for the CLI."""
+The store is real too: the in-memory adapters, or a SQLite file or memcached
+for the CLI."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ from console_auth.adapters.web.proxy import ProxyConfig, create_app, start, stop
 from console_auth.adapters.web.relay import RelayLimits
 from console_auth.application import ConsoleAuthService, ConsolePortService, PortPolicy
 from console_auth.application.ports import ConsoleConnectionRepository
-from console_auth.domain import BackendUnavailable, ConsoleType
+from console_auth.domain import BackendUnavailable, ConsoleType, InvalidRequest
+from tests.backends.memcached import fresh_prefix
 from tests.fakes import FakeClock, UnavailableRepository
 from tests.integration.rfb_target import RFB_VERSION, target, unanswered_port
 
@@ -467,14 +469,27 @@ async def test_web_dir_serves_files_beside_the_websocket(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
-async def test_the_console_auth_proxy_command(tmp_path: Path) -> None:
-    """``console-auth proxy`` on a SQLite file: a token from ``authorize``
-    reaches the console; SIGTERM drains, closes, and exits 0; no token logged."""
+@pytest.mark.parametrize("backend", ["database", "memcached"])
+async def test_the_console_auth_proxy_command(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """``console-auth proxy`` on a SQLite file, or on memcached serving every
+    kind but serial: a token from ``authorize`` reaches the console; SIGTERM
+    drains, closes, and exits 0; no token logged."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONSOLE_AUTH_")}
     env |= {
         "CONSOLE_AUTH_DATABASE__URL": f"sqlite:///{tmp_path / 'proxy.sqlite3'}",
         "CONSOLE_AUTH_PROXY__DRAIN_TIMEOUT": "1",
     }
+    if backend == "memcached":  # it keeps no serial port leases
+        env |= {
+            "CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND": "memcached",
+            "CONSOLE_AUTH_MEMCACHED__SERVERS": ",".join(request.getfixturevalue("servers")),
+            "CONSOLE_AUTH_MEMCACHED__KEY_PREFIX": fresh_prefix(),
+            "CONSOLE_AUTH_PROXY__CONSOLE_TYPES": ",".join(
+                kind for kind in ConsoleType if kind is not ConsoleType.SERIAL
+            ),
+        }
     async with target("rfb") as console:
         issue = await asyncio.create_subprocess_exec(
             SCRIPT, "authorize", "--instance", INSTANCE, "--host", "127.0.0.1",
@@ -556,6 +571,31 @@ def test_the_proxy_command_refuses_bad_settings_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("console-auth: error: allowed origins must be http(s)://host[:port]")
     assert len(err.splitlines()) == 1
+
+
+def test_a_proxy_on_memcached_that_serves_serial_consoles_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """memcached may evict a port lease, so it keeps none, and the default
+    ``proxy.console_types`` include serial: the error names both settings."""
+    for name in [name for name in os.environ if name.startswith("CONSOLE_AUTH_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND", "memcached")
+
+    assert cli.main(["proxy", "--listen", "127.0.0.1:0"]) == 1
+    assert capsys.readouterr().err == (
+        "console-auth: error: proxy.console_types includes serial: serial consoles need "
+        'the database backend (console_tokens_backend = "database"): '
+        "memcached may evict a port lease\n"
+    )
+
+
+def test_a_proxy_without_a_port_service_serves_no_serial_consoles() -> None:
+    consoles = Consoles()
+    with pytest.raises(InvalidRequest, match="serves serial consoles needs a ConsolePortService"):
+        create_app(consoles.service, None, CONFIG)
+    novnc_only = replace(CONFIG, console_types=frozenset({ConsoleType.NOVNC}))
+    assert create_app(consoles.service, None, novnc_only) is not None
 
 
 IDLE_SESSIONS = 500
