@@ -3,10 +3,11 @@ raw pymemcache moving the same bytes, in the same run, on the same server.
 
 The raw side is what any memcached token store must do at least: one plain
 pymemcache ``Client.set`` of the library's own item bytes per authorize, one
-``Client.get`` per validate, one ``Client.delete`` per token of a revoked
-instance. The ratio is therefore the cost of everything the library adds:
-token checks and hashing, the connection pool and shard choice, the index
-updates an authorize needs so that revoke and purge can find its token, and
+``Client.get`` per validate, one ``Client.set`` of a revocation record per
+revoked instance and one ``Client.delete`` per token of it. The ratio is
+therefore the cost of everything the library adds: token checks and
+hashing, the connection pool and shard choice, the index updates an
+authorize needs so that revoke and purge can find its token, and
 the validation of what comes back. The issue's target is on validate hits.
 
 Like the SQLite benchmark, each round issues tokens for fresh instances
@@ -158,8 +159,11 @@ class RawSide:
         get = self.client.get
         return sum(1 for key in keys if get(key) is not None)
 
-    def remove(self, keys: Sequence[str]) -> int:
-        delete = self.client.delete
+    def remove(self, keys: Sequence[str], revoked: Sequence[str]) -> int:
+        """One ``set`` per revoked instance's record, as the library writes, then the deletes."""
+        set_, delete = self.client.set, self.client.delete
+        for key in revoked:
+            set_(key, b"1767225600000000", expire=86400)
         return sum(1 for key in keys if delete(key))
 
     def close(self) -> None:
@@ -220,7 +224,7 @@ def _round(
         out[op][side] = (ops, elapsed)
     revokes: list[tuple[str, Callable[[], int]]] = [
         ("library", lambda: library.revoke(instances)),
-        ("raw", lambda: raw.remove(raw_keys)),
+        ("raw", lambda: raw.remove(raw_keys, [f"{raw_prefix}:r:{i}" for i in instances])),
     ]
     for side, call in revokes[::-1] if raw_first else revokes:
         deleted, elapsed = timed(call)

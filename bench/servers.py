@@ -41,7 +41,12 @@ from sqlalchemy.pool import NullPool
 
 from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
 from console_auth.adapters.sql.driver import Prepared
-from console_auth.adapters.sql.repository import _BY_HASH, _BY_INSTANCE, _INSERT
+from console_auth.adapters.sql.repository import (
+    _BY_HASH,
+    _BY_INSTANCE,
+    _INSERT,
+    _record_revocation,
+)
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService
 from console_auth.domain import TOKEN_BYTES
@@ -156,8 +161,14 @@ class FloorSide:
     def __init__(self, url: str, clock: BenchClock) -> None:
         parsed = make_url(url)
         compiler = create_engine(parsed)  # only its dialect: never connects
-        self._insert, self._select, self._delete = (
-            Prepared(compiler, statement) for statement in (_INSERT, _BY_HASH, _BY_INSTANCE)
+        self._insert, self._select, self._delete, self._record = (
+            Prepared(compiler, statement)
+            for statement in (
+                _INSERT,
+                _BY_HASH,
+                _BY_INSTANCE,
+                _record_revocation(compiler.dialect.name),
+            )
         )
         self._clock = clock
         if parsed.get_backend_name() == "postgresql":
@@ -221,9 +232,14 @@ class FloorSide:
         return hits
 
     def revoke(self, instances: Sequence[uuid.UUID]) -> int:
-        cursor, sql, bind = self._cursor, self._delete.sql, self._delete.bind
+        cursor, sql, bind, record = self._cursor, self._delete.sql, self._delete.bind, self._record
         deleted = 0
-        for instance in instances:
+        for instance in instances:  # the library's two statements: the record, then the delete
+            at = {
+                "instance_uuid": str(instance),
+                "revoked_at_us": to_microseconds(self._clock.now()),
+            }
+            cursor.execute(record.sql, record.bind(at))
             cursor.execute(sql, bind({"instance_uuid": str(instance)}))
             deleted += cursor.rowcount
         return deleted

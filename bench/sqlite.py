@@ -69,6 +69,10 @@ _INSERT: Final = (
 )
 
 _DELETE_INSTANCE: Final = f"DELETE FROM {TABLE} WHERE instance_uuid = ?"
+_RECORD_REVOCATION: Final = (
+    "INSERT INTO console_revocations (instance_uuid, revoked_at_us) VALUES (?, ?) "
+    "ON CONFLICT (instance_uuid) DO UPDATE SET revoked_at_us = excluded.revoked_at_us"
+)
 _EXPIRED_IDS: Final = (
     f"SELECT id FROM {TABLE} WHERE expires_at_us <= ? ORDER BY expires_at_us LIMIT ?"
 )
@@ -215,9 +219,12 @@ class FloorSide:
         return hits
 
     def revoke(self, instances: Sequence[UUID]) -> int:
-        conn = self._conn
+        """The library's two statements: the revocation record, then the delete."""
+        conn, now = self._conn, self._clock.now
         deleted = 0
         for instance in instances:
+            conn.execute(_RECORD_REVOCATION, (str(instance), to_microseconds(now())))
+            conn.commit()
             cursor = conn.execute(_DELETE_INSTANCE, (str(instance),))
             conn.commit()
             deleted += cursor.rowcount
