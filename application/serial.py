@@ -102,9 +102,8 @@ class ConsolePortService:
                 expires_at=connection.expires_at,
             )
             if self._leases.claim(hold, now) is None:
-                return connection.model_copy(update={"port": port}), partial(
-                    self._leases.release, hold
-                )
+                release: Callable[[], object] = partial(self._leases.release, hold)
+                return connection.model_copy(update={"port": port}), release
         raise NoFreeConsolePort(
             f"every defined serial port of instance {connection.instance_uuid} on "
             f"{connection.host} is connected or held"
