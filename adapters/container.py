@@ -43,14 +43,13 @@ from console_auth.adapters.sql import (
     guard_schema,
     open_engine,
 )
-from console_auth.adapters.system import SecretsTokenSource, SystemClock
+from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource, SystemClock
 from console_auth.application import (
     CellLocator,
     CellRoutedConsoleConnectionRepository,
     ConsoleAuthService,
     ConsolePortService,
     FallbackConsoleConnectionRepository,
-    PortPolicy,
     ServicePolicy,
 )
 from console_auth.application.cell_ports import (
@@ -213,6 +212,7 @@ def _policy(
     require_token_mac: bool,
     purge_batch_size: int,
     purge_grace: int,
+    serial_lease_ttl: int,
 ) -> ServicePolicy:
     return ServicePolicy(
         default_ttl=timedelta(seconds=token_ttl),
@@ -220,12 +220,7 @@ def _policy(
         require_token_mac=require_token_mac,
         purge_batch_size=purge_batch_size,
         purge_grace=timedelta(seconds=purge_grace),
-    )
-
-
-def _port_policy(serial_lease_ttl: int, purge_batch_size: int) -> PortPolicy:
-    return PortPolicy(
-        lease_ttl=timedelta(seconds=serial_lease_ttl), purge_batch_size=purge_batch_size
+        lease_ttl=timedelta(seconds=serial_lease_ttl),
     )
 
 
@@ -242,6 +237,7 @@ class Container(containers.DeclarativeContainer):
 
     clock = providers.Singleton(SystemClock)
     tokens = providers.Singleton(SecretsTokenSource)
+    lease_ids = providers.Singleton(SecretsLeaseIdSource)
     engine = providers.Resource(_engine, url=config.database.url)
     # What the services use: the same engine, its schema checked on first use.
     store_engine = providers.Resource(
@@ -310,6 +306,7 @@ class Container(containers.DeclarativeContainer):
         require_token_mac=config.require_token_mac,
         purge_batch_size=config.purge_batch_size,
         purge_grace=config.purge_grace,
+        serial_lease_ttl=config.serial_lease_ttl,
     )
     # A factory, so an override of any collaborator shows in the next service.
     service = providers.Factory(
@@ -344,19 +341,12 @@ class Container(containers.DeclarativeContainer):
         memcached=providers.Callable(_no_serial_ports),
         memory=providers.Singleton(InMemoryPortReservationRepository),
     )
-    port_policy = providers.Singleton(
-        _port_policy,
-        serial_lease_ttl=config.serial_lease_ttl,
-        purge_batch_size=config.purge_batch_size,
-    )
     ports = providers.Factory(
         ConsolePortService,
         consoles=service,
         leases=port_leases,
         reservations=port_reservations,
-        clock=clock,
-        tokens=tokens,
-        policy=port_policy,
+        lease_ids=lease_ids,
     )
 
 

@@ -20,3 +20,11 @@ class SecretsTokenSource:
 
     def new_token(self) -> str:
         return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+class SecretsLeaseIdSource:
+    """128 bits from ``secrets``, as 32 hex characters: unguessable, so only
+    the lease's holder renews or releases it."""
+
+    def new_lease_id(self) -> str:
+        return secrets.token_hex(16)

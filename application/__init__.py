@@ -9,11 +9,12 @@ from .ports import (
     CellLocator,
     Clock,
     ConsoleConnectionRepository,
+    LeaseIdSource,
     PortLeaseRepository,
     PortReservationRepository,
     TokenSource,
 )
-from .serial import ConsolePortService, PortPolicy
+from .serial import ConsolePortService
 from .service import (
     DEFAULT_PURGE_GRACE,
     MAX_PURGE_BATCH_SIZE,
@@ -34,8 +35,8 @@ __all__ = [
     "ConsoleConnectionRepository",
     "ConsolePortService",
     "FallbackConsoleConnectionRepository",
+    "LeaseIdSource",
     "PortLeaseRepository",
-    "PortPolicy",
     "PortReservationRepository",
     "ServicePolicy",
     "TokenSource",

@@ -102,6 +102,15 @@ class TokenSource(Protocol):
         ...
 
 
+class LeaseIdSource(Protocol):
+    """Fresh serial-port lease ids, so tests can predict them."""
+
+    def new_lease_id(self) -> str:
+        """16-64 URL-safe characters, never seen before: a port's holder
+        proves with it that the lease is still its own."""
+        ...
+
+
 class PortLeaseRepository(Protocol):
     """Who holds each console port: at most one live lease per (host, port).
 

@@ -9,15 +9,15 @@ client, and the API can say "no port left", across processes and restarts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import partial
 from itertools import islice
-from typing import Any, Final
+from typing import Final, Unpack
 from uuid import UUID
 
 from console_auth.domain import (
-    ConsoleOptions,
+    ConsoleConnection,
     ConsoleType,
     InvalidRequest,
     IssuedConsole,
@@ -32,14 +32,8 @@ from console_auth.domain.leases import LeaseKind, PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
 from console_auth.domain.types import MAX_PORT, MIN_PORT, is_port, parse_proxy_id
 
-from .ports import Clock, PortLeaseRepository, PortReservationRepository, TokenSource
-from .service import (
-    DEFAULT_PURGE_GRACE,
-    ConsoleAuthService,
-    check_purge,
-    clock_now,
-    purge_cutoff,
-)
+from .ports import LeaseIdSource, PortLeaseRepository, PortReservationRepository
+from .service import ConsoleAuthService, IssueOptions, purge_cutoff
 
 logger = logging.getLogger(__name__)
 
@@ -47,58 +41,32 @@ MAX_DEFINED_PORTS: Final = 64
 """Far above any real instance's serial devices, low enough to bound a
 request."""
 
-MAX_LEASE_TTL: Final = timedelta(days=1)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PortPolicy:
-    """How long a proxy's lease lasts without a heartbeat."""
-
-    lease_ttl: timedelta = timedelta(seconds=60)
-    purge_batch_size: int = 1000
-    purge_grace: timedelta = DEFAULT_PURGE_GRACE
-    """Purge deletes only leases that expired more than this long ago: every
-    reader checks a lease's expiry, but a purger whose clock runs ahead would
-    delete a live lease and free its port for a second client."""
-
-    def __post_init__(self) -> None:
-        lease_ttl = self.lease_ttl
-        if not isinstance(lease_ttl, timedelta) or not timedelta(0) < lease_ttl <= MAX_LEASE_TTL:
-            raise InvalidRequest(
-                f"lease ttl must be a timedelta above zero and at most {MAX_LEASE_TTL}"
-            )
-        check_purge(self.purge_batch_size, self.purge_grace)
-
 
 class ConsolePortService:
     """Authorize, connect, heartbeat and disconnect serial consoles, and
-    reserve the host ports their devices listen on."""
+    reserve the host ports their devices listen on.
+
+    Time and policy (``lease_ttl``, the purge knobs) are the token
+    service's, so tokens and leases agree."""
 
     def __init__(
         self,
         consoles: ConsoleAuthService,
         leases: PortLeaseRepository,
         reservations: PortReservationRepository,
-        clock: Clock,
-        tokens: TokenSource,
-        policy: PortPolicy | None = None,
+        lease_ids: LeaseIdSource,
     ) -> None:
         self._consoles = consoles
         self._leases = leases
         self._reservations = reservations
-        self._clock = clock
-        self._tokens = tokens
-        self._policy = policy or PortPolicy()
+        self._lease_ids = lease_ids
 
     def authorize_serial(
         self,
         instance_uuid: UUID | str,
         host: str,
         defined_ports: Sequence[int],
-        *,
-        options: ConsoleOptions | Mapping[str, Any] | None = None,
-        access_url_base: str | None = None,
-        ttl: timedelta | None = None,
+        **issue: Unpack[IssueOptions],
     ) -> IssuedConsole:
         """Issue a serial console on the first defined port that is neither
         connected nor held by a live, unused token.
@@ -107,41 +75,38 @@ class ConsolePortService:
         for the same instance never hand out one port twice.
         """
         ports = _check_ports(defined_ports)
-        issued = self._consoles.prepare(
+        return self._consoles.authorize(
             instance_uuid,
             host,
             ports[0],
             ConsoleType.SERIAL,
-            options=options,
-            access_url_base=access_url_base,
-            ttl=ttl,
+            claim=partial(self._hold_a_free_port, ports),
+            **issue,
         )
-        first = issued.connection
-        now = self._now()
+
+    def _hold_a_free_port(
+        self, ports: list[int], connection: ConsoleConnection
+    ) -> tuple[ConsoleConnection, Callable[[], object]]:
+        """The claim step of ``authorize_serial``: hold the first free port
+        for the token, and say how to let it go."""
+        now = self._consoles.now()
         for port in ports:
             hold = PortLease(
-                host=first.host,
+                host=connection.host,
                 port=port,
-                instance_uuid=first.instance_uuid,
+                instance_uuid=connection.instance_uuid,
                 kind=LeaseKind.HELD,
-                lease_id=self._tokens.new_token(),
-                token_hash=first.token_hash,
+                lease_id=self._lease_ids.new_lease_id(),
+                token_hash=connection.token_hash,
                 since=now,
-                expires_at=first.expires_at,
+                expires_at=connection.expires_at,
             )
-            if self._leases.claim(hold, now) is not None:
-                continue
-            candidate = IssuedConsole(
-                token=issued.token, connection=first.model_copy(update={"port": port})
-            )
-            try:
-                return self._consoles.store(candidate)
-            except BaseException:
-                self._leases.release(hold)
-                raise
+            if self._leases.claim(hold, now) is None:
+                release: Callable[[], object] = partial(self._leases.release, hold)
+                return connection.model_copy(update={"port": port}), release
         raise NoFreeConsolePort(
-            f"every defined serial port of instance {first.instance_uuid} on {first.host} "
-            "is connected or held"
+            f"every defined serial port of instance {connection.instance_uuid} on "
+            f"{connection.host} is connected or held"
         )
 
     def connect(
@@ -158,7 +123,7 @@ class ConsolePortService:
                 "port": connection.port,
                 "instance_uuid": connection.instance_uuid,
                 "kind": LeaseKind.CONNECTED,
-                "lease_id": self._tokens.new_token(),
+                "lease_id": self._lease_ids.new_lease_id(),
                 "token_hash": connection.token_hash,
                 "proxy_id": parse_proxy_id(proxy_id),
                 "since": now,
@@ -199,7 +164,7 @@ class ConsolePortService:
     ) -> list[PortLease]:
         """Live leases (connected ports and held ones), for operators."""
         return self._leases.leases(
-            self._now(),
+            self._consoles.now(),
             host=None if host is None else parse_host(host),
             instance_uuid=None if instance_uuid is None else parse_instance_uuid(instance_uuid),
         )
@@ -214,10 +179,11 @@ class ConsolePortService:
         bounded batches (they already free their ports; this reclaims the
         space)."""
         host = None if host is None else parse_host(host)
-        now = purge_cutoff(self._clock, self._policy.purge_grace)
+        policy = self._consoles.policy
+        now = purge_cutoff(self._consoles.now(), policy.purge_grace)
         if now is None:
             return 0
-        batch, total = self._policy.purge_batch_size, 0
+        batch, total = policy.purge_batch_size, 0
         while (deleted := self._leases.delete_expired(now, host, batch)) == batch:
             total += deleted
         return total + deleted
@@ -242,14 +208,11 @@ class ConsolePortService:
         """Give a reserved port back; ``False`` if it was not reserved."""
         return self._reservations.release(parse_host(host), _check_ports([port])[0])
 
-    def _now(self) -> datetime:
-        return clock_now(self._clock)
-
     def _lease_window(self) -> tuple[datetime, datetime]:
         """Now, and when a lease taken or renewed now expires."""
-        now = self._now()
+        now = self._consoles.now()
         try:
-            return now, now + self._policy.lease_ttl
+            return now, now + self._consoles.policy.lease_ttl
         except OverflowError:
             raise InvalidRequest(
                 "a lease from Clock.now() ends past the supported date range"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypedDict
 from uuid import UUID
 
 from pydantic import SecretStr
@@ -52,6 +52,8 @@ REVOCATION_RETENTION: Final = timedelta(days=1)
 """How long purge keeps a revocation record: a proxy that cannot reach its
 store for longer may miss the revocation of a session it holds."""
 
+MAX_LEASE_TTL: Final = timedelta(days=1)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServicePolicy:
@@ -60,9 +62,13 @@ class ServicePolicy:
     default_ttl: timedelta = timedelta(minutes=10)
     require_instance_uuid: bool = False
     """Refuse URLs without an instance uuid once every issued URL has one."""
+    lease_ttl: timedelta = timedelta(seconds=60)
+    """How long a proxy's serial-port lease lasts without a heartbeat."""
     purge_batch_size: int = 1000
     purge_grace: timedelta = DEFAULT_PURGE_GRACE
-    """Purge deletes only tokens that expired more than this long ago."""
+    """Purge deletes only tokens and port leases that expired more than this
+    long ago: a purger whose clock runs ahead would delete live ones (a
+    deleted live lease frees its port for a second client)."""
     require_token_mac: bool = False
     """Refuse stored connections without a MAC (written before 1.2) too: set
     it once every token issued before the upgrade has expired, so that a
@@ -70,6 +76,11 @@ class ServicePolicy:
 
     def __post_init__(self) -> None:
         parse_ttl(self.default_ttl)
+        lease_ttl = self.lease_ttl
+        if not isinstance(lease_ttl, timedelta) or not timedelta(0) < lease_ttl <= MAX_LEASE_TTL:
+            raise InvalidRequest(
+                f"lease ttl must be a timedelta above zero and at most {MAX_LEASE_TTL}"
+            )
         check_purge(self.purge_batch_size, self.purge_grace)
 
 
@@ -91,14 +102,40 @@ def clock_now(clock: Clock) -> datetime:
     return parse_utc(now, "Clock.now()")
 
 
-def purge_cutoff(clock: Clock, grace: timedelta) -> datetime | None:
-    """What a purge deletes up to: expired more than ``grace`` ago by
-    ``clock``; ``None`` when that is before the earliest datetime (nothing is)."""
-    now = clock_now(clock)
+def purge_cutoff(now: datetime, grace: timedelta) -> datetime | None:
+    """What a purge deletes up to: expired more than ``grace`` before
+    ``now``; ``None`` when that is before the earliest datetime (nothing is)."""
     try:
         return now - grace
     except OverflowError:
         return None
+
+
+class IssueOptions(TypedDict, total=False):
+    """The optional keywords of ``ConsoleAuthService.authorize``, for a
+    caller that passes them through (``ConsolePortService.authorize_serial``)."""
+
+    options: ConsoleOptions | Mapping[str, Any] | None
+    access_url_base: str | None
+    ttl: timedelta | None
+
+
+class IssueStep(Protocol):
+    """Something taken with a console's token hash before the console is
+    stored (a serial port's hold), so that two issuers racing never take
+    the same thing."""
+
+    def __call__(
+        self, connection: ConsoleConnection, /
+    ) -> tuple[ConsoleConnection, Callable[[], object]]:
+        """Take it for ``connection`` (validated, token hash set, not stored
+        yet); return the connection to store (changed as the claim needs,
+        same token hash) and how to give the claim back if storing fails."""
+        ...
+
+
+def _nothing_to_undo() -> None:
+    return None
 
 
 class ConsoleAuthService:
@@ -121,6 +158,11 @@ class ConsoleAuthService:
     def policy(self) -> ServicePolicy:
         return self._policy
 
+    def now(self) -> datetime:
+        """The service's clock, aware UTC: what serial ports time their
+        leases with, so tokens and leases never disagree on the time."""
+        return clock_now(self._clock)
+
     def authorize(
         self,
         instance_uuid: UUID | str,
@@ -131,41 +173,16 @@ class ConsoleAuthService:
         options: ConsoleOptions | Mapping[str, Any] | None = None,
         access_url_base: str | None = None,
         ttl: timedelta | None = None,
+        claim: IssueStep | None = None,
     ) -> IssuedConsole:
-        """Store a new connection and return its token, the only time it is seen."""
-        return self.store(
-            self.prepare(
-                instance_uuid,
-                host,
-                port,
-                console_type,
-                options=options,
-                access_url_base=access_url_base,
-                ttl=ttl,
-            )
-        )
+        """Store a new connection and return its token, the only time it is seen.
 
-    def prepare(
-        self,
-        instance_uuid: UUID | str,
-        host: str,
-        port: int,
-        console_type: ConsoleType | str,
-        *,
-        options: ConsoleOptions | Mapping[str, Any] | None = None,
-        access_url_base: str | None = None,
-        ttl: timedelta | None = None,
-    ) -> IssuedConsole:
-        """A new token and its validated connection, not stored yet: for a
-        caller that must first take something else with the token's hash (a
-        serial port's hold). Pass the result to ``store``."""
-        ttl = self._policy.default_ttl if ttl is None else parse_ttl(ttl)
+        ``claim`` takes something with the token's hash first (a serial
+        port's hold) and may change the connection (its port); it is given
+        back if storing fails, and the MAC covers what is stored.
+        """
+        now, expires_at = self._expiry(ttl)
         token = check_token(self._tokens.new_token())
-        now = clock_now(self._clock)  # in UTC: a TTL is elapsed time, wall time jumps at DST
-        try:
-            expires_at = now + ttl
-        except OverflowError:
-            raise InvalidRequest("ttl puts the expiry past the supported date range") from None
         connection = ConsoleConnection.build(
             instance_uuid=parse_instance_uuid(instance_uuid),
             host=host,
@@ -177,17 +194,13 @@ class ConsoleAuthService:
             expires_at=expires_at,
             issued_at=now,
         )
-        return IssuedConsole(token=SecretStr(token), connection=connection)
-
-    def store(self, issued: IssuedConsole) -> IssuedConsole:
-        """Store a prepared console, with the MAC of what is stored (a caller
-        may have changed the prepared connection, as a serial port's is);
-        from here on its token validates."""
-        token = issued.token.get_secret_value()
-        connection = issued.connection.model_copy(
-            update={"mac": connection_mac(token, issued.connection)}
-        )
-        self._repository.add(connection)
+        connection, undo = (connection, _nothing_to_undo) if claim is None else claim(connection)
+        connection = connection.model_copy(update={"mac": connection_mac(token, connection)})
+        try:
+            self._repository.add(connection)
+        except BaseException:
+            undo()
+            raise
         logger.info(
             "authorized %s console for instance %s on %s:%s (token hash %.8s)",
             connection.console_type,
@@ -196,7 +209,16 @@ class ConsoleAuthService:
             connection.port,
             connection.token_hash,
         )
-        return IssuedConsole(token=issued.token, connection=connection)
+        return IssuedConsole(token=SecretStr(token), connection=connection)
+
+    def _expiry(self, ttl: timedelta | None) -> tuple[datetime, datetime]:
+        """Now, and when a token issued now with ``ttl`` expires."""
+        ttl = self._policy.default_ttl if ttl is None else parse_ttl(ttl)
+        now = self.now()  # in UTC: a TTL is elapsed time, wall time jumps at DST
+        try:
+            return now, now + ttl
+        except OverflowError:
+            raise InvalidRequest("ttl puts the expiry past the supported date range") from None
 
     def validate(
         self, token: str | bytes, instance_uuid: UUID | str | None = None
@@ -216,7 +238,7 @@ class ConsoleAuthService:
             logger.info("refused console token (hash %.8s): unknown", token_hash)
             raise InvalidToken(InvalidTokenReason.UNKNOWN)
         self._check_mac(token, connection)  # first: nothing of a changed row can be trusted
-        if connection.is_expired(clock_now(self._clock)):
+        if connection.is_expired(self.now()):
             logger.info("refused console token (hash %.8s): expired", token_hash)
             raise InvalidToken(InvalidTokenReason.EXPIRED)
         if expected is not None and expected != connection.instance_uuid:
@@ -250,7 +272,7 @@ class ConsoleAuthService:
         record the revocation so that proxies end the sessions they opened
         (``revoked_among``); return how many tokens went."""
         instance_uuid = parse_instance_uuid(instance_uuid)
-        count = self._repository.delete_by_instance(instance_uuid, clock_now(self._clock))
+        count = self._repository.delete_by_instance(instance_uuid, self.now())
         logger.info("revoked %d console tokens of instance %s", count, instance_uuid)
         return count
 
@@ -283,7 +305,7 @@ class ConsoleAuthService:
         names it (see ``ConsoleConnectionRepository.purge_expired``).
         """
         host = None if host is None else parse_host(host)
-        now = purge_cutoff(self._clock, self._policy.purge_grace)
+        now = purge_cutoff(self.now(), self._policy.purge_grace)
         if now is None:
             return 0
         total = self._repository.purge_expired(now, host, self._policy.purge_batch_size)

@@ -45,6 +45,19 @@ class FixedTokenSource:
         return f"{self._prefix}{n:0{TOKEN_LENGTH - len(self._prefix)}d}"
 
 
+class FixedLeaseIdSource:
+    """Predictable, distinct lease ids: ``lease...0001``, ``lease...0002``."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def new_lease_id(self) -> str:
+        with self._lock:
+            n = next(self._counter)
+        return f"lease{n:027d}"
+
+
 class UnavailableRepository:
     """A store that is down: every call raises ``BackendUnavailable``, as an
     adapter maps a refused connection. ``calls`` counts the attempts."""

@@ -35,10 +35,10 @@ from console_auth.adapters.memory import (
     InMemoryPortReservationRepository,
 )
 from console_auth.adapters.settings import load_settings
-from console_auth.adapters.system import SecretsTokenSource
+from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource
 from console_auth.adapters.web.proxy import ProxyConfig, create_app, start, stop
 from console_auth.adapters.web.relay import RelayLimits
-from console_auth.application import ConsoleAuthService, ConsolePortService, PortPolicy
+from console_auth.application import ConsoleAuthService, ConsolePortService, ServicePolicy
 from console_auth.application.ports import ConsoleConnectionRepository
 from console_auth.domain import BackendUnavailable, ConsoleType, InvalidRequest
 from tests.backends.memcached import fresh_prefix
@@ -62,15 +62,17 @@ class Consoles:
     lease_ttl: timedelta = timedelta(seconds=60)
 
     def __post_init__(self) -> None:
-        tokens = SecretsTokenSource()
-        self.service = ConsoleAuthService(self.repository, self.clock, tokens)
+        self.service = ConsoleAuthService(
+            self.repository,
+            self.clock,
+            SecretsTokenSource(),
+            ServicePolicy(lease_ttl=self.lease_ttl),
+        )
         self.ports = ConsolePortService(
             self.service,
             InMemoryPortLeaseRepository(),
             InMemoryPortReservationRepository(),
-            self.clock,
-            tokens,
-            PortPolicy(lease_ttl=self.lease_ttl),
+            SecretsLeaseIdSource(),
         )
 
     def novnc(self, port: int, instance: str = INSTANCE, **options: Any) -> str:

@@ -21,7 +21,7 @@ from console_auth.adapters.sql import (
     SqlPortReservationRepository,
     open_engine,
 )
-from console_auth.adapters.system import SecretsTokenSource, SystemClock
+from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService
 from console_auth.application.serial import ConsolePortService
 from tests.backends.sql_servers import database
@@ -36,8 +36,7 @@ def make_service(url: str) -> ConsolePortService:
         consoles,
         SqlPortLeaseRepository(engine),
         SqlPortReservationRepository(engine),
-        clock,
-        tokens,
+        SecretsLeaseIdSource(),
     )
 
 

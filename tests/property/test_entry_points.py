@@ -34,7 +34,7 @@ from console_auth.domain import (
     versions,
 )
 from tests.chains import assert_chain_holds_no
-from tests.fakes import T0, FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedLeaseIdSource, FixedTokenSource
 from tests.property.strategies import any_base_urls, json_values
 
 INSTANCE: Final = uuid.UUID("1e2d3c4b-5a69-4788-9a0b-1c2d3e4f5a6b")
@@ -111,8 +111,7 @@ class World:
             self.service,
             InMemoryPortLeaseRepository(),
             InMemoryPortReservationRepository(),
-            self.clock,
-            TOKENS,
+            FixedLeaseIdSource(),
         )
         self.novnc = self.service.authorize(
             INSTANCE, "compute-1", 5900, "novnc", access_url_base="https://p.example/vnc.html"

@@ -22,13 +22,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from console_auth.application import ConsoleAuthService
-from console_auth.application.serial import ConsolePortService, PortPolicy
+from console_auth.application import ConsoleAuthService, ServicePolicy
+from console_auth.application.serial import ConsolePortService
 from console_auth.domain import InvalidToken
 from console_auth.domain.errors import LeaseLost, NoFreeConsolePort, PortAlreadyConnected
 from console_auth.domain.leases import LeaseKind, PortLease
 from tests.backends import PortBackend
-from tests.fakes import T0, FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedLeaseIdSource, FixedTokenSource
 
 HOST: Final = "compute-1"
 PORTS: Final = (10000, 10001, 10002)
@@ -61,11 +61,9 @@ class PortsMachine(RuleBasedStateMachine):
         repository = self._resources.enter_context(backend.fresh())
         lease_repo, reservations = self._resources.enter_context(backend.fresh_ports())
         self.clock = FakeClock(T0)
-        tokens = FixedTokenSource()
-        consoles = ConsoleAuthService(repository, self.clock, tokens)
-        self.service = ConsolePortService(
-            consoles, lease_repo, reservations, self.clock, tokens, PortPolicy(lease_ttl=LEASE_TTL)
-        )
+        policy = ServicePolicy(lease_ttl=LEASE_TTL)
+        consoles = ConsoleAuthService(repository, self.clock, FixedTokenSource(), policy)
+        self.service = ConsolePortService(consoles, lease_repo, reservations, FixedLeaseIdSource())
         self.model: dict[int, Held] = {}
 
     def teardown(self) -> None:

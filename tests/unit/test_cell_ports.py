@@ -18,17 +18,17 @@ from console_auth.adapters.memory import (
     InMemoryPortLeaseRepository,
     InMemoryPortReservationRepository,
 )
-from console_auth.application import ConsoleAuthService
+from console_auth.application import ConsoleAuthService, ServicePolicy
 from console_auth.application.cell_ports import (
     CellRoutedPortLeaseRepository,
     CellRoutedPortReservationRepository,
 )
 from console_auth.application.ports import PortLeaseRepository
-from console_auth.application.serial import ConsolePortService, PortPolicy
+from console_auth.application.serial import ConsolePortService
 from console_auth.domain import BackendUnavailable, InvalidRequest, UnknownCell
 from console_auth.domain.leases import PortLease
 from tests.contract.test_port_contract import a_lease
-from tests.fakes import T0, FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedLeaseIdSource, FixedTokenSource
 
 IN_A, IN_B, NOWHERE = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 LATER: Final = T0 + timedelta(minutes=1)
@@ -82,15 +82,14 @@ class DownCell:
 
 
 def port_service(leases: PortLeaseRepository) -> ConsolePortService:
-    clock, tokens = FakeClock(LATER), FixedTokenSource()
-    consoles = ConsoleAuthService(InMemoryConsoleConnectionRepository(), clock, tokens)
+    consoles = ConsoleAuthService(
+        InMemoryConsoleConnectionRepository(),
+        FakeClock(LATER),
+        FixedTokenSource(),
+        ServicePolicy(purge_batch_size=2, purge_grace=timedelta(0)),
+    )
     return ConsolePortService(
-        consoles,
-        leases,
-        InMemoryPortReservationRepository(),
-        clock,
-        tokens,
-        PortPolicy(purge_batch_size=2, purge_grace=timedelta(0)),
+        consoles, leases, InMemoryPortReservationRepository(), FixedLeaseIdSource()
     )
 
 

@@ -18,12 +18,11 @@ from console_auth.application import (
     DEFAULT_PURGE_GRACE,
     ConsoleAuthService,
     ConsolePortService,
-    PortPolicy,
     ServicePolicy,
 )
 from console_auth.domain import InvalidRequest, InvalidToken, InvalidTokenReason
 from console_auth.domain.errors import PortAlreadyConnected
-from tests.fakes import T0, FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedLeaseIdSource, FixedTokenSource
 
 INSTANCE = uuid.UUID("0d9e8f7a-6b5c-4d3e-8f1a-2b3c4d5e6f70")
 US = timedelta(microseconds=1)
@@ -31,7 +30,6 @@ US = timedelta(microseconds=1)
 
 def test_the_default_grace_is_a_few_minutes() -> None:
     assert ServicePolicy().purge_grace == DEFAULT_PURGE_GRACE == timedelta(minutes=5)
-    assert PortPolicy().purge_grace == DEFAULT_PURGE_GRACE
 
 
 def test_a_purger_whose_clock_runs_30_s_ahead_deletes_no_live_token() -> None:
@@ -98,24 +96,23 @@ def test_a_clock_at_the_start_of_time_purges_nothing() -> None:
 def test_a_bad_grace_is_refused(grace: object) -> None:
     with pytest.raises(InvalidRequest, match="purge grace"):
         ServicePolicy(purge_grace=grace)  # type: ignore[arg-type]
-    with pytest.raises(InvalidRequest, match="purge grace"):
-        PortPolicy(purge_grace=grace)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("grace", [timedelta(0), US, timedelta(days=1)])
 def test_the_edges_of_the_grace_are_accepted(grace: timedelta) -> None:
     assert ServicePolicy(purge_grace=grace).purge_grace == grace
-    assert PortPolicy(purge_grace=grace).purge_grace == grace
 
 
 def test_a_lease_purger_whose_clock_runs_ahead_frees_no_live_port() -> None:
     """A deleted live lease is a free port: a second client would get it."""
     leases, reservations = InMemoryPortLeaseRepository(), InMemoryPortReservationRepository()
     clock, ahead, tokens = FakeClock(T0), FakeClock(T0 + timedelta(seconds=30)), FixedTokenSource()
-    consoles = ConsoleAuthService(InMemoryConsoleConnectionRepository(), clock, tokens)
-    policy = PortPolicy(lease_ttl=timedelta(seconds=20))
-    ports = ConsolePortService(consoles, leases, reservations, clock, tokens, policy)
-    purger = ConsolePortService(consoles, leases, reservations, ahead, tokens, policy)
+    repository, lease_ids = InMemoryConsoleConnectionRepository(), FixedLeaseIdSource()
+    policy = ServicePolicy(lease_ttl=timedelta(seconds=20))
+    consoles = ConsoleAuthService(repository, clock, tokens, policy)
+    ports = ConsolePortService(consoles, leases, reservations, lease_ids)
+    ahead_consoles = ConsoleAuthService(repository, ahead, tokens, policy)
+    purger = ConsolePortService(ahead_consoles, leases, reservations, lease_ids)
     token = ports.authorize_serial(INSTANCE, "compute-1", [10000]).token.get_secret_value()
     lease = ports.connect(token, INSTANCE, "proxy-a")
     assert purger.purge_expired() == 0  # the lease has 20 s left; the purger thinks -10 s

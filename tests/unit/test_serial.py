@@ -13,9 +13,9 @@ from console_auth.adapters.memory import (
     InMemoryPortLeaseRepository,
     InMemoryPortReservationRepository,
 )
-from console_auth.application import DEFAULT_PURGE_GRACE, ConsoleAuthService
-from console_auth.application.serial import ConsolePortService, PortPolicy
-from console_auth.domain import ConsoleType, InvalidRequest, InvalidToken
+from console_auth.application import DEFAULT_PURGE_GRACE, ConsoleAuthService, ServicePolicy
+from console_auth.application.serial import ConsolePortService
+from console_auth.domain import BackendUnavailable, ConsoleType, InvalidRequest, InvalidToken
 from console_auth.domain.errors import (
     LeaseLost,
     NoFreeConsolePort,
@@ -23,22 +23,25 @@ from console_auth.domain.errors import (
     PortRangeExhausted,
 )
 from console_auth.domain.leases import LeaseKind
-from tests.fakes import T0, FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedLeaseIdSource, FixedTokenSource, UnavailableRepository
 
 INSTANCE = uuid.UUID("6f1b2a0e-1c1d-4d6e-9a1f-0123456789ab")
 PORTS = [10000, 10001, 10002]
 
 
 def make() -> tuple[ConsolePortService, ConsoleAuthService, FakeClock]:
-    clock, tokens = FakeClock(), FixedTokenSource()
-    consoles = ConsoleAuthService(InMemoryConsoleConnectionRepository(), clock, tokens)
+    clock = FakeClock()
+    consoles = ConsoleAuthService(
+        InMemoryConsoleConnectionRepository(),
+        clock,
+        FixedTokenSource(),
+        ServicePolicy(lease_ttl=timedelta(seconds=30)),
+    )
     ports = ConsolePortService(
         consoles,
         InMemoryPortLeaseRepository(),
         InMemoryPortReservationRepository(),
-        clock,
-        tokens,
-        PortPolicy(lease_ttl=timedelta(seconds=30)),
+        FixedLeaseIdSource(),
     )
     return ports, consoles, clock
 
@@ -64,6 +67,47 @@ def test_a_refused_serial_authorize_stores_no_token() -> None:
     with pytest.raises(NoFreeConsolePort):
         ports.authorize_serial(INSTANCE, "compute-1", [10000])
     assert consoles.revoke_instance(INSTANCE) == 1
+
+
+def test_a_failed_store_releases_the_hold() -> None:
+    """A port held for a token that was never stored would stay taken
+    until the hold expires."""
+    clock, leases = FakeClock(), InMemoryPortLeaseRepository()
+    down = ConsoleAuthService(UnavailableRepository(), clock, FixedTokenSource())
+    up = ConsoleAuthService(InMemoryConsoleConnectionRepository(), clock, FixedTokenSource())
+    reservations = InMemoryPortReservationRepository()
+    failing = ConsolePortService(down, leases, reservations, FixedLeaseIdSource())
+    with pytest.raises(BackendUnavailable):
+        failing.authorize_serial(INSTANCE, "compute-1", [10000])
+    assert failing.leases() == []
+    working = ConsolePortService(up, leases, reservations, FixedLeaseIdSource())
+    assert working.authorize_serial(INSTANCE, "compute-1", [10000]).connection.port == 10000
+
+
+def test_lease_ids_come_from_the_given_source() -> None:
+    ports, _, _ = make()
+    issued = ports.authorize_serial(INSTANCE, "compute-1", [10000])
+    assert [x.lease_id for x in ports.leases()] == [f"lease{1:027d}"]
+    lease = ports.connect(issued.token.get_secret_value(), INSTANCE, "proxy-a")
+    assert lease.lease_id == f"lease{2:027d}"
+
+
+def test_authorize_serial_passes_the_issue_options_through() -> None:
+    ports, consoles, clock = make()
+    issued = ports.authorize_serial(
+        INSTANCE,
+        "compute-1",
+        PORTS,
+        options={"mode": "connect"},
+        access_url_base="https://proxy.example/serial",
+        ttl=timedelta(seconds=5),
+    )
+    stored = consoles.validate(issued.token.get_secret_value(), INSTANCE)
+    assert stored == issued.connection
+    assert stored.access_url_base == "https://proxy.example/serial"
+    assert stored.expires_at == clock.now() + timedelta(seconds=5)
+    with pytest.raises(TypeError):
+        ports.authorize_serial(INSTANCE, "compute-1", PORTS, None)  # type: ignore[call-arg]
 
 
 def test_connect_converts_the_hold_and_a_second_client_is_refused() -> None:
@@ -246,4 +290,4 @@ def test_a_naive_clock_is_refused_by_every_port_call() -> None:
 )
 def test_bad_port_policies_are_refused(policy: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
-        PortPolicy(**policy)  # type: ignore[arg-type]
+        ServicePolicy(**policy)  # type: ignore[arg-type]

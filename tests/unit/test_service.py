@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from console_auth.application import (
     ConsoleAuthService,
     ServicePolicy,
 )
+from console_auth.application.service import IssueOptions
 from console_auth.domain import (
+    BackendUnavailable,
     ConsoleConnection,
     ConsoleType,
     InstanceMismatch,
@@ -26,9 +29,11 @@ from console_auth.domain import (
     hash_token,
 )
 from tests.chains import assert_chain_holds_no
-from tests.fakes import T0, FakeClock, FixedTokenSource
+from tests.fakes import T0, FakeClock, FixedTokenSource, UnavailableRepository
 
 INSTANCE = uuid.UUID("6f1b2a0e-1c1d-4d6e-9a1f-0123456789ab")
+
+Claimed = tuple[ConsoleConnection, Callable[[], object]]
 
 
 def make(**policy: object) -> tuple[ConsoleAuthService, FakeClock]:
@@ -53,6 +58,57 @@ def test_authorize_stores_only_the_hash_and_returns_the_token_once() -> None:
     assert issued.connection.expires_at == T0 + timedelta(seconds=30)
     assert issued.connection.issued_at == T0
     assert issued.access_url is None
+
+
+def test_a_claim_may_change_the_connection_and_the_mac_covers_what_is_stored() -> None:
+    service, _ = make(require_token_mac=True)
+    seen: list[ConsoleConnection] = []
+
+    def take_port_5901(
+        connection: ConsoleConnection,
+    ) -> Claimed:
+        seen.append(connection)
+        return connection.model_copy(update={"port": 5901}), lambda: None
+
+    issued = service.authorize(INSTANCE, "compute-1", 5900, "serial", claim=take_port_5901)
+    assert seen[0].port == 5900
+    assert seen[0].mac is None  # prepared, not stored yet
+    assert seen[0].token_hash == issued.connection.token_hash
+    assert service.validate(issued.token.get_secret_value()) == issued.connection
+    assert issued.connection.port == 5901
+
+
+def test_a_claim_that_raises_leaves_nothing_stored() -> None:
+    service, _ = make()
+
+    def refuse(connection: ConsoleConnection) -> Claimed:
+        raise InvalidRequest("nothing to claim")
+
+    with pytest.raises(InvalidRequest, match="nothing to claim"):
+        service.authorize(INSTANCE, "compute-1", 5900, "serial", claim=refuse)
+    with pytest.raises(InvalidToken) as unknown:
+        service.validate(FixedTokenSource().new_token())  # the token it had minted
+    assert unknown.value.reason is InvalidTokenReason.UNKNOWN
+    assert service.revoke_instance(INSTANCE) == 0
+
+
+def test_a_store_that_fails_gives_the_claim_back() -> None:
+    service = ConsoleAuthService(UnavailableRepository(), FakeClock(), FixedTokenSource())
+    undone: list[ConsoleConnection] = []
+
+    def claim(connection: ConsoleConnection) -> Claimed:
+        return connection, lambda: undone.append(connection)
+
+    with pytest.raises(BackendUnavailable):
+        service.authorize(INSTANCE, "compute-1", 5900, "serial", claim=claim)
+    assert len(undone) == 1
+
+
+def test_the_issue_options_are_the_keywords_of_authorize() -> None:
+    """``authorize_serial`` passes them through: one list, checked here."""
+    keywords = inspect.signature(ConsoleAuthService.authorize).parameters.values()
+    named = {p.name for p in keywords if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(IssueOptions.__annotations__) == named - {"claim"}
 
 
 def test_default_ttl_comes_from_the_policy() -> None:
