@@ -260,8 +260,8 @@ def _db(container: Container, args: argparse.Namespace) -> dict[str, Any]:
         return _db_cells(container, args, cells)
     if args.cell is not None:
         raise InvalidRequest("--cell needs cells in the settings; none are configured")
-    # The container's bare engines: no schema check, so `db` can fix a schema.
-    return {"revision": _migrate(container.engine(), args)}
+    # No schema check on these engines, so `db` can fix a schema.
+    return {"revision": _migrate(container.migration_engines()[""], args)}
 
 
 def _db_cells(
@@ -271,7 +271,7 @@ def _db_cells(
     that fails; running the command again skips the cells already done."""
     if args.cell is not None and args.cell not in cells:
         raise InvalidRequest(f"no cell is named {args.cell!r}; cells: {', '.join(cells)}")
-    engines = container.cell_engines()
+    engines = container.migration_engines()
     revisions: dict[str, str | None] = {}
     for name in cells if args.cell is None else [args.cell]:
         try:

@@ -3,9 +3,12 @@
 Replaces bootstrap code. Providers are lazy, and an engine connects on its
 first statement, so nothing connects until a service is first used: the
 ``memory`` backend never opens an engine, nor does ``memcached`` unless the
-database is its ``fallback``. The engines a service uses check the schema on
-their first connection (``guard_schema``); ``engine`` and ``cell_engines``
-themselves do not, for ``console-auth db``. The memcached adapter
+database is its ``fallback``. One provider per backend (``database``,
+``memcached``, ``memory``) gives that backend's ``Store``; ``store`` picks
+the configured one, and ``repository`` pairs it with the ``fallback``
+store while switching. The engines a service uses check the schema on
+their first connection (``guard_schema``); ``migration_engines`` do not,
+for ``console-auth db``. The memcached adapter
 is imported only when chosen, so deployments without the ``memcached`` extra
 (pymemcache) run the others.
 Tests swap one provider with ``container.repository.override(...)`` used as a
@@ -15,11 +18,12 @@ context manager.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Any, Final
 
 from dependency_injector import containers, providers
 from sqlalchemy import Engine
@@ -45,9 +49,9 @@ from console_auth.adapters.sql import (
 )
 from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource, SystemClock
 from console_auth.application import (
-    CellLocator,
     CellRoutedConsoleConnectionRepository,
     ConsoleAuthService,
+    ConsoleConnectionRepository,
     ConsolePortService,
     FallbackConsoleConnectionRepository,
     ServicePolicy,
@@ -56,14 +60,12 @@ from console_auth.application.cell_ports import (
     CellRoutedPortLeaseRepository,
     CellRoutedPortReservationRepository,
 )
+from console_auth.application.ports import (
+    LeaseIdSource,
+    PortLeaseRepository,
+    PortReservationRepository,
+)
 from console_auth.domain import BackendUnavailable, InvalidRequest
-
-if TYPE_CHECKING:
-    from console_auth.adapters.memcached import (
-        MemcachedClient,
-        MemcachedConsoleConnectionRepository,
-    )
-
 
 logger = logging.getLogger(__name__)
 
@@ -87,84 +89,87 @@ def _open(url: str) -> Engine:
     return engine
 
 
-def _engine(url: str) -> Iterator[Engine]:
-    """One pooled engine per container, disposed by ``shutdown_resources()``."""
-    engine = _open(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+@dataclass(frozen=True)
+class Store:
+    """One backend's adapters: its tokens and, where it keeps them, its
+    serial-port leases and reservations (``None``: it refuses serial ports)."""
+
+    tokens: ConsoleConnectionRepository
+    leases: PortLeaseRepository | None = None
+    reservations: PortReservationRepository | None = None
 
 
-def _cell_engines(cells: Mapping[str, Mapping[str, Any]]) -> Iterator[dict[str, Engine]]:
-    """One pooled engine per cell, opened together and disposed together by
-    ``shutdown_resources()``; a cell that fails to open disposes the rest."""
+def _database_store(
+    url: str,
+    auto_migrate: bool | None,
+    cells: Mapping[str, Mapping[str, Any]],
+    cell_map_file: Path | None,
+    search_timeout: float,
+) -> Iterator[Store]:
+    """The ``database`` backend: one database, or one per cell routed by the
+    cell map (serial-port leases in the compute host's cell, never in the
+    unused ``database.url``). Each engine checks its schema on first
+    connection; all are disposed by ``shutdown_resources()``."""
     with ExitStack() as stack:
-        engines: dict[str, Engine] = {}
-        for name, cell in cells.items():
-            try:
-                engine = _open(cell["database"]["url"])
-            except (BackendUnavailable, InvalidRequest) as exc:  # say which cell
-                raise type(exc)(f"cell {name}: {exc}") from (exc.__cause__ or exc)
-            stack.callback(engine.dispose)
-            engines[name] = engine
-        yield engines
+        if not cells:
+            engine = _opened(stack, url)
+            guard_schema(engine, auto_migrate=auto_migrate)
+            yield Store(
+                SqlConsoleConnectionRepository(engine),
+                SqlPortLeaseRepository(engine),
+                SqlPortReservationRepository(engine),
+            )
+            return
+        engines = {
+            name: _opened(stack, cell["database"]["url"], name) for name, cell in cells.items()
+        }
+        for name, engine in engines.items():
+            guard_schema(engine, auto_migrate=cells[name]["database"]["auto_migrate"])
+        if cell_map_file is None:
+            raise InvalidRequest("cells need cell_map_file")
+        locator = FileCellLocator(cell_map_file, list(cells))
+        tokens = CellRoutedConsoleConnectionRepository(
+            {name: SqlConsoleConnectionRepository(engine) for name, engine in engines.items()},
+            locator,
+            search_timeout=search_timeout,
+        )
+        stack.callback(tokens.close)
+        yield Store(
+            tokens,
+            CellRoutedPortLeaseRepository(
+                {name: SqlPortLeaseRepository(engine) for name, engine in engines.items()},
+                locator,
+            ),
+            CellRoutedPortReservationRepository(
+                {name: SqlPortReservationRepository(engine) for name, engine in engines.items()},
+                locator,
+            ),
+        )
 
 
-def _guarded(engine: Engine, auto_migrate: bool | None) -> Iterator[Engine]:
-    """``engine``, checking (or creating) its schema when it first connects;
-    a resource so that ``shutdown_resources()`` forgets it with the engine."""
-    guard_schema(engine, auto_migrate=auto_migrate)
-    yield engine
-
-
-def _guarded_cells(
-    engines: Mapping[str, Engine], cells: Mapping[str, Mapping[str, Any]]
-) -> Iterator[dict[str, Engine]]:
-    for name, engine in engines.items():
-        guard_schema(engine, auto_migrate=cells[name]["database"]["auto_migrate"])
-    yield dict(engines)
-
-
-def _cell_repository(
-    engines: Mapping[str, Engine], locator: CellLocator, search_timeout: float
-) -> Iterator[CellRoutedConsoleConnectionRepository]:
-    """Tokens routed over the cells' databases; its search threads stop on
-    ``shutdown_resources()``."""
-    repository = CellRoutedConsoleConnectionRepository(
-        {name: SqlConsoleConnectionRepository(engine) for name, engine in engines.items()},
-        locator,
-        search_timeout=search_timeout,
-    )
+def _opened(stack: ExitStack, url: str, cell: str = "") -> Engine:
+    """An engine disposed with ``stack``; an error names the cell, if any."""
     try:
-        yield repository
-    finally:
-        repository.close()
+        engine = _open(url)
+    except (BackendUnavailable, InvalidRequest) as exc:
+        if not cell:
+            raise
+        raise type(exc)(f"cell {cell}: {exc}") from (exc.__cause__ or exc)
+    stack.callback(engine.dispose)
+    return engine
 
 
-def _cell_port_leases(
-    engines: Mapping[str, Engine], locator: CellLocator
-) -> CellRoutedPortLeaseRepository:
-    """Serial-port leases routed over the cells' databases, by compute host."""
-    return CellRoutedPortLeaseRepository(
-        {name: SqlPortLeaseRepository(engine) for name, engine in engines.items()}, locator
-    )
+def _migration_engines(
+    url: str, cells: Mapping[str, Mapping[str, Any]]
+) -> Iterator[dict[str, Engine]]:
+    """The databases ``console-auth db`` migrates, by cell (``""``: the one
+    database), with no schema check, so that it can fix a schema."""
+    urls = {name: cell["database"]["url"] for name, cell in cells.items()} if cells else {"": url}
+    with ExitStack() as stack:
+        yield {name: _opened(stack, cell_url, name) for name, cell_url in urls.items()}
 
 
-def _cell_port_reservations(
-    engines: Mapping[str, Engine], locator: CellLocator
-) -> CellRoutedPortReservationRepository:
-    return CellRoutedPortReservationRepository(
-        {name: SqlPortReservationRepository(engine) for name, engine in engines.items()}, locator
-    )
-
-
-def _database_layout(cells: Mapping[str, Any]) -> str:
-    """``cells`` when the settings split the database backend, else ``single``."""
-    return "cells" if cells else "single"
-
-
-def _memcached_client(
+def _memcached_store(
     servers: list[str],
     connect_timeout: float,
     timeout: float,
@@ -172,11 +177,17 @@ def _memcached_client(
     retry_attempts: int,
     retry_timeout: float,
     dead_timeout: float,
-) -> Iterator[MemcachedClient]:
-    """One client (a connection pool per server) per container, closed by
-    ``shutdown_resources()``; it connects on its first command."""
+    key_prefix: str,
+    expired_retention: int,
+) -> Iterator[Store]:
+    """The ``memcached`` backend: tokens only, on one client (a connection
+    pool per server) that connects on its first command and is closed by
+    ``shutdown_resources()``."""
     try:
-        from console_auth.adapters.memcached import MemcachedClient
+        from console_auth.adapters.memcached import (
+            MemcachedClient,
+            MemcachedConsoleConnectionRepository,
+        )
     except ImportError as exc:
         raise InvalidRequest(
             "the memcached backend needs pymemcache: install console-auth[memcached]"
@@ -191,19 +202,31 @@ def _memcached_client(
         dead_timeout=dead_timeout,
     )
     try:
-        yield client
+        yield Store(
+            MemcachedConsoleConnectionRepository(
+                client, key_prefix=key_prefix, expired_retention=expired_retention
+            )
+        )
     finally:
         client.close()
 
 
-def _memcached_repository(
-    client: MemcachedClient, key_prefix: str, expired_retention: int
-) -> MemcachedConsoleConnectionRepository:
-    from console_auth.adapters.memcached import MemcachedConsoleConnectionRepository
-
-    return MemcachedConsoleConnectionRepository(
-        client, key_prefix=key_prefix, expired_retention=expired_retention
+def _memory_store() -> Store:
+    return Store(
+        InMemoryConsoleConnectionRepository(),
+        InMemoryPortLeaseRepository(),
+        InMemoryPortReservationRepository(),
     )
+
+
+def _tokens(
+    primary: Store, fallback: str, stores: Mapping[str, Callable[[], Store]]
+) -> ConsoleConnectionRepository:
+    """The primary's tokens, paired with the ``fallback`` backend's while
+    switching (that store is opened only then)."""
+    if fallback == "none":
+        return primary.tokens
+    return FallbackConsoleConnectionRepository(primary.tokens, stores[fallback]().tokens)
 
 
 def _policy(
@@ -224,10 +247,15 @@ def _policy(
     )
 
 
-def _no_serial_ports() -> NoReturn:
-    """memcached keeps no port leases: an evicted lease would let a second
-    client onto a port (Nova bug 1425640)."""
-    raise InvalidRequest(SERIAL_NEEDS_DATABASE)
+def _ports(
+    consoles: ConsoleAuthService, store: Store, lease_ids: LeaseIdSource
+) -> ConsolePortService:
+    """Serial ports beside the primary backend's tokens. memcached keeps no
+    port leases: an evicted one would let a second client onto a port (Nova
+    bug 1425640)."""
+    if store.leases is None or store.reservations is None:
+        raise InvalidRequest(SERIAL_NEEDS_DATABASE)
+    return ConsolePortService(consoles, store.leases, store.reservations, lease_ids)
 
 
 class Container(containers.DeclarativeContainer):
@@ -238,13 +266,17 @@ class Container(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
     tokens = providers.Singleton(SecretsTokenSource)
     lease_ids = providers.Singleton(SecretsLeaseIdSource)
-    engine = providers.Resource(_engine, url=config.database.url)
-    # What the services use: the same engine, its schema checked on first use.
-    store_engine = providers.Resource(
-        _guarded, engine=engine, auto_migrate=config.database.auto_migrate
+    # One provider per backend, each returning that backend's ``Store``.
+    database = providers.Resource(
+        _database_store,
+        url=config.database.url,
+        auto_migrate=config.database.auto_migrate,
+        cells=config.cells,
+        cell_map_file=config.cell_map_file,
+        search_timeout=config.cell_search_timeout,
     )
-    memcached_client = providers.Resource(
-        _memcached_client,
+    memcached = providers.Resource(
+        _memcached_store,
         servers=config.memcached.servers,
         connect_timeout=config.memcached.connect_timeout,
         timeout=config.memcached.timeout,
@@ -252,52 +284,19 @@ class Container(containers.DeclarativeContainer):
         retry_attempts=config.memcached.retry_attempts,
         retry_timeout=config.memcached.retry_timeout,
         dead_timeout=config.memcached.dead_timeout,
-    )
-    # With ``cells`` configured, the database backend is one database per cell.
-    cell_engines = providers.Resource(_cell_engines, cells=config.cells)
-    cell_store_engines = providers.Resource(
-        _guarded_cells, engines=cell_engines, cells=config.cells
-    )
-    cell_locator = providers.Singleton(
-        FileCellLocator, path=config.cell_map_file, cells=config.cells.as_(list)
-    )
-    cell_repository = providers.Resource(
-        _cell_repository,
-        engines=cell_store_engines,
-        locator=cell_locator,
-        search_timeout=config.cell_search_timeout,
-    )
-    database_repository = providers.Selector(
-        providers.Callable(_database_layout, cells=config.cells),
-        single=providers.Singleton(SqlConsoleConnectionRepository, engine=store_engine),
-        cells=cell_repository,
-    )
-    memcached_repository = providers.Singleton(
-        _memcached_repository,
-        client=memcached_client,
         key_prefix=config.memcached.key_prefix,
         expired_retention=config.memcached.expired_retention,
     )
-    primary_repository = providers.Selector(
-        config.console_tokens_backend,
-        database=database_repository,
-        memcached=memcached_repository,
-        memory=providers.Singleton(InMemoryConsoleConnectionRepository),
+    memory = providers.Singleton(_memory_store)
+    store = providers.Selector(
+        config.console_tokens_backend, database=database, memcached=memcached, memory=memory
     )
     # ``fallback`` other than "none" only while switching backends.
-    repository = providers.Selector(
-        config.fallback,
-        none=primary_repository,
-        database=providers.Singleton(
-            FallbackConsoleConnectionRepository,
-            primary=primary_repository,
-            secondary=database_repository,
-        ),
-        memcached=providers.Singleton(
-            FallbackConsoleConnectionRepository,
-            primary=primary_repository,
-            secondary=memcached_repository,
-        ),
+    repository = providers.Singleton(
+        _tokens,
+        primary=store,
+        fallback=config.fallback,
+        stores=providers.Dict(database=database.provider, memcached=memcached.provider),
     )
     policy = providers.Singleton(
         _policy,
@@ -312,41 +311,10 @@ class Container(containers.DeclarativeContainer):
     service = providers.Factory(
         ConsoleAuthService, repository=repository, clock=clock, tokens=tokens, policy=policy
     )
-    # Serial-port leases live in the primary backend, beside its tokens: with
-    # cells, in the compute host's cell, never in the unused ``database.url``.
-    # A memcached primary refuses them, when ``ports`` is asked for.
-    database_port_leases = providers.Selector(
-        providers.Callable(_database_layout, cells=config.cells),
-        single=providers.Singleton(SqlPortLeaseRepository, engine=store_engine),
-        cells=providers.Singleton(
-            _cell_port_leases, engines=cell_store_engines, locator=cell_locator
-        ),
-    )
-    database_port_reservations = providers.Selector(
-        providers.Callable(_database_layout, cells=config.cells),
-        single=providers.Singleton(SqlPortReservationRepository, engine=store_engine),
-        cells=providers.Singleton(
-            _cell_port_reservations, engines=cell_store_engines, locator=cell_locator
-        ),
-    )
-    port_leases = providers.Selector(
-        config.console_tokens_backend,
-        database=database_port_leases,
-        memcached=providers.Callable(_no_serial_ports),
-        memory=providers.Singleton(InMemoryPortLeaseRepository),
-    )
-    port_reservations = providers.Selector(
-        config.console_tokens_backend,
-        database=database_port_reservations,
-        memcached=providers.Callable(_no_serial_ports),
-        memory=providers.Singleton(InMemoryPortReservationRepository),
-    )
-    ports = providers.Factory(
-        ConsolePortService,
-        consoles=service,
-        leases=port_leases,
-        reservations=port_reservations,
-        lease_ids=lease_ids,
+    ports = providers.Factory(_ports, consoles=service, store=store, lease_ids=lease_ids)
+    # ``console-auth db``: the databases without the services' schema check.
+    migration_engines = providers.Resource(
+        _migration_engines, url=config.database.url, cells=config.cells
     )
 
 

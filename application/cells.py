@@ -106,6 +106,10 @@ class CellRoutedConsoleConnectionRepository:
     def cell_names(self) -> tuple[str, ...]:
         return tuple(self._cells)
 
+    @property
+    def locator(self) -> CellLocator:
+        return self._locator
+
     def cell(self, name: str) -> ConsoleConnectionRepository:
         """The repository of one cell."""
         try:

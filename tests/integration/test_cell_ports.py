@@ -55,13 +55,13 @@ def test_the_container_keeps_serial_ports_in_the_hosts_cell(tmp_path: Path) -> N
     container = build_container(settings)
     try:
         ports = container.ports()
-        assert isinstance(container.port_leases(), CellRoutedPortLeaseRepository)
+        assert isinstance(container.database().leases, CellRoutedPortLeaseRepository)
         issued = ports.authorize_serial(IN_A, "compute-a", [10000, 10001])
         lease = ports.connect(issued.token.get_secret_value(), IN_A, "proxy-1")
         assert lease.kind is LeaseKind.CONNECTED
         assert ports.allocate_port("compute-b", range(20000, 20010)) == 20000
 
-        engines = container.cell_engines()
+        engines = container.migration_engines()
         assert _rows(engines["a"], "leases") == [("compute-a", 10000)]
         assert _rows(engines["b"], "leases") == []
         assert _rows(engines["b"], "reservations") == [("compute-b", 20000)]
@@ -73,7 +73,6 @@ def test_the_container_keeps_serial_ports_in_the_hosts_cell(tmp_path: Path) -> N
             ports.allocate_port("compute-x", range(20000, 20010))
         assert _rows(engines["a"], "reservations") == []
         assert _rows(engines["b"], "reservations") == [("compute-b", 20000)]
-        assert not container.engine.initialized
-        assert not single.exists()
+        assert not single.exists()  # no single database besides the cells
     finally:
         container.shutdown_resources()

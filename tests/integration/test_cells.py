@@ -335,11 +335,11 @@ def test_the_container_routes_by_the_cell_map_file(tmp_path: Path, pg_url: str) 
         assert isinstance(container.repository(), CellRoutedConsoleConnectionRepository)
         in_a = service.authorize(IN_A, "compute-a", 5900, "novnc")
         in_b = service.authorize(IN_B, "compute-b", 5900, "novnc")
-        engines = container.cell_engines()
+        engines = container.migration_engines()
+        assert set(engines) == {"a", "b"}  # no single database besides the cells
         assert current_revision(engines["a"]) == HEAD  # SQLite migrates itself
         assert _hashes(engines["a"]) == {in_a.connection.token_hash}
         assert _hashes(direct_b) == {in_b.connection.token_hash}
-        assert not container.engine.initialized  # no single database besides the cells
 
         with pytest.raises(UnknownCell):
             service.authorize(ALSO_IN_B, "compute-b", 5900, "novnc")
@@ -347,7 +347,9 @@ def test_the_container_routes_by_the_cell_map_file(tmp_path: Path, pg_url: str) 
             map_file,
             {"a": {"instances": [str(IN_A)]}, "b": {"instances": [str(IN_B), str(ALSO_IN_B)]}},
         )
-        locator = container.cell_locator()
+        repository = container.repository()
+        assert isinstance(repository, CellRoutedConsoleConnectionRepository)
+        locator = repository.locator
         assert isinstance(locator, FileCellLocator)
         assert locator.reload()
         also = service.authorize(ALSO_IN_B, "compute-b", 5900, "novnc")
@@ -355,7 +357,7 @@ def test_the_container_routes_by_the_cell_map_file(tmp_path: Path, pg_url: str) 
     finally:
         container.shutdown_resources()
         direct_b.dispose()
-    assert not container.cell_engines.initialized
+    assert not container.database.initialized
 
 
 def test_db_commands_migrate_every_cell_or_one(

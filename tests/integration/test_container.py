@@ -82,7 +82,7 @@ def test_memory_backend_opens_no_engine(db_file: Path) -> None:
     assert service.validate(issued.token.get_secret_value()) == issued.connection
 
     assert isinstance(container.repository(), InMemoryConsoleConnectionRepository)
-    assert not container.engine.initialized
+    assert not container.database.initialized
     assert not db_file.exists()
 
 
@@ -94,10 +94,10 @@ def test_database_backend_migrates_sqlite_and_disposes_on_shutdown(db_file: Path
     assert service.validate(issued.token.get_secret_value()) == issued.connection
 
     assert isinstance(container.repository(), SqlConsoleConnectionRepository)
-    assert container.engine.initialized
-    assert current_revision(container.engine()) == HEAD
+    assert container.database.initialized
+    assert current_revision(container.migration_engines()[""]) == HEAD
     container.shutdown_resources()
-    assert not container.engine.initialized
+    assert not container.database.initialized
 
 
 def test_memcached_backend_opens_no_engine_and_closes_its_client(
@@ -113,11 +113,11 @@ def test_memcached_backend_opens_no_engine_and_closes_its_client(
     repository = container.repository()
     assert isinstance(repository, MemcachedConsoleConnectionRepository)
     assert repository.key_prefix == memcached["key_prefix"]
-    assert container.memcached_client.initialized
-    assert not container.engine.initialized
+    assert container.memcached.initialized
+    assert not container.database.initialized
     assert not db_file.exists()
     container.shutdown_resources()
-    assert not container.memcached_client.initialized
+    assert not container.memcached.initialized
 
 
 def test_memcached_with_the_database_as_fallback_opens_both(
@@ -132,7 +132,7 @@ def test_memcached_with_the_database_as_fallback_opens_both(
     assert isinstance(repository, FallbackConsoleConnectionRepository)
     assert isinstance(repository.primary, MemcachedConsoleConnectionRepository)
     assert isinstance(repository.secondary, SqlConsoleConnectionRepository)
-    assert container.engine.initialized
+    assert container.database.initialized
     container.shutdown_resources()
 
 
@@ -154,7 +154,7 @@ def test_a_fallback_to_a_database_split_over_cells_keeps_its_routing(tmp_path: P
     try:
         repository = container.repository()
         assert isinstance(repository, FallbackConsoleConnectionRepository)
-        assert repository.secondary is container.database_repository()
+        assert repository.secondary is container.database().tokens
         assert isinstance(repository.secondary, CellRoutedConsoleConnectionRepository)
         assert repository.secondary.cell_names == ("a", "b")
     finally:
@@ -174,7 +174,7 @@ def test_the_database_with_memcached_as_fallback(
     assert isinstance(repository, FallbackConsoleConnectionRepository)
     assert isinstance(repository.primary, SqlConsoleConnectionRepository)
     assert isinstance(repository.secondary, MemcachedConsoleConnectionRepository)
-    assert repository.primary is container.database_repository()
+    assert repository.primary is container.database().tokens
     container.shutdown_resources()
 
 
@@ -189,10 +189,9 @@ def test_serial_ports_on_memcached_are_refused_and_its_tokens_still_work(
     settings = settings_for("memcached", db_file, memcached=memcached, fallback=fallback)
     container = build_container(settings)
     try:
-        for provider in (container.ports, container.port_leases, container.port_reservations):
-            with pytest.raises(InvalidRequest) as refused:
-                provider()
-            assert str(refused.value) == SERIAL_NEEDS_DATABASE
+        with pytest.raises(InvalidRequest) as refused:
+            container.ports()
+        assert str(refused.value) == SERIAL_NEEDS_DATABASE
         service = container.service()
         issued = service.authorize(INSTANCE, "compute-1", 5900, "novnc")
         assert service.validate(issued.token.get_secret_value()) == issued.connection
@@ -231,7 +230,7 @@ def test_an_unreachable_memcached_is_unavailable_on_first_use(db_file: Path) -> 
 def test_an_explicit_auto_migrate_false_leaves_sqlite_alone(db_file: Path) -> None:
     container = build_container(settings_for("database", db_file, auto_migrate=False))
     try:
-        assert current_revision(container.engine()) is None
+        assert current_revision(container.migration_engines()[""]) is None
     finally:
         container.shutdown_resources()
 
@@ -263,7 +262,7 @@ def test_overrides_apply_inside_the_block_only(db_file: Path) -> None:
 
     assert issued.connection.issued_at == T0
     assert repository.get_by_hash(issued.connection.token_hash) == issued.connection
-    assert not container.engine.initialized
+    assert not container.database.initialized
     assert isinstance(container.repository(), SqlConsoleConnectionRepository)
     container.shutdown_resources()
 
@@ -358,7 +357,7 @@ def test_serial_ports_share_the_backend_and_follow_the_lease_ttl(
             assert container.service().validate(issued.token.get_secret_value()).port == 10000
             clock.advance(timedelta(seconds=5))
             assert ports.leases() == []
-        assert container.engine.initialized is (backend == "database")
+        assert container.database.initialized is (backend == "database")
     finally:
         container.shutdown_resources()
 
@@ -390,7 +389,9 @@ def test_building_a_service_creates_no_file_until_first_use(db_file: Path) -> No
         service = container.service()
         assert not db_file.exists()  # the README's "nothing connects until the first call"
         service.revoke_instance(INSTANCE)
-        assert current_revision(container.engine()) == HEAD  # a fresh file: migrated
+        assert (
+            current_revision(container.migration_engines()[""]) == HEAD
+        )  # a fresh file: migrated
     finally:
         container.shutdown_resources()
 
@@ -423,7 +424,7 @@ def test_auto_migrate_true_upgrades_a_schema_behind(db_file: Path) -> None:
     container = build_container(settings_for("database", db_file, auto_migrate=True))
     try:
         assert container.service().revoke_instance(INSTANCE) == 0
-        assert current_revision(container.engine()) == HEAD
+        assert current_revision(container.migration_engines()[""]) == HEAD
     finally:
         container.shutdown_resources()
 

@@ -638,12 +638,12 @@ def test_switching_from_memcached_to_the_database_breaks_no_live_console(
         revoked, kept = uuid.uuid4(), uuid.uuid4()
         old = before.service().authorize(revoked, "compute-1", 5900, "novnc")
         live = before.service().authorize(kept, "compute-1", 5900, "novnc")
-        assert not before.engine.initialized
+        assert not before.database.initialized
 
         switching = during.service()
         assert switching.validate(old.token.get_secret_value()) == old.connection
         new = switching.authorize(revoked, "compute-1", 5900, "novnc")
-        memcached = before.memcached_repository()
+        memcached = before.memcached().tokens
         assert memcached.get_by_hash(new.connection.token_hash) is None  # primary only
         assert switching.validate(new.token.get_secret_value()) == new.connection
         assert switching.revoke_instance(revoked) == 2  # one in each store
