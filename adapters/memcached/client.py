@@ -89,6 +89,24 @@ def parse_server(text: str) -> Server:
         raise InvalidRequest(f"memcached server: {exc}") from None
 
 
+def _servers(servers: Sequence[Server | str]) -> list[Server]:
+    parsed = [s if isinstance(s, Server) else parse_server(s) for s in servers]
+    if not parsed:
+        raise InvalidRequest("memcached needs at least one server")
+    if len({s.name for s in parsed}) != len(parsed):
+        raise InvalidRequest("memcached servers must not repeat")
+    return parsed
+
+
+def _answered_badly(server: Server, failed: Exception) -> BackendUnavailable:
+    """A server that answered, with an error or a reply nobody expects."""
+    if isinstance(failed, MemcacheServerError | MemcacheClientError):
+        return BackendUnavailable(
+            f"memcached server {server.name} refused a command: {_server_text(failed)}"
+        )
+    return BackendUnavailable(f"memcached server {server.name} sent an unexpected reply")
+
+
 class _Node:
     """One server: its idle connections and whether it is failing fast.
 
@@ -158,14 +176,10 @@ class MemcachedClient:
         retry_timeout: float = 0.05,
         dead_timeout: float = 2.0,
     ) -> None:
-        parsed = [s if isinstance(s, Server) else parse_server(s) for s in servers]
-        if not parsed:
-            raise InvalidRequest("memcached needs at least one server")
-        if len({s.name for s in parsed}) != len(parsed):
-            raise InvalidRequest("memcached servers must not repeat")
+        parsed = _servers(servers)
         if connect_timeout <= 0 or timeout <= 0:
             raise InvalidRequest("memcached timeouts must be above zero")
-        if retry_attempts < 0 or retry_timeout < 0 or dead_timeout < 0 or max_idle < 0:
+        if min(retry_attempts, retry_timeout, dead_timeout, max_idle) < 0:
             raise InvalidRequest("memcached retry and pool settings must not be negative")
         self._retry_attempts = retry_attempts
         self._retry_timeout = retry_timeout
@@ -270,11 +284,8 @@ class MemcachedClient:
         """Run ``command`` on the key's server, with the retry and fail-fast
         rules of the module doc; ``failed``: the first attempt already failed."""
         node = self._node(key)
-        if failed is None and node.down_until and time.monotonic() < node.down_until:
-            raise BackendUnavailable(
-                f"memcached server {node.server.name} is unavailable "
-                f"(failing fast for up to {self._dead_timeout:g} s after an error)"
-            )
+        if failed is None:
+            self._fail_fast(node)
         attempt = 0
         while True:
             if failed is None:
@@ -288,29 +299,30 @@ class MemcachedClient:
                     node.down_until = 0.0
                     node.give_back(client)
                     return result
-            if _lost_connection(failed):
-                retry = idempotent or isinstance(failed, _NOT_DELIVERED)
-                if retry and attempt < self._retry_attempts:
-                    attempt += 1
-                    failed = None
-                    time.sleep(self._retry_timeout)
-                    continue
-                if self._dead_timeout:
-                    node.down_until = time.monotonic() + self._dead_timeout
-                logger.warning(
-                    "memcached server %s failed: %s", node.server.name, type(failed).__name__
-                )
-                raise BackendUnavailable(
-                    f"memcached server {node.server.name} is unavailable ({type(failed).__name__})"
-                ) from failed
-            if isinstance(failed, MemcacheServerError | MemcacheClientError):
-                raise BackendUnavailable(
-                    f"memcached server {node.server.name} refused a command: "
-                    f"{_server_text(failed)}"
-                ) from failed
-            raise BackendUnavailable(  # MemcacheUnknownError: an unexpected reply
-                f"memcached server {node.server.name} sent an unexpected reply"
-            ) from failed
+            if not _lost_connection(failed):
+                raise _answered_badly(node.server, failed) from failed
+            retry = idempotent or isinstance(failed, _NOT_DELIVERED)
+            if not retry or attempt >= self._retry_attempts:
+                raise self._down(node, failed) from failed
+            attempt += 1
+            failed = None
+            time.sleep(self._retry_timeout)
+
+    def _fail_fast(self, node: _Node) -> None:
+        if node.down_until and time.monotonic() < node.down_until:
+            raise BackendUnavailable(
+                f"memcached server {node.server.name} is unavailable "
+                f"(failing fast for up to {self._dead_timeout:g} s after an error)"
+            )
+
+    def _down(self, node: _Node, failed: Exception) -> BackendUnavailable:
+        """A server that lost the connection: failing fast for a while."""
+        if self._dead_timeout:
+            node.down_until = time.monotonic() + self._dead_timeout
+        logger.warning("memcached server %s failed: %s", node.server.name, type(failed).__name__)
+        return BackendUnavailable(
+            f"memcached server {node.server.name} is unavailable ({type(failed).__name__})"
+        )
 
     @staticmethod
     def _drop(node: _Node, client: Client, exc: Exception) -> None:

@@ -157,16 +157,9 @@ def open_engine(
         raise InvalidRequest(f"invalid engine options: {exc}") from None
     register_driver(engine.dialect.loaded_dbapi)
     if backend == "sqlite":
-        event.listen(engine, "connect", _pragma_setter(memory=_is_memory(parsed)))
-        if not _is_memory(parsed) and not parsed.query.get("uri"):
-            event.listen(engine, "do_connect", _private_file(parsed.database or ""))
+        _listen_sqlite(engine, parsed)
     elif (backend, driver) in _SERVER_DRIVERS:
-        if backend != "postgresql" and io_timeout is not None:
-            event.listen(engine, "connect", _mysql_bounds(io_timeout))
-        if not options["pool_pre_ping"]:
-            event.listen(engine, "checkout", _liveness_check(engine.dialect))
-            if options["isolation_level"] == "AUTOCOMMIT":
-                _HOLDABLE.add(engine)
+        _listen_server(engine, options, io_timeout)
     if auto_migrate:
         from .migrate import upgrade  # Alembic is imported only by those who migrate
 
@@ -176,6 +169,23 @@ def open_engine(
             engine.dispose()
             raise
     return engine
+
+
+def _listen_sqlite(engine: Engine, url: URL) -> None:
+    """Pragmas on every connection; a new database file created 0600."""
+    event.listen(engine, "connect", _pragma_setter(memory=_is_memory(url)))
+    if not _is_memory(url) and not url.query.get("uri"):
+        event.listen(engine, "do_connect", _private_file(url.database or ""))
+
+
+def _listen_server(engine: Engine, options: dict[str, Any], io_timeout: float | None) -> None:
+    """MariaDB's session bounds, and the socket poll instead of a pre-ping."""
+    if engine.dialect.name != "postgresql" and io_timeout is not None:
+        event.listen(engine, "connect", _mysql_bounds(io_timeout))
+    if not options["pool_pre_ping"]:
+        event.listen(engine, "checkout", _liveness_check(engine.dialect))
+        if options["isolation_level"] == "AUTOCOMMIT":
+            _HOLDABLE.add(engine)
 
 
 def _parse(url: str) -> URL:
@@ -228,24 +238,10 @@ def _server_options(
     url: URL, requested: dict[str, Any], connect_timeout: float, io_timeout: float | None
 ) -> dict[str, Any]:
     """Autocommit, bounded waits, and the socket poll instead of a pre-ping."""
-    client_timeout = None if io_timeout is None else io_timeout + CLIENT_GRACE_S
     if url.get_backend_name() == "postgresql":
-        defaults: dict[str, Any] = {
-            # libpq takes whole seconds, and treats anything under 2 as 2
-            "connect_timeout": max(2, round(connect_timeout)),
-            **POSTGRESQL_KEEPALIVES,
-        }
-        if io_timeout is not None and client_timeout is not None:
-            defaults["tcp_user_timeout"] = round(io_timeout * 1000)
-            defaults["cursor_factory"] = _bounded_cursor(client_timeout)
+        defaults = _postgresql_defaults(connect_timeout, io_timeout)
     else:
-        defaults = {
-            "connect_timeout": connect_timeout,
-            "charset": "utf8mb4",
-            "init_command": MYSQL_SESSION_ISOLATION,
-        }
-        if client_timeout is not None:
-            defaults.update(read_timeout=client_timeout, write_timeout=client_timeout)
+        defaults = _mysql_defaults(connect_timeout, io_timeout)
     connect_args = {k: v for k, v in defaults.items() if k not in url.query}
     connect_args.update(requested.get("connect_args", {}))
     if url.get_backend_name() == "postgresql" and io_timeout is not None:
@@ -263,6 +259,30 @@ def _server_options(
         "isolation_level": requested.get("isolation_level", "AUTOCOMMIT"),
         "skip_autocommit_rollback": requested.get("skip_autocommit_rollback", True),
     }
+
+
+def _postgresql_defaults(connect_timeout: float, io_timeout: float | None) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        # libpq takes whole seconds, and treats anything under 2 as 2
+        "connect_timeout": max(2, round(connect_timeout)),
+        **POSTGRESQL_KEEPALIVES,
+    }
+    if io_timeout is not None:
+        defaults["tcp_user_timeout"] = round(io_timeout * 1000)
+        defaults["cursor_factory"] = _bounded_cursor(io_timeout + CLIENT_GRACE_S)
+    return defaults
+
+
+def _mysql_defaults(connect_timeout: float, io_timeout: float | None) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        "connect_timeout": connect_timeout,
+        "charset": "utf8mb4",
+        "init_command": MYSQL_SESSION_ISOLATION,
+    }
+    if io_timeout is not None:
+        client_timeout = io_timeout + CLIENT_GRACE_S
+        defaults.update(read_timeout=client_timeout, write_timeout=client_timeout)
+    return defaults
 
 
 def _postgresql_bounds(io_timeout: float) -> str:
