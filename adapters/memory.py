@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
 from console_auth.application.service import purge_in_batches
 from console_auth.domain import ConsoleConnection, InvalidRequest, UnknownCell
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
+from console_auth.domain.types import from_microseconds, to_microseconds
 
 
 class InMemoryConsoleConnectionRepository:
@@ -41,7 +42,8 @@ class InMemoryConsoleConnectionRepository:
             doomed = [h for h, c in self._by_hash.items() if c.instance_uuid == instance_uuid]
             for token_hash in doomed:
                 del self._by_hash[token_hash]
-            self._revoked[instance_uuid] = revoked_at.astimezone(UTC)
+            at = from_microseconds(to_microseconds(revoked_at))  # UTC; a naive time is refused
+            self._revoked[instance_uuid] = max(at, self._revoked.get(instance_uuid, at))
         return len(doomed)
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:

@@ -15,7 +15,9 @@ instance goes straight there:
   still validate from a legacy URL. A cell that is down is skipped; once the
   others are done a ``BackendUnavailable`` names it and says how many were
   deleted.
-- ``revocations`` (a proxy's recheck): each instance's cell.
+- ``revocations`` (a proxy's recheck): each instance's cell (every cell
+  for one the map no longer places); a cell that is down leaves only its
+  own instances unanswered.
 - ``purge_expired``: the compute host's cell when the locator knows it,
   otherwise every cell, one after another; a cell that is down is skipped
   and named once the others are done.
@@ -34,7 +36,6 @@ Depends on the ports only, so any repository adapter can serve a cell.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -145,33 +146,35 @@ class CellRoutedConsoleConnectionRepository:
         )
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
-        """Each instance's cell, asked once for all of its instances; an
-        instance no cell holds has no record. A cell that fails is skipped,
-        and once the others are done a ``BackendUnavailable`` names it."""
-        by_cell: dict[str, list[UUID]] = {}
-        for instance_uuid in instance_uuids:
-            with contextlib.suppress(UnknownCell):
-                by_cell.setdefault(self._locator.cell_of(instance_uuid), []).append(instance_uuid)
+        """Each instance's cell, asked once for all of its instances; one the
+        cell map no longer places (deleted since) is asked of every cell,
+        where revoke wrote its record. A cell that fails is logged and
+        skipped, so only its own instances' sessions run on; when no cell
+        answers, ``BackendUnavailable`` names them."""
+        asked = self._by_cell(instance_uuids)
         found: dict[UUID, datetime] = {}
-
-        def ask(name: str) -> int:
-            answers = self.cell(name).revocations(by_cell[name])
-            found.update(answers)
-            return len(answers)
-
-        in_every_cell(
-            {name: name for name in by_cell}, ask, lambda n: f"{n} revocation records read"
-        )
+        failed: dict[str, BackendUnavailable] = {}
+        for name, listed in asked.items():
+            try:
+                latest(found, self.cell(name).revocations(listed))
+            except BackendUnavailable as exc:
+                logger.warning("revocations not read in cell %s: %s", name, exc)
+                failed[name] = exc
+        if failed and len(failed) == len(asked):
+            raise cells_unavailable("no revocation records read", failed)
         return found
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        """The cells that may hold ``host``'s connections in turn, sharing ``limit``."""
-        deleted = 0
-        for name, repository in self._cells_of_host(host).items():
-            if deleted >= limit:
-                break
-            deleted += in_cell(name, repository.delete_expired, now, host, limit - deleted)
-        return deleted
+    def _by_cell(self, instance_uuids: Collection[UUID]) -> dict[str, list[UUID]]:
+        """The instances each cell is asked about: its own, and every one
+        the cell map does not place."""
+        by_cell: dict[str, list[UUID]] = {name: [] for name in self._cells}
+        for instance_uuid in instance_uuids:
+            try:
+                by_cell[self._locator.cell_of(instance_uuid)].append(instance_uuid)
+            except UnknownCell:
+                for listed in by_cell.values():
+                    listed.append(instance_uuid)
+        return {name: listed for name, listed in by_cell.items() if listed}
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         """Each cell that may hold ``host``'s connections to the end in turn:
@@ -309,6 +312,12 @@ def in_every_cell(
     if failed:
         raise cells_unavailable(done(total), failed, total)
     return total
+
+
+def latest(found: dict[UUID, datetime], answers: Mapping[UUID, datetime]) -> None:
+    """Merge revocation ``answers`` into ``found``, keeping each instance's later time."""
+    for instance_uuid, at in answers.items():
+        found[instance_uuid] = max(at, found.get(instance_uuid, at))
 
 
 def in_cell(name: str, call: Callable[..., _R], *args: object) -> _R:

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
 
-from .cells import in_every_cell
+from .cells import in_every_cell, latest
 from .ports import ConsoleConnectionRepository
 
 logger = logging.getLogger(__name__)
@@ -38,12 +38,12 @@ class FallbackConsoleConnectionRepository:
       would make an outage look like a half-working store.
     - ``delete_by_instance``: both, every cell of a split one, the sum
       returned. A revoked token must not live on in the store being retired.
-      Both keep the revocation record, so ``revocations`` asks the primary.
+      Both keep the revocation record; ``revocations`` asks both, so one
+      that was down during the revoke does not hide it.
       A store that fails is skipped; once the other is done a
       ``BackendUnavailable`` names it and says how many were deleted.
-    - ``delete_expired``: the primary, then the secondary with what is left
-      of ``limit``. ``purge_expired``: the primary to the end, then the
-      secondary, each skipped (then named) if it fails.
+    - ``purge_expired``: the primary to the end, then the secondary, each
+      skipped (then named) if it fails.
 
     Otherwise an error of either store propagates (``BackendUnavailable``);
     every operation is safe to retry.
@@ -89,13 +89,11 @@ class FallbackConsoleConnectionRepository:
         )
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
-        return self.primary.revocations(instance_uuids)
-
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        deleted = self.primary.delete_expired(now, host, limit)
-        if deleted < limit:
-            deleted += self.secondary.delete_expired(now, host, limit - deleted)
-        return deleted
+        """Both stores, the later time kept: a revoke that reached only one
+        (the other was down) still ends the sessions."""
+        found = self.primary.revocations(instance_uuids)
+        latest(found, self.secondary.revocations(instance_uuids))
+        return found
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         of_host = f" of {host}" if host else ""

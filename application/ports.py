@@ -22,7 +22,9 @@ class ConsoleConnectionRepository(Protocol):
     """
 
     def add(self, connection: ConsoleConnection) -> None:
-        """Store ``connection``; ``InvalidRequest`` if its hash is already stored."""
+        """Store ``connection``; ``InvalidRequest`` if its hash is already
+        stored for its instance (a store split over cells checks the
+        instance's cell only: 256-bit tokens never meet across cells)."""
         ...
 
     def get_by_hash(
@@ -38,8 +40,8 @@ class ConsoleConnectionRepository(Protocol):
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         """Delete every connection of the instance and record that it was
-        revoked at ``revoked_at`` (a later revoke's time replaces it); return
-        how many connections went. The record outlives the tokens, so a
+        revoked at ``revoked_at`` (the record keeps the latest time it was
+        given); return how many connections went. The record outlives the tokens, so a
         proxy can end sessions they opened (see ``revocations``)."""
         ...
 
@@ -48,18 +50,15 @@ class ConsoleConnectionRepository(Protocol):
         revocation record still kept."""
         ...
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        """Delete at most ``limit`` connections with ``expires_at <= now``
-        (of ``host`` only, when given); return how many: one short transaction."""
-        ...
-
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
-        """``delete_expired`` until none is left, ``batch_size`` at a time,
-        then forget revocations recorded ``REVOCATION_RETENTION`` before
-        ``now`` (``purge_in_batches``); return how many connections went. A
-        store made of parts (cells, a fallback pair) purges the parts that
-        may hold ``host``'s connections in turn: a part that fails is
-        skipped, and once the others are done a ``BackendUnavailable`` names it."""
+        """Delete every connection with ``expires_at <= now`` (of ``host``
+        only, when given), ``batch_size`` to a short transaction, then forget
+        revocations recorded ``REVOCATION_RETENTION`` before ``now``; return
+        how many connections went. A single store does it with
+        ``purge_in_batches``. A store made of parts (cells, a fallback pair)
+        purges the parts that may hold ``host``'s connections in turn: a part
+        that fails is skipped, and once the others are done a
+        ``BackendUnavailable`` names it."""
         ...
 
 

@@ -316,9 +316,15 @@ class ConsoleAuthService:
 class BatchPurgeable(Protocol):
     """What ``purge_in_batches`` needs of a single store."""
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int: ...
+    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        """Delete at most ``limit`` connections with ``expires_at <= now``
+        (of ``host`` only, when given); return how many: one short transaction."""
+        ...
 
-    def delete_revocations(self, before: datetime) -> int: ...
+    def delete_revocations(self, before: datetime) -> int:
+        """Forget revocations recorded before ``before``; return how many
+        (a store that expires them by itself may answer 0)."""
+        ...
 
 
 def purge_in_batches(

@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from console_auth.application import ConsoleConnectionRepository
-from tests.backends import BACKEND_NAMES, PORT_BACKEND_NAMES, Backend, PortBackend, open_backend
+from tests.backends import (
+    BACKEND_NAMES,
+    PORT_BACKEND_NAMES,
+    SINGLE_STORE_NAMES,
+    Backend,
+    PortBackend,
+    SingleStore,
+    open_backend,
+)
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(
@@ -50,6 +58,24 @@ def repository(backend: Backend) -> Iterator[ConsoleConnectionRepository]:
     """An empty repository of each backend."""
     with backend.fresh() as repo:
         yield repo
+
+
+@pytest.fixture(scope="session", params=SINGLE_STORE_NAMES)
+def single_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Each backend whose repository is one store, opened once per session."""
+    with tempfile.TemporaryDirectory(prefix=f"console-auth-{request.param}-") as workdir:
+        opened = open_backend(request.param, workdir)
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+
+@pytest.fixture
+def single_store(single_backend: Backend) -> Iterator[SingleStore]:
+    """An empty single store of each such backend."""
+    with single_backend.fresh() as repo:
+        yield cast(SingleStore, repo)
 
 
 @pytest.fixture(scope="session", params=PORT_BACKEND_NAMES)

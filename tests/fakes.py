@@ -83,9 +83,6 @@ class UnavailableRepository:
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         self._fail()
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        self._fail()
-
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         self._fail()
 

@@ -80,7 +80,7 @@ from console_auth.domain.types import (
 )
 
 from .client import MemcachedClient
-from .index import HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry
+from .index import CAS_ATTEMPTS, HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry
 from .keys import (
     DEFAULT_PREFIX,
     DEFAULT_RETENTION,
@@ -225,11 +225,7 @@ class MemcachedConsoleConnectionRepository:
         round deletes it too. Then the instance leaves its hosts' indexes, so
         those list only instances that still have tokens (best effort: a
         leftover entry costs a purge one ``get`` until it lapses)."""
-        self._client.set(
-            self.revocation_key(instance_uuid),
-            str(to_microseconds(revoked_at)).encode("ascii"),
-            REVOCATION_EXPIRY_S,
-        )
+        self._record_revocation(self.revocation_key(instance_uuid), to_microseconds(revoked_at))
         existed: dict[str, bool] = {}
         hosts: set[str] = set()
 
@@ -249,6 +245,25 @@ class MemcachedConsoleConnectionRepository:
             except BackendUnavailable as exc:
                 logger.warning("a revoked instance stays listed in a host index: %s", exc)
         return sum(existed.values())
+
+    def _record_revocation(self, key: str, at_us: int) -> None:
+        """Keep the later time, as every store does (racing revokes, skewed
+        clocks): ``add``, else a CAS of a later time over an earlier one."""
+        value = str(at_us).encode("ascii")
+        if self._client.add(key, value, REVOCATION_EXPIRY_S):
+            return
+        for _ in range(CAS_ATTEMPTS):
+            raw, unique = self._client.gets(key)
+            if raw is None:
+                written = self._client.add(key, value, REVOCATION_EXPIRY_S)
+            elif raw.isdigit() and int(raw) >= at_us:
+                return
+            else:  # earlier, or unreadable: ours replaces it
+                assert unique is not None
+                written = bool(self._client.cas(key, value, unique, REVOCATION_EXPIRY_S))
+            if written:
+                return
+        raise BackendUnavailable("a revocation record kept changing under concurrent writers")
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         by_key = {self.revocation_key(u): u for u in instance_uuids}

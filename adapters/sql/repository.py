@@ -27,6 +27,7 @@ from sqlalchemy import (
     Select,
     bindparam,
     delete,
+    func,
     insert,
     literal_column,
     select,
@@ -121,7 +122,7 @@ class SqlConsoleConnectionRepository:
             for start in range(0, len(wanted), DELETE_CHUNK):
                 chunk = _V.c.instance_uuid.in_(wanted[start : start + DELETE_CHUNK])
                 for instance, revoked_at_us in conn.execute(select(*_V.c).where(chunk)):
-                    found[UUID(instance)] = from_microseconds(revoked_at_us)
+                    found[UUID(instance)] = _revoked_at(instance, revoked_at_us)
         return found
 
     def delete_revocations(self, before: datetime) -> int:
@@ -163,26 +164,40 @@ class SqlConsoleConnectionRepository:
         return retry_rolled_back(purge)
 
 
+def _revoked_at(instance: str, revoked_at_us: object) -> datetime:
+    """A stored revocation time, or ``BackendUnavailable``: a row this
+    release cannot read is a store fault, never "not revoked"."""
+    try:
+        return from_microseconds(revoked_at_us)  # type: ignore[arg-type]
+    except (TypeError, OverflowError):
+        raise BackendUnavailable(
+            f"stored revocation of instance {instance} is unreadable"
+        ) from None
+
+
 def _record_revocation(dialect: str) -> Insert:
-    """Insert the record, or replace the time of the one already there; each
-    dialect spells it its own way, and SQLAlchemy has no common form."""
+    """Insert the record, or keep the later of its time and this one (racing
+    revokes, skewed clocks); each dialect spells it its own way, and
+    SQLAlchemy has no common form."""
     values: dict[str, Any] = {
         "instance_uuid": bindparam("instance_uuid"),
         "revoked_at_us": bindparam("revoked_at_us"),
     }
+    stored = _V.c.revoked_at_us
     if dialect in ("mysql", "mariadb"):
         upsert = mysql.insert(_V).values(values)
-        return upsert.on_duplicate_key_update(revoked_at_us=upsert.inserted.revoked_at_us)
+        later = func.greatest(stored, upsert.inserted.revoked_at_us)
+        return upsert.on_duplicate_key_update(revoked_at_us=later)
     if dialect == "postgresql":
         on_postgresql = postgresql.insert(_V).values(values)
+        later = func.greatest(stored, on_postgresql.excluded.revoked_at_us)
         return on_postgresql.on_conflict_do_update(
-            index_elements=[_V.c.instance_uuid],
-            set_={"revoked_at_us": on_postgresql.excluded.revoked_at_us},
+            index_elements=[_V.c.instance_uuid], set_={"revoked_at_us": later}
         )
     on_sqlite = sqlite.insert(_V).values(values)
+    later = func.max(stored, on_sqlite.excluded.revoked_at_us)  # SQLite's two-argument max
     return on_sqlite.on_conflict_do_update(
-        index_elements=[_V.c.instance_uuid],
-        set_={"revoked_at_us": on_sqlite.excluded.revoked_at_us},
+        index_elements=[_V.c.instance_uuid], set_={"revoked_at_us": later}
     )
 
 

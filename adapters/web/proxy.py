@@ -373,6 +373,9 @@ class _Proxy:
             except ConsoleAuthError as exc:  # sessions run on through a store outage
                 logger.warning("live sessions not rechecked for revocation: %s", exc)
                 continue
+            except Exception:  # a bug must not end every later recheck
+                logger.exception("live sessions not rechecked for revocation")
+                continue
             ended = {id(connection) for connection in revoked}
             for relay, connection in live.items():
                 if id(connection) in ended:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import importlib
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Final, Protocol
 
 from console_auth.application import ConsoleConnectionRepository
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
+from console_auth.application.service import BatchPurgeable
 
 
 class Backend(Protocol):
@@ -23,6 +24,10 @@ class Backend(Protocol):
     def fresh(self) -> AbstractContextManager[ConsoleConnectionRepository]: ...
 
     def close(self) -> None: ...
+
+
+class SingleStore(ConsoleConnectionRepository, BatchPurgeable, Protocol):
+    """A repository that is one store, not a composite of others."""
 
 
 class PortBackend(Backend, Protocol):
@@ -40,11 +45,16 @@ _MODULES = {
     "mariadb": "tests.backends.sql_servers",
     "memcached": "tests.backends.memcached",
     "memory-cells": "tests.backends.memory_cells",
+    "memory-fallback": "tests.backends.memory_fallback",
 }
-BACKEND_NAMES = [name for name in _MODULES if name != "memory-cells"]
-"""``memory-cells`` splits serial ports only: token hashes are unique per
-cell, not across cells, so the token contract is checked in
-``tests/unit/test_cells.py`` without its one cross-cell check."""
+BACKEND_NAMES = list(_MODULES)
+"""Every adapter and both composites (cells, a fallback pair), unexempted."""
+ROUTED_BY_INSTANCE: Final = frozenset({"memory-cells"})
+"""Backends whose lookup with another instance's uuid asks that instance's
+cell (the port's routing hint), so a token presented for the wrong instance
+may be refused as unknown there rather than as ``InstanceMismatch``."""
+SINGLE_STORE_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "memcached"]
+"""The backends whose repository is one store (``SingleStore``)."""
 PORT_BACKEND_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "memory-cells"]
 """Backends whose adapters store serial-port leases (issue 5); memcached refuses
 them (``tests/integration/test_memcached.py``)."""

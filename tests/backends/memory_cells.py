@@ -1,5 +1,6 @@
-"""Serial ports split over two in-memory cells: the contract must hold when
-a lease's host decides its store (tokens stay in one plain store)."""
+"""Tokens and serial ports split over two in-memory cells: the contracts
+must hold when an instance (tokens) or a lease's host (ports) decides the
+store."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from console_auth.adapters.memory import (
     InMemoryPortLeaseRepository,
     InMemoryPortReservationRepository,
 )
-from console_auth.application import ConsoleConnectionRepository
+from console_auth.application import (
+    CellRoutedConsoleConnectionRepository,
+    ConsoleConnectionRepository,
+)
 from console_auth.application.cell_ports import (
     CellRoutedPortLeaseRepository,
     CellRoutedPortReservationRepository,
 )
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
+from tests.fakes import ParityCellLocator
 
 
 class SplitLocator:
@@ -43,7 +48,13 @@ class MemoryCellsBackend:
 
     @contextmanager
     def fresh(self) -> Iterator[ConsoleConnectionRepository]:
-        yield InMemoryConsoleConnectionRepository()
+        """Instances spread over both cells by the parity of their uuid."""
+        stores = {name: InMemoryConsoleConnectionRepository() for name in ParityCellLocator.CELLS}
+        cells = CellRoutedConsoleConnectionRepository(stores, ParityCellLocator())
+        try:
+            yield cells
+        finally:
+            cells.close()
 
     @contextmanager
     def fresh_ports(self) -> Iterator[tuple[PortLeaseRepository, PortReservationRepository]]:

@@ -79,10 +79,11 @@ def test_expired_connections_are_still_returned(repository: ConsoleConnectionRep
 def test_duplicate_hash_is_refused_and_the_first_kept(
     repository: ConsoleConnectionRepository,
 ) -> None:
-    first = a_connection(token="same", host="compute-1")
+    instance = uuid.uuid4()
+    first = a_connection(token="same", instance_uuid=instance, host="compute-1")
     repository.add(first)
     with pytest.raises(InvalidRequest, match="already stored"):
-        repository.add(a_connection(token="same", host="compute-2"))
+        repository.add(a_connection(token="same", instance_uuid=instance, host="compute-2"))
     assert repository.get_by_hash(first.token_hash) == first
 
 
@@ -125,7 +126,7 @@ def test_revoke_keeps_a_record_of_that_instance_only(
     assert repository.revocations(set()) == {}
 
 
-def test_a_later_revoke_replaces_the_record(repository: ConsoleConnectionRepository) -> None:
+def test_the_record_keeps_the_latest_revoke(repository: ConsoleConnectionRepository) -> None:
     instance = uuid.uuid4()
     repository.delete_by_instance(instance, T0)
     later = (T0 + timedelta(hours=1, microseconds=7)).astimezone(timezone(timedelta(hours=-5)))
@@ -133,6 +134,8 @@ def test_a_later_revoke_replaces_the_record(repository: ConsoleConnectionReposit
     (stored,) = repository.revocations([instance]).values()
     assert stored == later
     assert stored.tzinfo is UTC
+    repository.delete_by_instance(instance, T0)  # racing, or a clock behind
+    assert repository.revocations([instance]) == {instance: later}
 
 
 def test_revocations_are_read_for_many_instances_at_once(
@@ -158,34 +161,34 @@ def test_forgetting_old_revocations_keeps_newer_ones(
     assert old not in found or isinstance(repository, MemcachedConsoleConnectionRepository)
 
 
-def test_delete_expired_uses_inclusive_boundary(repository: ConsoleConnectionRepository) -> None:
+def test_purge_uses_inclusive_boundary(repository: ConsoleConnectionRepository) -> None:
     at_now = a_connection(expires_at=T0)
     just_after = a_connection(expires_at=T0 + timedelta(microseconds=1))
     for connection in (at_now, just_after):
         repository.add(connection)
-    assert repository.delete_expired(T0, None, 100) == 1
+    assert repository.purge_expired(T0, None, 100) == 1
     assert repository.get_by_hash(at_now.token_hash) is None
     assert repository.get_by_hash(just_after.token_hash) == just_after
 
 
-def test_delete_expired_respects_the_limit(repository: ConsoleConnectionRepository) -> None:
+def test_purge_deletes_every_expired_row_batch_by_batch(
+    repository: ConsoleConnectionRepository,
+) -> None:
     expired = [a_connection(expires_at=T0 - timedelta(seconds=i)) for i in range(1, 6)]
     for connection in expired:
         repository.add(connection)
-    assert repository.delete_expired(T0, None, 2) == 2
-    assert repository.delete_expired(T0, None, 2) == 2
-    assert repository.delete_expired(T0, None, 2) == 1
-    assert repository.delete_expired(T0, None, 2) == 0
+    assert repository.purge_expired(T0, None, 2) == 5
+    assert repository.purge_expired(T0, None, 2) == 0
     assert all(repository.get_by_hash(c.token_hash) is None for c in expired)
 
 
-def test_delete_expired_of_one_host(repository: ConsoleConnectionRepository) -> None:
+def test_purge_of_one_host(repository: ConsoleConnectionRepository) -> None:
     mine = a_connection(host="compute-1", expires_at=T0 - timedelta(seconds=1))
     theirs = a_connection(host="compute-2", expires_at=T0 - timedelta(seconds=1))
     live = a_connection(host="compute-1", expires_at=T0 + timedelta(seconds=1))
     for connection in (mine, theirs, live):
         repository.add(connection)
-    assert repository.delete_expired(T0, "compute-1", 100) == 1
+    assert repository.purge_expired(T0, "compute-1", 100) == 1
     assert repository.get_by_hash(mine.token_hash) is None
     assert repository.get_by_hash(theirs.token_hash) == theirs
     assert repository.get_by_hash(live.token_hash) == live

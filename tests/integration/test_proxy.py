@@ -293,6 +293,37 @@ class _RecheckFails(InMemoryConsoleConnectionRepository):
         raise BackendUnavailable("store unavailable")
 
 
+class _RecheckBreaksOnce(InMemoryConsoleConnectionRepository):
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("a bug in a store")
+        return super().revocations(instance_uuids)
+
+
+@pytest.mark.asyncio
+async def test_the_recheck_outlives_an_unexpected_error(caplog: pytest.LogCaptureFixture) -> None:
+    repository = _RecheckBreaksOnce()
+    consoles = Consoles(repository=repository)
+    config = replace(CONFIG, session_recheck=0.1)
+    async with (
+        target("echo") as console,
+        proxy(consoles, config) as port,
+        client(console_uri(port, consoles.novnc(console.port)), port) as ws,
+    ):
+        await asyncio.sleep(0.3)
+        assert not repository.broken
+        await asyncio.to_thread(consoles.service.revoke_instance, INSTANCE)
+        ended = await closed(ws, within=3)
+    assert ended.rcvd is not None
+    assert ended.rcvd.reason == "console access was revoked"
+    assert "live sessions not rechecked for revocation" in caplog.text
+
+
 @pytest.mark.asyncio
 async def test_sessions_run_on_while_the_recheck_cannot_reach_the_store(
     caplog: pytest.LogCaptureFixture,

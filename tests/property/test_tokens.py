@@ -128,9 +128,6 @@ class _UntouchableRepository:
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         raise AssertionError("revocations called")
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        raise AssertionError("delete_expired called")
-
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         raise AssertionError("purge_expired called")
 
