@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import cast
 
@@ -18,7 +17,7 @@ from tests.backends import (
     Backend,
     PortBackend,
     SingleStore,
-    open_backend,
+    opened,
 )
 
 settings.register_profile("dev", max_examples=50, deadline=None)
@@ -45,12 +44,8 @@ settings.load_profile(
 @pytest.fixture(scope="session", params=BACKEND_NAMES)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """Each backend, opened once per session."""
-    with tempfile.TemporaryDirectory(prefix=f"console-auth-{request.param}-") as workdir:
-        opened = open_backend(request.param, workdir)
-        try:
-            yield opened
-        finally:
-            opened.close()
+    with opened(request.param) as each:
+        yield each
 
 
 @pytest.fixture
@@ -63,12 +58,8 @@ def repository(backend: Backend) -> Iterator[ConsoleConnectionRepository]:
 @pytest.fixture(scope="session", params=SINGLE_STORE_NAMES)
 def single_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """Each backend whose repository is one store, opened once per session."""
-    with tempfile.TemporaryDirectory(prefix=f"console-auth-{request.param}-") as workdir:
-        opened = open_backend(request.param, workdir)
-        try:
-            yield opened
-        finally:
-            opened.close()
+    with opened(request.param) as each:
+        yield each
 
 
 @pytest.fixture
@@ -81,9 +72,5 @@ def single_store(single_backend: Backend) -> Iterator[SingleStore]:
 @pytest.fixture(scope="session", params=PORT_BACKEND_NAMES)
 def port_backend(request: pytest.FixtureRequest) -> Iterator[PortBackend]:
     """Each backend whose adapters store serial-port leases."""
-    with tempfile.TemporaryDirectory(prefix=f"console-auth-ports-{request.param}-") as workdir:
-        opened = open_backend(request.param, workdir)
-        try:
-            yield cast(PortBackend, opened)
-        finally:
-            opened.close()
+    with opened(request.param) as each:
+        yield cast(PortBackend, each)

@@ -10,7 +10,9 @@ it between tests or hypothesis examples.
 from __future__ import annotations
 
 import importlib
-from contextlib import AbstractContextManager
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Final, Protocol
 
 from console_auth.application import ConsoleConnectionRepository
@@ -58,6 +60,17 @@ SINGLE_STORE_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "memcached"]
 PORT_BACKEND_NAMES = ["memory", "sqlite", "postgresql", "mariadb", "memory-cells"]
 """Backends whose adapters store serial-port leases (issue 5); memcached refuses
 them (``tests/integration/test_memcached.py``)."""
+
+
+@contextmanager
+def opened(name: str) -> Iterator[Backend]:
+    """The named backend in a private temporary directory, closed at the end."""
+    with tempfile.TemporaryDirectory(prefix=f"console-auth-{name}-") as workdir:
+        backend = open_backend(name, workdir)
+        try:
+            yield backend
+        finally:
+            backend.close()
 
 
 def open_backend(name: str, workdir: str) -> Backend:

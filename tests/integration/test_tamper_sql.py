@@ -5,7 +5,6 @@ refused; none ever hands the proxy another host, port or option."""
 from __future__ import annotations
 
 import random
-import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from console_auth.application import (
     ServicePolicy,
 )
 from console_auth.domain import ConsoleAuthError, InvalidToken, InvalidTokenReason
-from tests.backends import open_backend
+from tests.backends import opened
 from tests.fakes import FakeClock, FixedTokenSource
 
 INSTANCE = uuid.UUID("6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f")
@@ -29,12 +28,8 @@ INT_COLUMNS = ("port", "expires_at_us", "issued_at_us")
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql", "mariadb"])
 def sql_backend(request: pytest.FixtureRequest) -> Iterator[Any]:
-    with tempfile.TemporaryDirectory(prefix="console-auth-tamper-") as workdir:
-        backend: Any = open_backend(request.param, workdir)
-        try:
-            yield backend
-        finally:
-            backend.close()
+    with opened(request.param) as backend:
+        yield backend
 
 
 @pytest.fixture
