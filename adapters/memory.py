@@ -6,12 +6,13 @@ checks it); it also serves single-process deployments and tests.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from uuid import UUID
 
-from console_auth.application.service import purge_in_batches
+from console_auth.application.service import in_batches, purge_in_batches
 from console_auth.domain import ConsoleConnection, InvalidRequest, UnknownCell
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
@@ -126,6 +127,9 @@ class InMemoryPortLeaseRepository:
             for key in doomed:
                 del self._leases[key]
         return len(doomed)
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        return in_batches(functools.partial(self.delete_expired, now, host), batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         with self._lock:

@@ -15,11 +15,10 @@ ports with it, and ``claim`` stays one atomic operation in one store.
   done, names it (as revoking tokens does).
 - ``leases`` without a host asks every cell, and fails if one fails: a
   partial list would show taken ports as free.
-- ``delete_expired`` of every host (or of a host in no cell, as the token
-  purge does) goes cell by cell, sharing ``limit``. A cell that fails is
-  skipped while the others fill the batch, then named once they are done,
-  so a caller looping until a batch comes back short still ends, and still
-  purges the cells that are up.
+- ``purge_expired`` of every host (or of a host in no cell, as the token
+  purge does) purges cell by cell, each in its own batches, with the one
+  failure rule of ``in_every_cell``: a cell that fails is skipped, and named
+  once the others are purged.
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ from functools import partial
 from typing import Generic, TypeVar
 from uuid import UUID
 
-from console_auth.domain import BackendUnavailable, UnknownCell
+from console_auth.domain import UnknownCell
 from console_auth.domain.leases import PortLease
 
-from .cells import cells_unavailable, check_cell_stores, in_cell, in_every_cell
+from .cells import check_cell_stores, in_cell, in_every_cell
 from .ports import CellLocator, PortLeaseRepository, PortReservationRepository
 
 _S = TypeVar("_S")
@@ -90,21 +89,14 @@ class CellRoutedPortLeaseRepository(_ByHost[PortLeaseRepository]):
             lambda n: f"{n} port leases of instance {instance_uuid} deleted",
         )
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         name = None if host is None else self._locator.cell_of_host(host)
         cells = self._cells if name is None else {name: self._cells[name]}
-        deleted = 0
-        failed: dict[str, BackendUnavailable] = {}
-        for name, cell in cells.items():
-            if deleted >= limit:
-                break
-            try:
-                deleted += cell.delete_expired(now, host, limit - deleted)
-            except BackendUnavailable as exc:
-                failed[name] = exc
-        if failed and deleted < limit:
-            raise cells_unavailable(f"{deleted} expired port leases deleted in this batch", failed)
-        return deleted
+        return in_every_cell(
+            cells,
+            lambda cell: cell.purge_expired(now, host, batch_size),
+            lambda n: f"purged {n} expired port leases",
+        )
 
 
 class CellRoutedPortReservationRepository(_ByHost[PortReservationRepository]):

@@ -143,8 +143,11 @@ class PortLeaseRepository(Protocol):
         """Delete every lease of the instance; return how many."""
         ...
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        """Delete at most ``limit`` leases with ``expires_at <= now``."""
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        """Delete every lease with ``expires_at <= now`` (of ``host`` only,
+        when given), ``batch_size`` to a short transaction; return how many.
+        Split over cells, each cell that may hold ``host``'s leases in turn,
+        with the one failure rule of ``in_every_cell``."""
         ...
 
 

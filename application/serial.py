@@ -183,10 +183,7 @@ class ConsolePortService:
         now = purge_cutoff(self._consoles.now(), policy.purge_grace)
         if now is None:
             return 0
-        batch, total = policy.purge_batch_size, 0
-        while (deleted := self._leases.delete_expired(now, host, batch)) == batch:
-            total += deleted
-        return total + deleted
+        return self._leases.purge_expired(now, host, policy.purge_batch_size)
 
     def allocate_port(self, host: str, port_range: range | tuple[int, int]) -> int:
         """Reserve the lowest free port of the range for a new serial device.

@@ -7,6 +7,7 @@ a cell database, memcached or memory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -313,6 +314,17 @@ class ConsoleAuthService:
         return total
 
 
+def in_batches(delete_batch: Callable[[int], int], batch_size: int) -> int:
+    """``delete_batch(batch_size)`` until it deletes fewer; the total: how a
+    single store purges, each call one short transaction."""
+    total = 0
+    while True:
+        deleted = delete_batch(batch_size)
+        total += deleted
+        if deleted < batch_size:
+            return total
+
+
 class BatchPurgeable(Protocol):
     """What ``purge_in_batches`` needs of a single store."""
 
@@ -333,12 +345,7 @@ def purge_in_batches(
     """How a single store purges (``ConsoleConnectionRepository.purge_expired``):
     ``delete_expired`` until it deletes fewer than ``batch_size``, each call
     one short transaction, then the revocation records past their retention."""
-    total = 0
-    while True:
-        deleted = store.delete_expired(now, host, batch_size)
-        total += deleted
-        if deleted < batch_size:
-            break
+    total = in_batches(functools.partial(store.delete_expired, now, host), batch_size)
     with contextlib.suppress(OverflowError):  # before the earliest datetime: none is older
         store.delete_revocations(now - REVOCATION_RETENTION)
     return total

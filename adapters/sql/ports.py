@@ -12,6 +12,7 @@ statement, so it commits alone on autocommitting server engines.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, RowMapping, Table, delete, insert, select, update
 from sqlalchemy import exc as sa_exc
 
+from console_auth.application.service import in_batches
 from console_auth.domain import BackendUnavailable
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import invalid_request
@@ -114,6 +116,9 @@ class SqlPortLeaseRepository:
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
         return _write(self._engine, delete(_L).where(_L.c.instance_uuid == str(instance_uuid)))
+
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
+        return in_batches(functools.partial(self.delete_expired, now, host), batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
         """One bounded batch by id, as for connections."""

@@ -137,16 +137,15 @@ def test_leases_are_filtered_and_ordered(leases: PortLeaseRepository) -> None:
     assert leases.leases(T0, host="Compute-1") == []
 
 
-def test_delete_expired_by_host_and_limit(leases: PortLeaseRepository) -> None:
+def test_purge_by_host_and_in_batches(leases: PortLeaseRepository) -> None:
     leases.claim(a_lease(port=1), T0)
     leases.claim(a_lease(port=2, ttl=timedelta(seconds=1)), T0)
     leases.claim(a_lease(port=3, ttl=timedelta(seconds=1)), T0)
     leases.claim(a_lease(port=4, host="compute-2", ttl=timedelta(seconds=1)), T0)
     later = T0 + timedelta(seconds=1)
-    assert leases.delete_expired(later, "compute-2", 10) == 1
-    assert leases.delete_expired(later, None, 1) == 1
-    assert leases.delete_expired(later, None, 10) == 1
-    assert leases.delete_expired(later, None, 10) == 0
+    assert leases.purge_expired(later, "compute-2", 10) == 1
+    assert leases.purge_expired(later, None, 1) == 2  # batches of one, to the end
+    assert leases.purge_expired(later, None, 10) == 0
     assert [x.port for x in leases.leases(T0)] == [1]
 
 

@@ -71,7 +71,7 @@ class DownCell:
     def delete_by_instance(self, instance_uuid: UUID) -> int:
         self._fail()
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+    def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         self._fail()
 
     def reserve(self, host: str, port: int) -> bool:
@@ -123,8 +123,7 @@ def test_every_lease_operation_goes_to_its_hosts_cell_and_nowhere_else(
     assert store.leases(T0) == []
 
     _expired(routed, host, 3)
-    assert routed.delete_expired(LATER, host, 2) == 2
-    assert routed.delete_expired(LATER, host, 2) == 1
+    assert routed.purge_expired(LATER, host, 2) == 3
     assert store.leases(T0) == []
     assert down.calls == 0
 
@@ -211,18 +210,17 @@ def test_a_host_in_no_cell_is_purged_in_every_cell() -> None:
 # --- purging every cell --------------------------------------------------------------------------
 
 
-def test_a_purge_shares_its_limit_across_cells_and_the_service_loop_deletes_all() -> None:
+def test_a_purge_goes_through_every_cell_in_its_batches() -> None:
     a, b = InMemoryPortLeaseRepository(), InMemoryPortLeaseRepository()
     routed = CellRoutedPortLeaseRepository({"a": a, "b": b}, locator())
     _expired(routed, "compute-a", 3)
     _expired(routed, "compute-b", 3)
-    assert routed.delete_expired(LATER, None, 4) == 4
-    assert routed.delete_expired(LATER, None, 4) == 2
-    assert routed.delete_expired(LATER, None, 4) == 0
+    assert routed.purge_expired(LATER, None, 4) == 6
+    assert routed.purge_expired(LATER, None, 4) == 0
 
     _expired(routed, "compute-a", 4)
     _expired(routed, "compute-b", 3)
-    assert port_service(routed).purge_expired() == 7  # batches of 2, one spanning both cells
+    assert port_service(routed).purge_expired() == 7  # batches of 2, cell by cell
     assert a.leases(T0) == b.leases(T0) == []
 
 
@@ -231,11 +229,8 @@ def test_a_purge_of_every_cell_skips_one_that_is_down_and_then_says_so() -> None
     routed = CellRoutedPortLeaseRepository({"a": a, "b": down, "c": c}, locator(("a", "b", "c")))
     _expired(a, "compute-a", 4)
     _expired(c, "compute-z", 3)
-    assert routed.delete_expired(LATER, None, 2) == 2
-    assert down.calls == 0  # a full batch never asks the next cell
-    with pytest.raises(
-        BackendUnavailable, match="not in every cell: cell b: store unavailable"
-    ) as caught:
+    purged_but_b = r"^purged 7 expired port leases, but not in every cell: cell b: store"
+    with pytest.raises(BackendUnavailable, match=purged_but_b) as caught:
         port_service(routed).purge_expired()
     assert isinstance(caught.value.__cause__, ConnectionRefusedError)
     assert a.leases(T0) == c.leases(T0) == []  # the cells that are up were purged all the same
@@ -247,7 +242,7 @@ def test_a_cell_that_is_down_fails_its_own_hosts_and_a_list_of_every_host() -> N
     with pytest.raises(BackendUnavailable, match="cell b: store unavailable"):
         routed.claim(a_lease(host="compute-b"), T0)
     with pytest.raises(BackendUnavailable, match="cell b"):
-        routed.delete_expired(LATER, "compute-b", 10)
+        routed.purge_expired(LATER, "compute-b", 10)
     assert routed.claim(a_lease(host="compute-a"), T0) is None
     with pytest.raises(BackendUnavailable, match="cell b"):  # a partial list would lie
         routed.leases(T0)
