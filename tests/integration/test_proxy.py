@@ -193,6 +193,30 @@ REFUSALS = {
 }
 
 
+def refused_target(
+    consoles: Consoles, case: str, port: int, console_port: int, token: str
+) -> tuple[str, str]:
+    """The request target of a refusal ``case`` (a key of ``REFUSALS``) built
+    from ``token``, a good one issued for ``console_port``, and the token it
+    presents; the store is changed where the case needs it."""
+    instance = INSTANCE
+    if case == "malformed token":
+        token = "not-a-token"
+    elif case == "unknown token":
+        token = token[::-1]
+    elif case == "expired token":
+        consoles.clock.advance(timedelta(minutes=10))
+    elif case == "revoked token":
+        consoles.service.revoke_instance(INSTANCE)
+    elif case == "wrong instance":
+        instance = OTHER_INSTANCE
+    elif case == "wrong console kind":
+        token = consoles.serial(console_port)
+    elif case == "missing token":
+        return f"ws://127.0.0.1:{port}/websockify?instance_uuid={INSTANCE}", token
+    return console_uri(port, token, instance), token
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", REFUSALS)
 async def test_a_refused_request_gets_its_status_and_reaches_no_console(
@@ -205,24 +229,8 @@ async def test_a_refused_request_gets_its_status_and_reaches_no_console(
     config = novnc_only if case == "wrong console kind" else CONFIG
     async with target("rfb") as console, proxy(consoles, config) as port:
         token = "A" * 43 if down else consoles.novnc(console.port)
-        instance, options = INSTANCE, {}
-        if case == "malformed token":
-            token = "not-a-token"
-        elif case == "unknown token":
-            token = token[::-1]
-        elif case == "expired token":
-            consoles.clock.advance(timedelta(minutes=10))
-        elif case == "revoked token":
-            consoles.service.revoke_instance(INSTANCE)
-        elif case == "wrong instance":
-            instance = OTHER_INSTANCE
-        elif case == "wrong console kind":
-            token = consoles.serial(console.port)
-        elif case == "bad origin":
-            options["origin"] = Origin("http://evil.example")
-        uri = console_uri(port, token, instance)
-        if case == "missing token":
-            uri = f"ws://127.0.0.1:{port}/websockify?instance_uuid={INSTANCE}"
+        uri, token = refused_target(consoles, case, port, console.port, token)
+        options = {"origin": Origin("http://evil.example")} if case == "bad origin" else {}
         status, body = await refusal(uri, port, **options)
     assert (status, body.split(":")[0]) == REFUSALS[case]
     assert console.accepted == 0

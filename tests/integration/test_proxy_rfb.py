@@ -10,7 +10,6 @@ import logging
 import os
 import struct
 from dataclasses import replace
-from datetime import timedelta
 
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -24,13 +23,13 @@ from tests.integration.rfb_target import RFB_VERSION, target, unanswered_port
 from tests.integration.test_proxy import (
     CONFIG,
     INSTANCE,
-    OTHER_INSTANCE,
     Consoles,
     client,
     closed,
     console_uri,
     proxy,
     refusal,
+    refused_target,
     session_lines,
 )
 
@@ -91,20 +90,8 @@ async def test_a_refused_novnc_client_reads_the_reason_in_rfb(
     caplog.set_level(logging.INFO)
     consoles = Consoles()
     async with target("rfb") as console, proxy(consoles, RFB_CONFIG) as port:
-        token, instance = consoles.novnc(console.port), INSTANCE
-        if case == "malformed token":
-            token = "not-a-token"
-        elif case == "unknown token":
-            token = token[::-1]
-        elif case == "expired token":
-            consoles.clock.advance(timedelta(minutes=10))
-        elif case == "wrong instance":
-            instance = OTHER_INSTANCE
-        elif case == "wrong console kind":
-            token = consoles.serial(console.port)
-        uri = console_uri(port, token, instance)
-        if case == "missing token":
-            uri = f"ws://127.0.0.1:{port}/websockify?instance_uuid={INSTANCE}"
+        issued = consoles.novnc(console.port)
+        uri, token = refused_target(consoles, case, port, console.port, issued)
         with unanswered_port() as closed_port:
             pass  # nothing listens there now
         if case == "console unreachable":
