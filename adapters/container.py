@@ -44,6 +44,7 @@ from console_auth.adapters.sql import (
     SqlConsoleConnectionRepository,
     SqlPortLeaseRepository,
     SqlPortReservationRepository,
+    Statements,
     guard_schema,
     open_engine,
 )
@@ -112,24 +113,17 @@ def _database_store(
     connection; all are disposed by ``shutdown_resources()``."""
     with ExitStack() as stack:
         if not cells:
-            engine = _opened(stack, url)
-            guard_schema(engine, auto_migrate=auto_migrate)
-            yield Store(
-                SqlConsoleConnectionRepository(engine),
-                SqlPortLeaseRepository(engine),
-                SqlPortReservationRepository(engine),
-            )
+            yield _sql_store(_checked(stack, url, auto_migrate))
             return
-        engines = {
-            name: _opened(stack, cell["database"]["url"], name) for name, cell in cells.items()
+        databases = {
+            name: _checked(stack, cell["database"]["url"], cell["database"]["auto_migrate"], name)
+            for name, cell in cells.items()
         }
-        for name, engine in engines.items():
-            guard_schema(engine, auto_migrate=cells[name]["database"]["auto_migrate"])
         if cell_map_file is None:
             raise InvalidRequest("cells need cell_map_file")
         locator = FileCellLocator(cell_map_file, list(cells))
         tokens = CellRoutedConsoleConnectionRepository(
-            {name: SqlConsoleConnectionRepository(engine) for name, engine in engines.items()},
+            {name: SqlConsoleConnectionRepository(db) for name, db in databases.items()},
             locator,
             search_timeout=search_timeout,
         )
@@ -137,14 +131,31 @@ def _database_store(
         yield Store(
             tokens,
             CellRoutedPortLeaseRepository(
-                {name: SqlPortLeaseRepository(engine) for name, engine in engines.items()},
-                locator,
+                {name: SqlPortLeaseRepository(db) for name, db in databases.items()}, locator
             ),
             CellRoutedPortReservationRepository(
-                {name: SqlPortReservationRepository(engine) for name, engine in engines.items()},
+                {name: SqlPortReservationRepository(db) for name, db in databases.items()},
                 locator,
             ),
         )
+
+
+def _sql_store(statements: Statements) -> Store:
+    return Store(
+        SqlConsoleConnectionRepository(statements),
+        SqlPortLeaseRepository(statements),
+        SqlPortReservationRepository(statements),
+    )
+
+
+def _checked(stack: ExitStack, url: str, auto_migrate: bool | None, cell: str = "") -> Statements:
+    """The statements of an engine that checks its schema on first
+    connection; both closed with ``stack``."""
+    engine = _opened(stack, url, cell)
+    guard_schema(engine, auto_migrate=auto_migrate)
+    statements = Statements(engine)
+    stack.callback(statements.close)
+    return statements
 
 
 def _opened(stack: ExitStack, url: str, cell: str = "") -> Engine:

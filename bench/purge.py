@@ -50,7 +50,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.pool import NullPool
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService, ServicePolicy
@@ -171,7 +171,7 @@ class PurgeBench:
         self.batch = batch
         self._progress = progress
         self._clock = BenchClock()
-        self._timed = _TimedBatches(SqlConsoleConnectionRepository(engine))
+        self._timed = _TimedBatches(SqlConsoleConnectionRepository(Statements(engine)))
         self.service = ConsoleAuthService(
             self._timed,
             self._clock,

@@ -39,14 +39,14 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
-from console_auth.adapters.sql.driver import Prepared
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.adapters.sql.repository import (
     _BY_HASH,
     _BY_INSTANCE,
     _INSERT,
     _record_revocation,
 )
+from console_auth.adapters.sql.statements import Prepared
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService
 from console_auth.domain import TOKEN_BYTES
@@ -137,7 +137,7 @@ class LibrarySide:
     def __init__(self, url: str, clock: BenchClock) -> None:
         self.engine: Engine = open_engine(url)
         self.service = ConsoleAuthService(
-            SqlConsoleConnectionRepository(self.engine), clock, SecretsTokenSource()
+            SqlConsoleConnectionRepository(Statements(self.engine)), clock, SecretsTokenSource()
         )
 
     def authorize(self, instances: Sequence[uuid.UUID]) -> list[str]:

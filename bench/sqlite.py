@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from console_auth.adapters.sql.engine import SQLITE_PRAGMAS, open_engine
 from console_auth.adapters.sql.migrate import upgrade
 from console_auth.adapters.sql.repository import SqlConsoleConnectionRepository
+from console_auth.adapters.sql.statements import Statements
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService, ServicePolicy
 from console_auth.domain import TOKEN_BYTES
@@ -145,7 +146,7 @@ class LibrarySide:
     def __init__(self, path: Path, clock: BenchClock, policy: ServicePolicy) -> None:
         self.engine: Engine = open_engine(sqlite_url(path))
         self._service = ConsoleAuthService(
-            SqlConsoleConnectionRepository(self.engine),
+            SqlConsoleConnectionRepository(Statements(self.engine)),
             clock,
             SecretsTokenSource(),
             policy,

@@ -8,6 +8,7 @@ from .engine import SQLITE_PRAGMAS, open_engine
 from .migrate import HEAD, current_revision, downgrade, guard_schema, upgrade, upgrade_script
 from .ports import SqlPortLeaseRepository, SqlPortReservationRepository
 from .repository import SqlConsoleConnectionRepository
+from .statements import Statements
 
 __all__ = [
     "HEAD",
@@ -15,6 +16,7 @@ __all__ = [
     "SqlConsoleConnectionRepository",
     "SqlPortLeaseRepository",
     "SqlPortReservationRepository",
+    "Statements",
     "current_revision",
     "downgrade",
     "guard_schema",

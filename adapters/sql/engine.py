@@ -2,51 +2,20 @@
 
 ``hide_parameters=True`` is forced: SQLAlchemy otherwise writes bound values
 (token hashes, hosts) into exception text and echo logs. SQLite gets its
-pragmas on every new DBAPI connection, since they are per connection, and
-a database file it creates is readable by its owner only (0600).
+pragmas on every new connection, and a database file it creates is 0600.
 
 Server databases (PostgreSQL through psycopg 3, MariaDB/MySQL through
-PyMySQL) get bounded waits everywhere, so a stopped, frozen, locked or
-unreachable server is a ``BackendUnavailable`` within seconds, never a hang:
+PyMySQL) get bounded waits everywhere (the README's ``open_engine`` table:
+``connect_timeout``, ``io_timeout``, ``pool_timeout``), so a stopped, frozen,
+locked or unreachable server is a ``BackendUnavailable`` within seconds. A
+value in the URL's query or in ``connect_args`` wins over these defaults; a
+PostgreSQL ``options`` given there is appended, so its own bounds win.
 
-============== ======= ==========================================================
-option         default what it bounds
-============== ======= ==========================================================
-connect_timeout   5 s  opening a connection, handshake included (psycopg:
-                       libpq ``connect_timeout``; PyMySQL: ``connect_timeout``,
-                       and the handshake by its read timeout)
-io_timeout        5 s  one statement, on the server: PostgreSQL's
-                       ``statement_timeout`` and ``lock_timeout`` (libpq
-                       ``options``); MariaDB's ``max_statement_time``,
-                       ``innodb_lock_wait_timeout`` and ``lock_wait_timeout``
-                       (MySQL: the last two), in whole seconds, set when a
-                       connection opens. A server that says nothing for
-                       ``io_timeout`` + ``CLIENT_GRACE_S`` is given up on by the
-                       client: PyMySQL's ``read_timeout``/``write_timeout``; on
-                       PostgreSQL, whose libpq has no read timeout (and a frozen
-                       server's kernel still acknowledges, so no TCP timeout
-                       fires), a watchdog thread shuts the socket of a statement
-                       past that deadline. Plus ``tcp_user_timeout`` and TCP
-                       keepalives for a peer that vanished.
-pool_timeout      5 s  waiting for a free pooled connection (SQLAlchemy's own)
-============== ======= ==========================================================
-
-A value in the URL's query (``?connect_timeout=10``) or in ``connect_args``
-wins over these defaults; a PostgreSQL ``options`` given there is appended
-to the bounds, so its own ``-c statement_timeout=...`` wins.
-``io_timeout=None`` turns the statement bounds off (a migration of a very
-large table may need that). A statement cut off by a bound fails, and a
-connection cut off by the client is discarded, never reused.
-
-Server connections autocommit: a token lookup or insert is one statement,
-and BEGIN/COMMIT or the pool's ROLLBACK on return would double or triple its
-round trips. Units of work spanning statements use
-``transactions.transaction(engine)``. Instead of SQLAlchemy's pre-ping (one
-more round trip per checkout), each checkout polls the connection's socket,
-which costs no round trip: a server that closed the connection (restart, kill, idle timeout) or
-sent anything unasked has made it readable, and only then is it pinged and,
-if dead, the pool invalidated and a fresh connection opened. Passing
-``pool_pre_ping=True`` restores the full ping.
+Server connections autocommit (a lookup or an insert is one round trip);
+units of work spanning statements use ``statements.transaction``. Instead of
+SQLAlchemy's pre-ping, each checkout polls the connection's socket, which
+costs no round trip: only a socket the server closed or wrote to unasked is
+pinged. ``pool_pre_ping=True`` restores the full ping.
 """
 
 from __future__ import annotations
@@ -70,8 +39,6 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
-
-from .errors import register_driver
 
 if TYPE_CHECKING:
     import psycopg
@@ -118,6 +85,12 @@ behind it. It needs ``binlog_format`` ROW or MIXED (the servers' defaults):
 with STATEMENT, InnoDB refuses writes under READ COMMITTED (error 1665);
 such a server needs ``connect_args={"init_command": ""}``."""
 
+HOLDABLE: Final = "console_auth_holdable"
+"""An engine execution option: its connections may be held between calls,
+since they autocommit (never left in a transaction or on an old snapshot)
+and get the socket poll (``connection_alive`` checks one without a round
+trip). Set on server engines from ``open_engine`` without ``pool_pre_ping``."""
+
 _SERVER_DRIVERS: Final = {("postgresql", "psycopg"), ("mysql", "pymysql"), ("mariadb", "pymysql")}
 """Backends and drivers whose timeouts and socket this module knows; other
 drivers work, with SQLAlchemy's defaults and its full pre-ping."""
@@ -155,7 +128,6 @@ def open_engine(
         raise InvalidRequest(f"database driver {exc.name!r} is not installed") from None
     except sa_exc.ArgumentError as exc:  # names options, never the URL
         raise InvalidRequest(f"invalid engine options: {exc}") from None
-    register_driver(engine.dialect.loaded_dbapi)
     if backend == "sqlite":
         _listen_sqlite(engine, parsed)
     elif (backend, driver) in _SERVER_DRIVERS:
@@ -185,7 +157,7 @@ def _listen_server(engine: Engine, options: dict[str, Any], io_timeout: float | 
     if not options["pool_pre_ping"]:
         event.listen(engine, "checkout", _liveness_check(engine.dialect))
         if options["isolation_level"] == "AUTOCOMMIT":
-            _HOLDABLE.add(engine)
+            engine.update_execution_options(**{HOLDABLE: True})
 
 
 def _parse(url: str) -> URL:
@@ -311,18 +283,6 @@ def _mysql_bounds(io_timeout: float) -> Callable[[Any, ConnectionPoolEntry], Non
             cursor.close()
 
     return set_bounds
-
-
-_HOLDABLE: Final[weakref.WeakSet[Engine]] = weakref.WeakSet()
-
-
-def holdable(engine: Engine) -> bool:
-    """Whether a connection of ``engine`` may be held between calls: a
-    PostgreSQL or MariaDB/MySQL server engine from ``open_engine`` whose
-    connections autocommit (so a held one never sits in a transaction or
-    on an old snapshot) and get the socket poll (so ``connection_alive``
-    can check one without a round trip)."""
-    return engine in _HOLDABLE
 
 
 def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:

@@ -25,8 +25,7 @@ from sqlalchemy.pool import StaticPool
 from console_auth.domain import BackendUnavailable, InvalidRequest, UnsupportedVersion
 
 from .engine import open_engine
-from .errors import mapped_errors
-from .transactions import transaction
+from .statements import mapped_errors, transaction
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -88,7 +87,7 @@ def guard_schema(engine: Engine, *, auto_migrate: bool | None) -> None:
 
 
 def _ensure_schema(engine: Engine, auto_migrate: bool | None) -> None:
-    with mapped_errors(), engine.connect() as connection:
+    with mapped_errors(engine), engine.connect() as connection:
         revision = _current(connection)
         fresh = revision is None and not inspect(connection).get_table_names()
     if revision == HEAD:
@@ -107,7 +106,7 @@ def _ensure_schema(engine: Engine, auto_migrate: bool | None) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, ``None`` before the first upgrade."""
-    with mapped_errors(), engine.connect() as connection:
+    with mapped_errors(engine), engine.connect() as connection:
         return _current(connection)
 
 
@@ -164,7 +163,7 @@ def _migrating(engine: Engine, revision: str) -> Iterator[Config]:
 
     if not revision.strip():  # Alembic would fail an assertion
         raise InvalidRequest("a target revision is required, such as head or base")
-    with _ALEMBIC, mapped_errors(), transaction(engine) as connection:
+    with _ALEMBIC, mapped_errors(engine), transaction(engine) as connection:
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:  # a whole migration may hold the lock longer than one write
             usual_wait = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()

@@ -20,19 +20,16 @@ from typing import Any, Final
 from uuid import UUID
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, RowMapping, Table, delete, insert, select, update
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Connection, RowMapping, Table, delete, insert, select, update
 
 from console_auth.application.service import in_batches
-from console_auth.domain import BackendUnavailable
+from console_auth.domain import BackendUnavailable, InvalidRequest
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import invalid_request
 from console_auth.domain.types import from_microseconds, to_microseconds
 
-from .errors import mapped_errors
-from .repository import retry_rolled_back
+from .statements import Statements
 from .tables import PORT_LEASES, PORT_RESERVATIONS
-from .transactions import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +55,15 @@ _LEASE_COLUMNS: Final = (
 class SqlPortLeaseRepository:
     """Leases in ``console_port_leases``, one row per (host, port)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, statements: Statements) -> None:
+        self._statements = statements
 
     def claim(self, lease: PortLease, now: datetime) -> PortLease | None:
         row = _lease_row(lease)
         for _ in range(CLAIM_ATTEMPTS):
             current = self._current(lease.host, lease.port)
             if current is None:
-                if _insert(self._engine, _L, row):
+                if _insert(self._statements, _L, row):
                     return None
                 continue
             if current.blocks(lease, now):
@@ -78,7 +75,7 @@ class SqlPortLeaseRepository:
                 .where(_L.c.expires_at_us == to_microseconds(current.expires_at))
                 .values(row)
             )
-            if _write(self._engine, replace) == 1:
+            if _write(self._statements, replace) == 1:
                 return None
         raise BackendUnavailable(
             f"serial port {lease.host}:{lease.port} stayed contended over {CLAIM_ATTEMPTS} reads"
@@ -92,7 +89,7 @@ class SqlPortLeaseRepository:
             .where(_L.c.expires_at_us > to_microseconds(now))
             .values(expires_at_us=to_microseconds(expires_at))
         )
-        if _write(self._engine, renew) != 1:
+        if _write(self._statements, renew) != 1:
             return None
         return lease.model_copy(update={"expires_at": expires_at})
 
@@ -100,7 +97,7 @@ class SqlPortLeaseRepository:
         release = delete(_L).where(
             _L.c.host == lease.host, _L.c.port == lease.port, _L.c.lease_id == lease.lease_id
         )
-        return _write(self._engine, release) == 1
+        return _write(self._statements, release) == 1
 
     def leases(
         self, now: datetime, *, host: str | None = None, instance_uuid: UUID | None = None
@@ -110,12 +107,12 @@ class SqlPortLeaseRepository:
             query = query.where(_L.c.host == host)
         if instance_uuid is not None:
             query = query.where(_L.c.instance_uuid == str(instance_uuid))
-        with mapped_errors(), self._engine.connect() as conn:
-            rows = conn.execute(query.order_by(_L.c.host, _L.c.port)).mappings().all()
+        ordered = query.order_by(_L.c.host, _L.c.port)
+        rows = self._statements.run(lambda conn: conn.execute(ordered).mappings().all())
         return [_lease(row) for row in rows]
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
-        return _write(self._engine, delete(_L).where(_L.c.instance_uuid == str(instance_uuid)))
+        return _write(self._statements, delete(_L).where(_L.c.instance_uuid == str(instance_uuid)))
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         return in_batches(functools.partial(self.delete_expired, now, host), batch_size)
@@ -128,64 +125,55 @@ class SqlPortLeaseRepository:
         where = expired if host is None else expired & (_L.c.host == host)
         oldest = select(_L.c.id).where(where).order_by(_L.c.expires_at_us, _L.c.id).limit(limit)
 
-        def purge() -> int:
-            with mapped_errors(), transaction(self._engine) as conn:
-                ids = conn.scalars(oldest).all()
-                if not ids:
-                    return 0
-                return int(conn.execute(delete(_L).where(_L.c.id.in_(ids), where)).rowcount)
+        def purge(conn: Connection) -> int:
+            ids = conn.scalars(oldest).all()
+            if not ids:
+                return 0
+            return int(conn.execute(delete(_L).where(_L.c.id.in_(ids), where)).rowcount)
 
-        return retry_rolled_back(purge)
+        return self._statements.run(purge)
 
     def _current(self, host: str, port: int) -> PortLease | None:
         query = select(*_LEASE_COLUMNS).where(_L.c.host == host, _L.c.port == port)
-        with mapped_errors(), self._engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+        row = self._statements.run(lambda conn: conn.execute(query).mappings().first())
         return None if row is None else _lease(row)
 
 
 class SqlPortReservationRepository:
     """Reservations in ``console_port_reservations``, keyed by (host, port)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, statements: Statements) -> None:
+        self._statements = statements
 
     def reserve(self, host: str, port: int) -> bool:
         row = {"host": host, "port": port, "reserved_at_us": to_microseconds(datetime.now(UTC))}
-        return _insert(self._engine, _R, row)
+        return _insert(self._statements, _R, row)
 
     def release(self, host: str, port: int) -> bool:
-        return _write(self._engine, delete(_R).where(_R.c.host == host, _R.c.port == port)) == 1
+        return (
+            _write(self._statements, delete(_R).where(_R.c.host == host, _R.c.port == port)) == 1
+        )
 
     def reserved(self, host: str, first: int, last: int) -> set[int]:
         query = select(_R.c.port).where(_R.c.host == host, _R.c.port.between(first, last))
-        with mapped_errors(), self._engine.connect() as conn:
-            return set(conn.scalars(query).all())
+        return self._statements.run(lambda conn: set(conn.scalars(query).all()))
 
 
-def _insert(engine: Engine, table: Table, row: Mapping[str, Any]) -> bool:
+_TAKEN: Final = "taken"
+
+
+def _insert(statements: Statements, table: Table, row: Mapping[str, Any]) -> bool:
     """Insert one row; ``False`` when its unique key is already taken."""
-
-    def write() -> bool:
-        with mapped_errors():
-            try:
-                with transaction(engine) as conn:
-                    conn.execute(insert(table), dict(row))
-            except sa_exc.IntegrityError:
-                return False
-        return True
-
-    return retry_rolled_back(write)
+    try:
+        statements.run(lambda conn: conn.execute(insert(table), dict(row)), on_conflict=_TAKEN)
+    except InvalidRequest:
+        return False
+    return True
 
 
-def _write(engine: Engine, statement: Any) -> int:
+def _write(statements: Statements, statement: Any) -> int:
     """Run one UPDATE or DELETE in its own transaction; return its row count."""
-
-    def write() -> int:
-        with mapped_errors(), transaction(engine) as conn:
-            return int(conn.execute(statement).rowcount)
-
-    return retry_rolled_back(write)
+    return statements.run(lambda conn: int(conn.execute(statement).rowcount))
 
 
 def _lease_row(lease: PortLease) -> dict[str, Any]:

@@ -12,17 +12,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import random
-import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from uuid import UUID
 
 from pydantic import ValidationError
 from sqlalchemy import (
     ColumnElement,
-    Engine,
+    Connection,
     Insert,
     Select,
     bindparam,
@@ -43,25 +41,13 @@ from console_auth.domain import (
 from console_auth.domain.model import invalid_request
 from console_auth.domain.types import from_microseconds, to_microseconds
 
-from .driver import Driver, PooledDriver, Prepared
-from .errors import DUPLICATE_HASH, is_retryable, mapped_errors
-from .held_connection import HeldConnectionDriver
-from .sqlite_threads import SqliteThreadDriver
+from .statements import DUPLICATE_HASH, Statements
 from .tables import CONSOLE_CONNECTIONS, REVOCATIONS
-from .transactions import transaction
 
 logger = logging.getLogger(__name__)
-_R = TypeVar("_R")
 
 DELETE_CHUNK: Final = 500
 """Ids per ``IN (...)``: below every dialect's bound-parameter limit."""
-WRITE_ATTEMPTS: Final = 4
-"""Runs of a write the server rolled back as a deadlock victim or after a
-lock wait timeout, before its ``BackendUnavailable`` reaches the caller."""
-RETRY_PAUSE_S: Final = 0.02
-"""First pause between runs, doubled each time and jittered, so the
-transactions that collided do not collide again in step."""
-
 _T: Final = CONSOLE_CONNECTIONS
 _V: Final = REVOCATIONS
 _COLUMNS: Final = (
@@ -84,55 +70,49 @@ _BY_INSTANCE: Final = delete(_T).where(_T.c.instance_uuid == bindparam("instance
 
 
 class SqlConsoleConnectionRepository:
-    """Safe for threads: each call runs on a connection no other call is
-    using (see ``driver_for``)."""
+    """Safe for threads, as ``Statements`` is."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._driver = driver_for(engine)
-        self._insert = Prepared(engine, _INSERT)
-        self._by_hash = Prepared(engine, _BY_HASH)
-        self._by_instance = Prepared(engine, _BY_INSTANCE)
-        self._record = Prepared(engine, _record_revocation(engine.dialect.name))
+    def __init__(self, statements: Statements) -> None:
+        self._statements = statements
+        prepare = statements.prepare
+        self._insert = prepare(_INSERT)
+        self._by_hash = prepare(_BY_HASH)
+        self._by_instance = prepare(_BY_INSTANCE)
+        self._record = prepare(_record_revocation(statements.engine.dialect.name))
 
     def add(self, connection: ConsoleConnection) -> None:
-        row = _to_row(connection)
-        write, insert = self._driver.write, self._insert
-        retry_rolled_back(lambda: write(insert, row, on_conflict=DUPLICATE_HASH))
+        self._statements.write(self._insert, _to_row(connection), on_conflict=DUPLICATE_HASH)
 
     def get_by_hash(
         self, token_hash: str, instance_uuid: UUID | None = None
     ) -> ConsoleConnection | None:
-        row = self._driver.fetch_one(self._by_hash, {"token_hash": token_hash})
+        row = self._statements.fetch_one(self._by_hash, {"token_hash": token_hash})
         return None if row is None else _to_model(row)
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         """The record first, then the delete: a revoke cut short between them
         has already ended the tokens' sessions, and is safe to run again."""
-        write, record, delete = self._driver.write, self._record, self._by_instance
         instance = str(instance_uuid)
         at = {"instance_uuid": instance, "revoked_at_us": to_microseconds(revoked_at)}
-        retry_rolled_back(lambda: write(record, at))
-        return retry_rolled_back(lambda: write(delete, {"instance_uuid": instance}))
+        self._statements.write(self._record, at)
+        return self._statements.write(self._by_instance, {"instance_uuid": instance})
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         wanted = sorted(str(instance_uuid) for instance_uuid in instance_uuids)
-        found: dict[UUID, datetime] = {}
-        with mapped_errors(), self._engine.connect() as conn:
+
+        def read(conn: Connection) -> dict[UUID, datetime]:
+            found: dict[UUID, datetime] = {}
             for start in range(0, len(wanted), DELETE_CHUNK):
                 chunk = _V.c.instance_uuid.in_(wanted[start : start + DELETE_CHUNK])
                 for instance, revoked_at_us in conn.execute(select(*_V.c).where(chunk)):
                     found[UUID(instance)] = _revoked_at(instance, revoked_at_us)
-        return found
+            return found
+
+        return self._statements.run(read)
 
     def delete_revocations(self, before: datetime) -> int:
         old = delete(_V).where(_V.c.revoked_at_us < to_microseconds(before))
-
-        def forget() -> int:
-            with mapped_errors(), transaction(self._engine) as conn:
-                return int(conn.execute(old).rowcount)
-
-        return retry_rolled_back(forget)
+        return self._statements.run(lambda conn: int(conn.execute(old).rowcount))
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         return purge_in_batches(self, now, host, batch_size)
@@ -152,16 +132,15 @@ class SqlConsoleConnectionRepository:
         oldest = oldest_expired(now, host, limit)
         still_expired = expired_again(now)
 
-        def purge() -> int:
-            with mapped_errors(), transaction(self._engine) as conn:
-                ids = conn.scalars(oldest).all()
-                deleted = 0
-                for start in range(0, len(ids), DELETE_CHUNK):
-                    chunk = _T.c.id.in_(ids[start : start + DELETE_CHUNK])
-                    deleted += conn.execute(delete(_T).where(chunk, still_expired)).rowcount
+        def purge(conn: Connection) -> int:
+            ids = conn.scalars(oldest).all()
+            deleted = 0
+            for start in range(0, len(ids), DELETE_CHUNK):
+                chunk = _T.c.id.in_(ids[start : start + DELETE_CHUNK])
+                deleted += conn.execute(delete(_T).where(chunk, still_expired)).rowcount
             return deleted
 
-        return retry_rolled_back(purge)
+        return self._statements.run(purge)
 
 
 def _revoked_at(instance: str, revoked_at_us: object) -> datetime:
@@ -201,16 +180,6 @@ def _record_revocation(dialect: str) -> Insert:
     )
 
 
-def driver_for(engine: Engine) -> Driver:
-    """A SQLite file's threads hold their connections, a server engine holds
-    one for whoever finds it free, anything else pools every call."""
-    if SqliteThreadDriver.suits(engine):
-        return SqliteThreadDriver(engine)
-    if HeldConnectionDriver.suits(engine):
-        return HeldConnectionDriver(engine)
-    return PooledDriver(engine)
-
-
 def expired_condition(now: datetime, host: str | None) -> ColumnElement[bool]:
     """``expires_at <= now``, and of ``host`` when given."""
     expired = _T.c.expires_at_us <= to_microseconds(now)
@@ -236,32 +205,6 @@ def oldest_expired(now: datetime, host: str | None, limit: int) -> Select[tuple[
         .order_by(_T.c.expires_at_us)
         .limit(limit)
     )
-
-
-def retry_rolled_back(write: Callable[[], _R]) -> _R:
-    """Run ``write``, again (a bounded number of times) while the server
-    rolls it back to break a deadlock or a lock wait.
-
-    Only such faults are retried: the server guarantees nothing of the
-    write survived. A lost connection is not, since an insert may have
-    committed before the answer was lost.
-    """
-    for attempt in range(1, WRITE_ATTEMPTS + 1):
-        try:
-            return write()
-        except BackendUnavailable as exc:
-            if attempt == WRITE_ATTEMPTS or not is_retryable(exc.__cause__):
-                raise
-            pause = RETRY_PAUSE_S * 2 ** (attempt - 1) * (0.5 + random.random())  # noqa: S311
-            logger.warning(
-                "SQL token store rolled a write back (%s); attempt %d of %d in %.0f ms",
-                exc,
-                attempt + 1,
-                WRITE_ATTEMPTS,
-                pause * 1000,
-            )
-            time.sleep(pause)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _to_row(connection: ConsoleConnection) -> dict[str, Any]:

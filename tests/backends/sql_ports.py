@@ -7,7 +7,11 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, delete
 
-from console_auth.adapters.sql import SqlPortLeaseRepository, SqlPortReservationRepository
+from console_auth.adapters.sql import (
+    SqlPortLeaseRepository,
+    SqlPortReservationRepository,
+    Statements,
+)
 from console_auth.adapters.sql.tables import PORT_LEASES, PORT_RESERVATIONS
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
 
@@ -19,4 +23,7 @@ def fresh_sql_ports(
     with engine.begin() as conn:
         conn.execute(delete(PORT_LEASES))
         conn.execute(delete(PORT_RESERVATIONS))
-    yield SqlPortLeaseRepository(engine), SqlPortReservationRepository(engine)
+    yield (
+        SqlPortLeaseRepository(Statements(engine)),
+        SqlPortReservationRepository(Statements(engine)),
+    )

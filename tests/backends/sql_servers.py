@@ -41,7 +41,7 @@ from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS, REVOCATIONS
 from console_auth.application import ConsoleConnectionRepository
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
@@ -134,7 +134,7 @@ class SqlServerBackend:
         with self.engine.begin() as conn:
             conn.execute(delete(CONSOLE_CONNECTIONS))
             conn.execute(delete(REVOCATIONS))
-        yield SqlConsoleConnectionRepository(self.engine)
+        yield SqlConsoleConnectionRepository(Statements(self.engine))
 
     def fresh_ports(
         self,

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import delete
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS, REVOCATIONS
 from console_auth.application import ConsoleConnectionRepository
 from console_auth.application.ports import PortLeaseRepository, PortReservationRepository
@@ -28,7 +28,7 @@ class SqliteBackend:
         with self.engine.begin() as conn:
             conn.execute(delete(CONSOLE_CONNECTIONS))
             conn.execute(delete(REVOCATIONS))
-        yield SqlConsoleConnectionRepository(self.engine)
+        yield SqlConsoleConnectionRepository(Statements(self.engine))
 
     def fresh_ports(
         self,

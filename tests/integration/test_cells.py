@@ -30,6 +30,7 @@ from console_auth.adapters.settings import Settings, load_settings
 from console_auth.adapters.sql import (
     HEAD,
     SqlConsoleConnectionRepository,
+    Statements,
     current_revision,
     open_engine,
 )
@@ -112,8 +113,8 @@ def cells(
 ) -> Iterator[CellRoutedConsoleConnectionRepository]:
     repository = CellRoutedConsoleConnectionRepository(
         {
-            "a": SqlConsoleConnectionRepository(engine_a),
-            "b": SqlConsoleConnectionRepository(engine_b),
+            "a": SqlConsoleConnectionRepository(Statements(engine_a)),
+            "b": SqlConsoleConnectionRepository(Statements(engine_b)),
         },
         locator,
         search_timeout=SEARCH_TIMEOUT,

@@ -103,8 +103,8 @@ def test_usage_errors_never_echo_a_token() -> None:
     url = f"https://console.example.com/?token={token[:20]}"
     for argv in (
         ["revoke", INSTANCE, token],  # unrecognized arguments
-        [*AUTHORIZE, "--type", token],  # invalid choice
-        [*AUTHORIZE, "--type", "novnc", "--option", token],  # expected KEY=VALUE
+        [*AUTHORIZE, f"--type={token}"],  # invalid choice (`=`: a token may start with -)
+        [*AUTHORIZE, "--type", "novnc", f"--option={token}"],  # expected KEY=VALUE
         ["validate", url, url],  # a partial token after token=
         [token],  # invalid command
     ):

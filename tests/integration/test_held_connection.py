@@ -17,10 +17,7 @@ from typing import Any, Final
 import pytest
 from sqlalchemy import Engine, delete, event, text
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
-from console_auth.adapters.sql.driver import PooledDriver
-from console_auth.adapters.sql.held_connection import HeldConnectionDriver
-from console_auth.adapters.sql.repository import driver_for
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.domain import InvalidRequest
 from tests.backends.sql_servers import SERVER_NAMES, database
@@ -90,24 +87,24 @@ def test_only_autocommit_engines_without_pre_ping_hold_a_connection(url: str) ->
     pinging = open_engine(url, pool_pre_ping=True)
     transactional = open_engine(url, isolation_level="READ COMMITTED")
     try:
-        assert HeldConnectionDriver.suits(plain)
-        assert not HeldConnectionDriver.suits(pinging)
-        assert not HeldConnectionDriver.suits(transactional)
-        assert isinstance(driver_for(transactional), PooledDriver)
+        assert Statements(plain).holds_connections
+        assert not Statements(pinging).holds_connections
+        assert not Statements(transactional).holds_connections
     finally:
         for engine in (plain, pinging, transactional):
             engine.dispose()
 
 
 def test_many_repositories_on_one_engine_add_one_dispose_listener(engine: Engine) -> None:
-    repositories = [SqlConsoleConnectionRepository(engine) for _ in range(20)]
+    statements = Statements(engine)
+    repositories = [SqlConsoleConnectionRepository(statements) for _ in range(20)]
     assert len(engine.dispatch.engine_disposed) == 1
     assert len(repositories) == 20
 
 
 def test_a_lone_caller_reuses_one_connection_and_checks_none_out(engine: Engine) -> None:
     connects = Connects(engine)
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     stored = a_connection()
     repository.add(stored)
     for _ in range(50):
@@ -122,7 +119,7 @@ def test_a_lone_caller_reuses_one_connection_and_checks_none_out(engine: Engine)
 def test_a_connection_the_server_killed_costs_no_call(engine: Engine, url: str) -> None:
     """The server writes or closes before the next call: the socket poll
     sees it, and the call runs on a new connection."""
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     stored = a_connection()
     repository.add(stored)
     observer = open_engine(url, pool_pre_ping=True)
@@ -147,7 +144,7 @@ def test_a_call_blocked_on_a_lock_leaves_the_others_to_the_pool(engine: Engine, 
     MariaDB, see ``engine.MYSQL_SESSION_ISOLATION``.) Were they to wait for the held
     connection instead, they would wait for ever: the lock is released
     only after them. Run in threads, so that such a regression fails."""
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     locked, free = a_connection(), a_connection()
     repository.add(locked)
     repository.add(free)
@@ -177,7 +174,7 @@ def test_dispose_during_a_call_lets_it_finish_then_closes_its_connection(
 ) -> None:
     """The call blocked on a row lock keeps its connection; dispose marks it,
     and it is closed when the call returns, with the call's own result."""
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     locked = a_connection()
     repository.add(locked)
     blocker = open_engine(url, isolation_level="READ COMMITTED")  # not autocommit
@@ -213,7 +210,7 @@ def _child(repository: SqlConsoleConnectionRepository, token_hash: str, result: 
 )
 def test_a_forked_child_spares_its_parents_session(engine: Engine) -> None:
     connects = Connects(engine)
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     stored = a_connection()
     repository.add(stored)
     context = multiprocessing.get_context("fork")
@@ -229,7 +226,7 @@ def test_a_forked_child_spares_its_parents_session(engine: Engine) -> None:
 
 
 def test_dispose_closes_the_held_connection(engine: Engine, url: str) -> None:
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     stored = a_connection()
     repository.add(stored)
     observer = open_engine(url, pool_pre_ping=True)

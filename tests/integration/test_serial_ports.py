@@ -19,6 +19,7 @@ from console_auth.adapters.sql import (
     SqlConsoleConnectionRepository,
     SqlPortLeaseRepository,
     SqlPortReservationRepository,
+    Statements,
     open_engine,
 )
 from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource, SystemClock
@@ -31,11 +32,13 @@ from tests.integration.port_race import check_outcomes, issue_tokens, race, run_
 def make_service(url: str) -> ConsolePortService:
     engine = open_engine(url, auto_migrate=url.startswith("sqlite"))
     clock, tokens = SystemClock(), SecretsTokenSource()
-    consoles = ConsoleAuthService(SqlConsoleConnectionRepository(engine), clock, tokens)
+    consoles = ConsoleAuthService(
+        SqlConsoleConnectionRepository(Statements(engine)), clock, tokens
+    )
     return ConsolePortService(
         consoles,
-        SqlPortLeaseRepository(engine),
-        SqlPortReservationRepository(engine),
+        SqlPortLeaseRepository(Statements(engine)),
+        SqlPortReservationRepository(Statements(engine)),
         SecretsLeaseIdSource(),
     )
 

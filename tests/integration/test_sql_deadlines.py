@@ -27,6 +27,7 @@ from console_auth.adapters.sql import (
     SqlConsoleConnectionRepository,
     SqlPortLeaseRepository,
     SqlPortReservationRepository,
+    Statements,
     open_engine,
 )
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS, PORT_LEASES, PORT_RESERVATIONS
@@ -72,7 +73,7 @@ def engine(url: str, observer: Engine) -> Iterator[Engine]:
 
 
 def _service(engine: Engine) -> ConsoleAuthService:
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     return ConsoleAuthService(repository, SystemClock(), SecretsTokenSource())
 
 
@@ -309,9 +310,9 @@ def test_a_session_killed_in_a_transaction_raises_only_backend_unavailable(
     transaction, and back at check-in, ran outside SQLAlchemy's error
     handling); no pooled connection is lost; the same call then succeeds."""
     kill = KillOurSession(engine, observer, moment)
-    tokens = SqlConsoleConnectionRepository(engine)
-    leases = SqlPortLeaseRepository(engine)
-    reservations = SqlPortReservationRepository(engine)
+    tokens = SqlConsoleConnectionRepository(Statements(engine))
+    leases = SqlPortLeaseRepository(Statements(engine))
+    reservations = SqlPortReservationRepository(Statements(engine))
     tokens.add(a_connection(expires_at=T0))
     renewed, released, expired = a_lease(10001), a_lease(10002), a_lease(10003)
     for lease in (renewed, released, expired):

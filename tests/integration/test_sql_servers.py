@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, delete, event, func, select, text
 from sqlalchemy.engine import make_url
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
-from console_auth.adapters.sql.errors import is_retryable
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.adapters.sql.repository import oldest_expired
+from console_auth.adapters.sql.statements import is_retryable
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService, ServicePolicy
@@ -63,7 +63,7 @@ def engine(url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def repository(engine: Engine) -> SqlConsoleConnectionRepository:
-    return SqlConsoleConnectionRepository(engine)
+    return SqlConsoleConnectionRepository(Statements(engine))
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def _through(url: str, proxy: TcpProxy) -> str:
 
 
 def _service(engine: Engine, batch: int = 1000) -> ConsoleAuthService:
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     policy = ServicePolicy(purge_batch_size=batch, purge_grace=timedelta(0))  # purge all expired
     return ConsoleAuthService(repository, SystemClock(), SecretsTokenSource(), policy)
 
@@ -312,7 +312,7 @@ def test_a_hung_server_is_backend_unavailable_in_bounded_time(url: str, proxy: T
 def test_an_exhausted_pool_is_backend_unavailable_after_pool_timeout(url: str) -> None:
     engine = open_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.2)
     try:
-        repository = SqlConsoleConnectionRepository(engine)
+        repository = SqlConsoleConnectionRepository(Statements(engine))
         held = engine.raw_connection()
         try:
             started = time.monotonic()
@@ -359,7 +359,7 @@ def test_a_purge_batch_cut_off_mid_transaction_deletes_nothing(
 
     event.listen(proxied, "before_cursor_execute", cut_before_second_delete)
     try:
-        repository = SqlConsoleConnectionRepository(proxied)
+        repository = SqlConsoleConnectionRepository(Statements(proxied))
         with pytest.raises(BackendUnavailable):
             repository.delete_expired(T0, None, 1200)
         assert deletes == 2
@@ -381,7 +381,7 @@ def test_a_deadlock_victim_purge_is_retried(
     server rolls the purge back (PostgreSQL: it waited first, so its deadlock
     check runs first; MariaDB: it has written less), and the repository runs
     it again once the other transaction is gone."""
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     first, second = (a_connection(expires_at=T0 - timedelta(seconds=1)) for _ in range(2))
     repository.add(first)
     repository.add(second)

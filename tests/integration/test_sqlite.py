@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, event, text
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.adapters.system import SecretsTokenSource, SystemClock
 from console_auth.application import ConsoleAuthService
 from console_auth.domain import (
@@ -52,7 +52,7 @@ def engine(db_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def repository(engine: Engine) -> SqlConsoleConnectionRepository:
-    return SqlConsoleConnectionRepository(engine)
+    return SqlConsoleConnectionRepository(Statements(engine))
 
 
 def _pragmas(conn: Any) -> tuple[Any, ...]:
@@ -78,7 +78,7 @@ def test_pragmas_are_set_on_every_pooled_connection(engine: Engine) -> None:
 def test_in_memory_database_is_one_database_for_every_thread() -> None:
     engine = open_engine("sqlite://", auto_migrate=True)
     try:
-        repository = SqlConsoleConnectionRepository(engine)
+        repository = SqlConsoleConnectionRepository(Statements(engine))
         connection = a_connection()
         worker = threading.Thread(target=repository.add, args=(connection,))
         worker.start()
@@ -125,7 +125,9 @@ def test_a_new_database_file_and_its_wal_and_shm_are_private(tmp_path: Path) -> 
     with _umask(0o022):
         engine = open_engine(f"sqlite:///{path}", auto_migrate=True)
         try:
-            repository = SqlConsoleConnectionRepository(engine)  # its connection keeps -wal
+            repository = SqlConsoleConnectionRepository(
+                Statements(engine)
+            )  # its connection keeps -wal
             repository.add(a_connection())
             files = [path, tmp_path / "new.sqlite3-wal", tmp_path / "new.sqlite3-shm"]
             assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
@@ -142,7 +144,7 @@ def test_an_existing_database_file_keeps_its_mode(tmp_path: Path) -> None:
     with _umask(0o022):
         engine = open_engine(f"sqlite:///{path}", auto_migrate=True)
         try:
-            SqlConsoleConnectionRepository(engine).add(a_connection())
+            SqlConsoleConnectionRepository(Statements(engine)).add(a_connection())
         finally:
             engine.dispose()
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
@@ -204,7 +206,7 @@ def test_a_directory_removed_later_is_backend_unavailable(tmp_path: Path) -> Non
     directory.rmdir()
     try:
         with pytest.raises(BackendUnavailable, match="SQLITE_CANTOPEN") as caught:
-            SqlConsoleConnectionRepository(engine).get_by_hash("0" * 64)
+            SqlConsoleConnectionRepository(Statements(engine)).get_by_hash("0" * 64)
         assert caught.value.__cause__ is not None
     finally:
         engine.dispose()
@@ -219,7 +221,7 @@ def test_a_file_that_is_not_a_database_is_backend_unavailable(
     def use() -> None:
         engine = open_engine(f"sqlite:///{db_path}", auto_migrate=auto_migrate)
         try:
-            SqlConsoleConnectionRepository(engine).add(a_connection())
+            SqlConsoleConnectionRepository(Statements(engine)).add(a_connection())
         finally:
             engine.dispose()
 
@@ -231,7 +233,7 @@ def test_an_unmigrated_database_is_backend_unavailable(db_path: Path) -> None:
     engine = open_engine(f"sqlite:///{db_path}")
     try:
         with pytest.raises(BackendUnavailable):
-            SqlConsoleConnectionRepository(engine).get_by_hash("0" * 64)
+            SqlConsoleConnectionRepository(Statements(engine)).get_by_hash("0" * 64)
     finally:
         engine.dispose()
 
@@ -241,7 +243,7 @@ def test_a_locked_database_is_backend_unavailable_without_values(
 ) -> None:
     event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=50"))
     engine.dispose()  # new connections get the short timeout
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     connection = a_connection(host="secret-host.example")
     locker = sqlite3.connect(db_path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
@@ -331,7 +333,7 @@ def test_no_clean_token_reaches_the_file_or_the_logs(
     caplog.set_level(logging.DEBUG, logger="sqlalchemy")
     engine = open_engine(f"sqlite:///{db_path}", auto_migrate=True)
     service = ConsoleAuthService(
-        SqlConsoleConnectionRepository(engine), SystemClock(), SecretsTokenSource()
+        SqlConsoleConnectionRepository(Statements(engine)), SystemClock(), SecretsTokenSource()
     )
     instance = uuid.uuid4()
     issued = [

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, event
 
-from console_auth.adapters.sql import SqlConsoleConnectionRepository, open_engine
-from console_auth.adapters.sql.sqlite_threads import SqliteThreadDriver
+from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements, open_engine
 from console_auth.domain import BackendUnavailable, InvalidRequest
 from tests.builders import a_connection
 
@@ -38,7 +37,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def repository(engine: Engine) -> SqlConsoleConnectionRepository:
-    return SqlConsoleConnectionRepository(engine)
+    return SqlConsoleConnectionRepository(Statements(engine))
 
 
 class Opened:
@@ -88,10 +87,10 @@ def _in_threads(count: int, work: object) -> list[BaseException]:
 
 def test_a_file_holds_connections_per_thread_and_memory_shares_its_one(engine: Engine) -> None:
     """A new connection to ``sqlite://`` would be a new, empty database."""
-    assert SqliteThreadDriver.suits(engine)
+    assert Statements(engine).holds_connections
     memory = open_engine("sqlite://")
     try:
-        assert not SqliteThreadDriver.suits(memory)
+        assert not Statements(memory).holds_connections
     finally:
         memory.dispose()
 
@@ -144,7 +143,7 @@ def test_dispose_closes_every_held_connection_and_the_next_call_reopens(
 
 def test_dropping_the_repository_closes_its_connection(engine: Engine) -> None:
     opened = Opened(engine)
-    repository = SqlConsoleConnectionRepository(engine)
+    repository = SqlConsoleConnectionRepository(Statements(engine))
     repository.add(a_connection())
     assert opened.open_count() == 1
     del repository
