@@ -50,7 +50,7 @@ from console_auth.domain.errors import (
     InstanceNotRunning,
 )
 from console_auth.domain.model import ConsoleOptions, parse_host
-from console_auth.domain.types import is_port
+from console_auth.domain.types import MAX_PORT, is_port
 
 logger = logging.getLogger(__name__)
 
@@ -231,5 +231,6 @@ def _optional_port(text: str | None) -> int | None:
     if text is None:
         return None
     text = text.strip()
-    port = int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else None
+    digits = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= len(str(MAX_PORT))
+    port = int(text) if digits else None  # bounded: int() refuses over 4300 digits
     return port if is_port(port) else None
