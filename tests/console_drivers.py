@@ -54,8 +54,11 @@ def unavailable(reason: str) -> NoReturn:
 
 
 class Driver(Protocol):
-    name: str
-    endpoints: ConsoleEndpoints
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def endpoints(self) -> ConsoleEndpoints: ...
 
     def provision(self, instance_uuid: UUID, consoles: Consoles) -> None:
         """Give the instance these consoles (at least one, and only these)."""
