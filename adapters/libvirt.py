@@ -148,6 +148,8 @@ class LibvirtConsoleEndpoints:
             with self._opening:
                 if self._connection is connection:
                     self._connection = None
+            with contextlib.suppress(libvirt.libvirtError):  # calls under way keep their own ref
+                connection.close()
             logger.warning("libvirt connection %s lost; it is opened again on next use", self._uri)
 
 

@@ -6,10 +6,11 @@ domain lookup by uuid, one ``XMLDesc`` and its parse) and then authorizes
 exactly what plain ``authorize`` is given here: the same host, port, kind,
 options, base URL and TTL. The ratio is therefore the cost of the driver
 call. libvirt is its in-process ``test:///default`` driver, so no daemon
-round trip is in the figure: a real ``qemu:///system`` adds one RPC to
-libvirtd per call. Two stores: the default SQLite file, where the write
-dominates, and memory, where the driver's share shows best. The driver
-alone (``endpoint`` calls per second) is reported too.
+round trip is in the figure: a real ``qemu:///system`` adds two RPCs to
+libvirtd per call (the lookup and ``XMLDesc``). Two stores: the default
+SQLite file, where the write dominates, and memory, where the driver's
+share shows best. The driver alone (``endpoint`` calls per second) is
+reported too.
 
 Rounds interleave the sides and alternate which goes first, as the other
 benchmarks do; medians of the repetitions are reported.

@@ -3,6 +3,7 @@ real domains defined and started from XML, read back through the adapter."""
 
 from __future__ import annotations
 
+from typing import NoReturn
 from uuid import UUID
 
 import pytest
@@ -168,6 +169,38 @@ def test_a_connection_that_fails_is_backend_unavailable(uri: str) -> None:
         assert not isinstance(caught.value, InstanceNotFound)
         assert caught.value.__cause__ is not None
     adapter.close()
+
+
+class _DeadConnection:
+    """A connection whose peer went away: every call fails, and it says so."""
+
+    def __init__(self, libvirt: LibvirtTestDriver) -> None:
+        self._libvirt = libvirt.libvirt
+        self.closed = False
+
+    def lookupByUUIDString(self, uuid: str) -> NoReturn:  # noqa: N802 - libvirt's name
+        raise self._libvirt.libvirtError("End of file while reading data: Input/output error")
+
+    def isAlive(self) -> int:  # noqa: N802
+        return 0
+
+    def close(self) -> int:
+        self.closed = True
+        return 0
+
+
+def test_a_dead_connection_is_an_outage_then_replaced(libvirt: LibvirtTestDriver) -> None:
+    instance = started(libvirt, vnc(5965))
+    dead = _DeadConnection(libvirt)
+    libvirt.adapter.close()
+    libvirt.adapter._connection = dead
+
+    with pytest.raises(BackendUnavailable, match="cannot read domain") as caught:
+        libvirt.adapter.endpoint(instance, ConsoleType.NOVNC)
+
+    assert not isinstance(caught.value, InstanceNotFound)
+    assert dead.closed
+    assert libvirt.adapter.endpoint(instance, ConsoleType.NOVNC).port == 5965
 
 
 def test_close_then_use_opens_again(libvirt: LibvirtTestDriver) -> None:
