@@ -32,27 +32,21 @@ A deployment with its own source of truth (an API, a database) implements
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import stat
-import threading
-import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
+from console_auth.adapters.toml_files import DEFAULT_RELOAD_INTERVAL, ReloadingTomlFile
 from console_auth.domain import InvalidRequest, UnknownCell
 from console_auth.domain.model import parse_host, parse_instance_uuid
 
 logger = logging.getLogger(__name__)
 _K = TypeVar("_K", str, UUID)
 
-DEFAULT_RELOAD_INTERVAL: Final = 1.0
-"""Seconds between looks at the file: one ``stat`` per second at most,
-however many lookups."""
 _KEYS: Final = frozenset({"hosts", "instances"})
 MAX_CELL_MAP_BYTES: Final = 64 << 20
 """About 1.5 million instances; a larger file is refused rather than read."""
@@ -78,95 +72,32 @@ class FileCellLocator:
         *,
         reload_interval: float = DEFAULT_RELOAD_INTERVAL,
     ) -> None:
-        self._path = Path(path)
         self._cells = tuple(cells)
-        self._reload_interval = reload_interval
-        self._stamp, self._map = self._read()  # the first load fails loudly
-        self._checked = time.monotonic()
-        self._reloading = threading.Lock()
+        self._file = ReloadingTomlFile(
+            path,
+            "cell map",
+            functools.partial(_parse, cells=self._cells),
+            max_bytes=MAX_CELL_MAP_BYTES,
+            log=logger,
+            describe=lambda m: f": {len(m.instances)} instances, {len(m.hosts)} hosts",
+            reload_interval=reload_interval,
+        )
 
     def cell_of(self, instance_uuid: UUID) -> str:
-        cell = self._current().instances.get(instance_uuid)
+        cell = self._file.current().instances.get(instance_uuid)
         if cell is None:
             raise UnknownCell(f"no cell is known to hold instance {instance_uuid}")
         return cell
 
     def cell_of_host(self, host: str) -> str | None:
-        return self._current().hosts.get(host)
+        return self._file.current().hosts.get(host)
 
     def cells(self) -> Sequence[str]:
         return self._cells
 
     def reload(self) -> bool:
         """Read the file now if it changed; ``True`` if a new map is in use."""
-        with self._reloading:
-            return self._reload_if_changed()
-
-    def _current(self) -> _CellMap:
-        due = time.monotonic() - self._checked >= self._reload_interval
-        if due and self._reloading.acquire(blocking=False):  # one reloads, the rest read on
-            try:
-                self._reload_if_changed()
-            finally:
-                self._reloading.release()
-        return self._map
-
-    def _reload_if_changed(self) -> bool:
-        self._checked = time.monotonic()
-        stamp = None
-        try:
-            stamp = _stamp(self._path)
-            if stamp == self._stamp:
-                return False
-            self._stamp, self._map = self._read()
-        except InvalidRequest as exc:
-            logger.error("keeping the previous cell map: %s", exc)
-            if stamp is not None:  # this version is not read (nor logged) again
-                self._stamp = stamp
-            return False
-        logger.info(
-            "cell map %s reloaded: %d instances, %d hosts",
-            self._path,
-            len(self._map.instances),
-            len(self._map.hosts),
-        )
-        return True
-
-    def _read(self) -> tuple[tuple[int, int, int], _CellMap]:
-        status, data = read_toml(self._path, "cell map", MAX_CELL_MAP_BYTES)
-        try:
-            return _stamp_of(status), _parse(data, self._cells)
-        except InvalidRequest as exc:
-            raise InvalidRequest(f"cell map {self._path}: {exc}") from None
-
-
-def read_toml(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, dict[str, Any]]:
-    """A small TOML file's ``stat`` and data, every failure an ``InvalidRequest``
-    naming ``what`` and ``path``: a FIFO or device is refused without
-    blocking on it, and at most ``max_bytes`` are read."""
-    try:
-        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(descriptor, "rb") as file:
-            status = os.fstat(file.fileno())
-            if not stat.S_ISREG(status.st_mode):
-                raise InvalidRequest(f"{what} {path} is not a regular file")
-            raw = file.read(max_bytes + 1)
-    except OSError as exc:
-        raise InvalidRequest(f"{what} {path} cannot be read: {exc.strerror}") from None
-    if len(raw) > max_bytes:
-        raise InvalidRequest(f"{what} {path} is larger than {max_bytes} bytes")
-    try:
-        return status, tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        problem = "it is not UTF-8 text"
-    except tomllib.TOMLDecodeError as exc:
-        problem = str(exc)
-    except ValueError:  # an integer of more digits than int() converts
-        problem = "a number is too long"
-    except RecursionError:
-        problem = "it is nested too deeply"
-    raise InvalidRequest(f"{what} {path} is not valid TOML: {problem}")
+        return self._file.reload()
 
 
 def _parse(data: Mapping[str, Any], cells: Sequence[str]) -> _CellMap:
@@ -194,14 +125,3 @@ def _listed(entry: Mapping[str, Any], key: str, cell: str) -> list[Any]:
 def _place(found: dict[_K, str], name: _K, cell: str) -> None:
     if found.setdefault(name, cell) != cell:
         raise InvalidRequest(f"{name} is in cells {found[name]} and {cell}")
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    try:
-        return _stamp_of(path.stat())
-    except OSError as exc:
-        raise InvalidRequest(f"cell map {path} cannot be read: {exc.strerror}") from None
-
-
-def _stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino

@@ -39,6 +39,7 @@ from console_auth.domain import (
     ConsoleOptions,
     ConsoleType,
     InvalidRequest,
+    IssuedConsole,
 )
 from console_auth.domain.types import MAX_PORT, MAX_TTL_SECONDS
 
@@ -145,6 +146,21 @@ def _authorize(container: Container, args: argparse.Namespace) -> dict[str, Any]
         access_url_base=args.base,
         ttl=None if args.ttl is None else _ttl(args.ttl),
     )
+    return _issued(issued)
+
+
+def _console(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    """``authorize`` with the endpoint the configured console driver finds."""
+    issued = container.consoles().authorize_console(
+        args.instance,
+        args.console_type,
+        access_url_base=args.base,
+        ttl=None if args.ttl is None else _ttl(args.ttl),
+    )
+    return _issued(issued)
+
+
+def _issued(issued: IssuedConsole) -> dict[str, Any]:
     return {
         "token": issued.token.get_secret_value(),
         "access_url": issued.access_url,
@@ -368,9 +384,7 @@ def _parser() -> argparse.ArgumentParser:
         "--type", required=True, dest="console_type", choices=[kind.value for kind in ConsoleType]
     )
     authorize.add_argument("--base", metavar="URL", help="access URL base given to the user")
-    authorize.add_argument(
-        "--ttl", type=int, metavar="SECONDS", help="lifetime (default: the token_ttl setting)"
-    )
+    _ttl_option(authorize)
     authorize.add_argument(
         "--option",
         type=_option,
@@ -379,6 +393,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help=f"repeatable; {', '.join(sorted(_KNOWN_OPTIONS))} or an extra key",
     )
+
+    console = _command(
+        commands,
+        "console",
+        "issue a token for an instance's console, found by the console driver",
+        _console,
+    )
+    console.add_argument("--instance", required=True, metavar="UUID")
+    console.add_argument(
+        "--type", required=True, dest="console_type", choices=[kind.value for kind in ConsoleType]
+    )
+    console.add_argument(
+        "--base", required=True, metavar="URL", help="access URL base given to the user"
+    )
+    _ttl_option(console)
 
     validate = _command(commands, "validate", "print what a token or URL grants", _validate)
     validate.add_argument(
@@ -416,6 +445,12 @@ def _parser() -> argparse.ArgumentParser:
             "--cell", metavar="NAME", help="only this cell's database (default: every cell)"
         )
     return parser
+
+
+def _ttl_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ttl", type=int, metavar="SECONDS", help="lifetime (default: the token_ttl setting)"
+    )
 
 
 def _command(

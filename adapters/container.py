@@ -61,7 +61,9 @@ from console_auth.application.cell_ports import (
     CellRoutedPortLeaseRepository,
     CellRoutedPortReservationRepository,
 )
+from console_auth.application.consoles import InstanceConsoleService
 from console_auth.application.ports import (
+    ConsoleEndpoints,
     LeaseIdSource,
     PortLeaseRepository,
     PortReservationRepository,
@@ -269,6 +271,55 @@ def _ports(
     return ConsolePortService(consoles, store.leases, store.reservations, lease_ids)
 
 
+NO_CONSOLE_DRIVER: Final = (
+    'no console driver is configured: set console_driver to "libvirt" or "static"'
+)
+
+
+def _console_endpoints(
+    driver: str, libvirt: Mapping[str, Any], static_consoles_file: Path | None
+) -> Iterator[ConsoleEndpoints | None]:
+    """The configured driver's ``ConsoleEndpoints`` (``None`` for "none").
+    The libvirt adapter is imported only when chosen (the ``libvirt``
+    extra), and its connection closed by ``shutdown_resources()``."""
+    if driver == "static":
+        from console_auth.adapters.static_consoles import StaticConsoleEndpoints
+
+        if static_consoles_file is None:
+            raise InvalidRequest("the static console driver needs static_consoles_file")
+        yield StaticConsoleEndpoints(static_consoles_file)
+        return
+    if driver != "libvirt":
+        yield None
+        return
+    try:
+        from console_auth.adapters.libvirt import LibvirtConsoleEndpoints
+    except ImportError as exc:
+        raise InvalidRequest(
+            "the libvirt console driver needs libvirt-python: install console-auth[libvirt]"
+        ) from exc
+    endpoints = LibvirtConsoleEndpoints(
+        libvirt["uri"],
+        vnc_host=libvirt["vnc_proxyclient_address"],
+        spice_host=libvirt["spice_proxyclient_address"],
+        serial_host=libvirt["serial_proxyclient_address"],
+    )
+    try:
+        yield endpoints
+    finally:
+        endpoints.close()
+
+
+def _instance_consoles(
+    consoles: ConsoleAuthService,
+    endpoints: ConsoleEndpoints | None,
+    serial_ports: Callable[[], ConsolePortService],
+) -> InstanceConsoleService:
+    if endpoints is None:
+        raise InvalidRequest(NO_CONSOLE_DRIVER)
+    return InstanceConsoleService(consoles, endpoints, serial_ports)
+
+
 class Container(containers.DeclarativeContainer):
     """Feed ``config`` with ``config.from_pydantic(settings)`` (``build_container`` does)."""
 
@@ -323,6 +374,20 @@ class Container(containers.DeclarativeContainer):
         ConsoleAuthService, repository=repository, clock=clock, tokens=tokens, policy=policy
     )
     ports = providers.Factory(_ports, consoles=service, store=store, lease_ids=lease_ids)
+    # Where instances' consoles listen (``console_driver``); tests override it
+    # with an ``InMemoryConsoleEndpoints``.
+    console_endpoints = providers.Resource(
+        _console_endpoints,
+        driver=config.console_driver,
+        libvirt=config.libvirt,
+        static_consoles_file=config.static_consoles_file,
+    )
+    consoles = providers.Factory(
+        _instance_consoles,
+        consoles=service,
+        endpoints=console_endpoints,
+        serial_ports=ports.provider,
+    )
     # ``console-auth db``: the databases without the services' schema check.
     migration_engines = providers.Resource(
         _migration_engines, url=config.database.url, cells=config.cells

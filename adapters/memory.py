@@ -13,7 +13,9 @@ from datetime import datetime
 from uuid import UUID
 
 from console_auth.application.service import in_batches, purge_in_batches
-from console_auth.domain import ConsoleConnection, InvalidRequest, UnknownCell
+from console_auth.domain import ConsoleConnection, ConsoleType, InvalidRequest, UnknownCell
+from console_auth.domain.endpoints import ConsoleEndpoint
+from console_auth.domain.errors import ConsoleTypeUnavailable, InstanceNotFound
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
 from console_auth.domain.types import from_microseconds, to_microseconds
@@ -210,3 +212,41 @@ class InMemoryCellLocator:
 
     def cells(self) -> Sequence[str]:
         return self._cells
+
+
+class InMemoryConsoleEndpoints:
+    """Console endpoints held in a dict: for tests, and for a host service
+    that knows where its consoles listen and tells this (``set``)."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[UUID, dict[ConsoleType, ConsoleEndpoint]] = {}
+        self._lock = threading.Lock()
+
+    def set(
+        self, instance_uuid: UUID | str, console_type: ConsoleType | str, endpoint: ConsoleEndpoint
+    ) -> None:
+        """Record (or move) where the instance's console of this kind listens."""
+        if not isinstance(endpoint, ConsoleEndpoint):
+            raise InvalidRequest("endpoint must be a ConsoleEndpoint")
+        kind = ConsoleType(console_type)
+        with self._lock:
+            self._endpoints.setdefault(parse_instance_uuid(instance_uuid), {})[kind] = endpoint
+
+    def forget(self, instance_uuid: UUID | str) -> None:
+        """The instance is gone: its consoles with it."""
+        with self._lock:
+            self._endpoints.pop(parse_instance_uuid(instance_uuid), None)
+
+    def endpoint(self, instance_uuid: UUID, console_type: ConsoleType) -> ConsoleEndpoint:
+        with self._lock:
+            consoles = self._endpoints.get(instance_uuid)
+            if consoles is None:
+                raise InstanceNotFound(
+                    f"no console endpoints are known for instance {instance_uuid}"
+                )
+            endpoint = consoles.get(console_type)
+        if endpoint is None:
+            raise ConsoleTypeUnavailable(
+                f"instance {instance_uuid} has no {console_type.value} console"
+            )
+        return endpoint

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,10 +40,10 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from console_auth.adapters.cells import read_toml
+from console_auth.adapters.toml_files import read_toml
 from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE
 from console_auth.domain import ConsoleType, InvalidRequest
-from console_auth.domain.hosts import DEFAULT_MEMCACHED_PORT, split_address
+from console_auth.domain.hosts import DEFAULT_MEMCACHED_PORT, check_host, split_address
 from console_auth.domain.types import ProxyId, TtlSeconds
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,32 @@ class ProxySettings(BaseModel):
         return tuple(dict.fromkeys(types))
 
 
+ProxyClientAddress = Annotated[str, AfterValidator(check_host)]
+
+
+class LibvirtSettings(BaseModel):
+    """The ``libvirt`` console driver: which libvirt to ask, and the address
+    the console proxy dials for each device (Nova's
+    ``server_proxyclient_address`` per console kind): the compute host as
+    the proxy reaches it, not QEMU's ``listen`` address in the domain XML."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str = Field(default="qemu:///system", min_length=1, max_length=1024)
+    """``test:///default`` is libvirt's in-process test driver."""
+    vnc_proxyclient_address: ProxyClientAddress = "127.0.0.1"
+    spice_proxyclient_address: ProxyClientAddress = "127.0.0.1"
+    """For spice-html5 and spice-direct consoles."""
+    serial_proxyclient_address: ProxyClientAddress = "127.0.0.1"
+
+    @field_validator("uri")
+    @classmethod
+    def _printable(cls, uri: str) -> str:
+        if not uri.isprintable() or " " in uri:
+            raise ValueError("must be a libvirt URI such as qemu:///system")
+        return uri
+
+
 class Settings(BaseSettings):
     """Everything a deployment chooses; defaults run a single host on SQLite."""
 
@@ -293,6 +320,22 @@ class Settings(BaseSettings):
     """Seconds a token presented without its instance uuid may take to be
     searched for in every cell (``require_instance_uuid = false``)."""
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    console_driver: Literal["none", "libvirt", "static"] = "none"
+    """Where ``console-auth console`` (``InstanceConsoleService``) finds an
+    instance's console: nowhere, the domain XML of ``libvirt``, or
+    ``static_consoles_file``."""
+    libvirt: LibvirtSettings = Field(default_factory=LibvirtSettings)
+    static_consoles_file: Path | None = Field(default=None, validate_default=True)
+    """TOML file of console endpoints by instance and kind
+    (``adapters/static_consoles.py``); required by the ``static`` driver,
+    re-read when it changes."""
+
+    @field_validator("static_consoles_file")
+    @classmethod
+    def _file_with_static(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None and info.data.get("console_driver") == "static":
+            raise ValueError('is required when console_driver is "static"')
+        return path
 
     @field_validator("fallback")
     @classmethod

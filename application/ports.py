@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
-from console_auth.domain import ConsoleConnection
+from console_auth.domain import ConsoleConnection, ConsoleType
+from console_auth.domain.endpoints import ConsoleEndpoint
 from console_auth.domain.leases import PortLease
 
 
@@ -165,4 +166,17 @@ class PortReservationRepository(Protocol):
 
     def reserved(self, host: str, first: int, last: int) -> set[int]:
         """The host's reserved ports within ``first..last`` inclusive."""
+        ...
+
+
+class ConsoleEndpoints(Protocol):
+    """Where each instance's consoles listen: a hypervisor driver's answer,
+    asked every time (a console moves when its instance restarts)."""
+
+    def endpoint(self, instance_uuid: UUID, console_type: ConsoleType) -> ConsoleEndpoint:
+        """The endpoint of the instance's console of this kind, else a
+        ``ConsoleUnavailable``: ``InstanceNotFound``, ``ConsoleTypeUnavailable``
+        (no such device), ``ConsoleNotAllocated`` (autoport not chosen yet) or
+        ``InstanceNotRunning``. ``BackendUnavailable`` when the driver cannot
+        be asked: an outage is never "no such console"."""
         ...

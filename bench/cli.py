@@ -84,6 +84,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "both relaying to one local echo target; set-up rate, throughput, idle memory "
         "(--quick and --repeat apply)",
     )
+    parser.add_argument(
+        "--consoles",
+        action="store_true",
+        help="instead: authorize_console on libvirt's test:///default against plain "
+        "authorize of the same endpoint, on SQLite and memory (--quick, --ops, --repeat "
+        "and --warmup apply)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--ops", type=int, help=f"ops per timed batch ({FULL['ops']:,})")
     parser.add_argument("--repeat", type=int, help=f"timed repetitions ({FULL['repeat']})")
@@ -185,6 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 proxy.sizes(quick=args.quick, repeat=args.repeat),
                 progress,
                 as_json_output=args.json,
+            ),
+            check=args.check,
+        )
+    if args.consoles:
+        from . import consoles  # needs the libvirt extra
+
+        return _verdict(
+            lambda progress: consoles.main(
+                sizes.ops, sizes.repeat, sizes.warmup_ops, progress, as_json_output=args.json
             ),
             check=args.check,
         )

@@ -9,11 +9,16 @@
     │  └─ UnknownCell         no configured cell holds the instance
     ├─ UnsupportedVersion     primitive from a version this library never wrote
     ├─ BackendUnavailable     the store cannot be reached; the driver error is chained
-    └─ PortUnavailable        a console port cannot be had (serial consoles)
-       ├─ NoFreeConsolePort   every defined port is connected or held
-       ├─ PortAlreadyConnected  the port has a live connection
-       ├─ LeaseLost           a heartbeat or disconnect for a lease that is gone
-       └─ PortRangeExhausted  no port of the range is left to reserve
+    ├─ PortUnavailable        a console port cannot be had (serial consoles)
+    │  ├─ NoFreeConsolePort   every defined port is connected or held
+    │  ├─ PortAlreadyConnected  the port has a live connection
+    │  ├─ LeaseLost           a heartbeat or disconnect for a lease that is gone
+    │  └─ PortRangeExhausted  no port of the range is left to reserve
+    └─ ConsoleUnavailable     the driver answered: this console cannot be had
+       ├─ InstanceNotFound    the driver knows no such instance
+       ├─ ConsoleTypeUnavailable  the instance has no console of this kind
+       ├─ ConsoleNotAllocated  the console's port is not allocated yet (autoport)
+       └─ InstanceNotRunning  the instance is not running
 
 Messages name the problem and never contain a token: a proxy may log them
 verbatim, and a token in a log is a live credential.
@@ -115,3 +120,30 @@ class LeaseLost(PortUnavailable):
 
 class PortRangeExhausted(PortUnavailable):
     """Raised by ``allocate_port`` when every port of the range is reserved."""
+
+
+class ConsoleUnavailable(ConsoleAuthError):
+    """Root of a console driver's answers that no console can be had: the
+    driver was asked and said no. A driver that cannot be asked raises
+    ``BackendUnavailable`` instead, so an outage never reads as "no such
+    console". An API maps these to "404" or "409", not to "503"."""
+
+
+class InstanceNotFound(ConsoleUnavailable):
+    """Raised when the console driver knows no instance with this uuid."""
+
+
+class ConsoleTypeUnavailable(ConsoleUnavailable):
+    """Raised when the instance has no console of the asked kind (no such
+    device, or one that does not listen on TCP), as Nova's exception of
+    the same name."""
+
+
+class ConsoleNotAllocated(ConsoleUnavailable):
+    """Raised when the console's port is still to be chosen (libvirt's
+    autoport ``-1``): a token for port -1 would open nothing."""
+
+
+class InstanceNotRunning(ConsoleUnavailable):
+    """Raised when the instance is defined but not running: its consoles
+    listen nowhere."""

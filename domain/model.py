@@ -252,9 +252,9 @@ class ConsoleConnection(BaseModel):
         return cls.build(**fields)
 
 
-def invalid_request(exc: ValidationError) -> InvalidRequest:
-    """Name each bad field without echoing its value, or a caller's option
-    key (either may be hostile, a token even)."""
+def invalid_request(exc: ValidationError, what: str = "console connection") -> InvalidRequest:
+    """Name each bad field of ``what`` without echoing its value, or a
+    caller's option key (either may be hostile, a token even)."""
     problems: dict[str, str] = {}
     for error in exc.errors(include_url=False, include_input=False):
         loc = [str(part) for part in error["loc"]]
@@ -264,7 +264,7 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
         else:
             problems.setdefault(".".join(loc) or "input", error["msg"])
     listed = "; ".join(f"{where}: {problem}" for where, problem in problems.items())
-    return InvalidRequest(f"invalid console connection: {listed}")
+    return InvalidRequest(f"invalid {what}: {listed}")
 
 
 @dataclass(frozen=True, slots=True)

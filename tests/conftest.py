@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -18,6 +19,13 @@ from tests.backends import (
     PortBackend,
     SingleStore,
     opened,
+)
+from tests.console_drivers import (
+    DRIVER_NAMES,
+    Driver,
+    LibvirtTestDriver,
+    MemoryDriver,
+    StaticDriver,
 )
 
 settings.register_profile("dev", max_examples=50, deadline=None)
@@ -74,3 +82,25 @@ def port_backend(request: pytest.FixtureRequest) -> Iterator[PortBackend]:
     """Each backend whose adapters store serial-port leases."""
     with opened(request.param) as each:
         yield cast(PortBackend, each)
+
+
+@pytest.fixture(scope="session")
+def libvirt_test_driver() -> Iterator[LibvirtTestDriver]:
+    """libvirt's ``test:///default``, one connection held for the session
+    (its state is reset when the last one closes)."""
+    driver = LibvirtTestDriver()
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+@pytest.fixture(params=DRIVER_NAMES)
+def console_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Driver]:
+    """Each ``ConsoleEndpoints`` adapter, able to give an instance consoles."""
+    if request.param == "libvirt":
+        yield request.getfixturevalue("libvirt_test_driver")
+    elif request.param == "static":
+        yield StaticDriver(tmp_path / "consoles.toml")
+    else:
+        yield MemoryDriver()

@@ -1,0 +1,113 @@
+"""``StaticConsoleEndpoints``: where each instance's consoles listen, read
+from a TOML file, for deployments without libvirt (or whose hypervisor has
+no driver here).
+
+::
+
+    # one table per instance and console kind; the keys are ConsoleEndpoint's
+    ["6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f".novnc]
+    host = "compute-1"
+    port = 5900
+
+    ["6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f".spice-html5]
+    host = "compute-1"
+    port = 5901
+    options = { tls_port = 5902 }
+
+    ["6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f".serial]
+    host = "compute-1"
+    port = 10000
+    other_ports = [10001]
+    options = { mode = "bind" }
+
+The file is read again when it changes, as the cell map is
+(``toml_files.ReloadingTomlFile``): write a new file and rename it over the
+old one. An instance the file does not name is ``InstanceNotFound``; a kind
+it does not list for a named instance is ``ConsoleTypeUnavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+from uuid import UUID
+
+from console_auth.adapters.toml_files import DEFAULT_RELOAD_INTERVAL, ReloadingTomlFile
+from console_auth.domain import ConsoleType, InvalidRequest
+from console_auth.domain.endpoints import ConsoleEndpoint
+from console_auth.domain.errors import ConsoleTypeUnavailable, InstanceNotFound
+from console_auth.domain.model import parse_instance_uuid
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSOLE_MAP_BYTES: Final = 64 << 20
+"""Some hundred thousand instances; a larger file is refused rather than read."""
+_KINDS: Final = ", ".join(kind.value for kind in ConsoleType)
+
+_ConsoleMap = Mapping[UUID, Mapping[ConsoleType, ConsoleEndpoint]]
+
+
+class StaticConsoleEndpoints:
+    """A ``ConsoleEndpoints`` over a TOML file; see the module docstring."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, reload_interval: float = DEFAULT_RELOAD_INTERVAL
+    ) -> None:
+        self._file = ReloadingTomlFile(
+            path,
+            "console map",
+            _parse,
+            max_bytes=MAX_CONSOLE_MAP_BYTES,
+            log=logger,
+            describe=lambda consoles: f": {len(consoles)} instances",
+            reload_interval=reload_interval,
+        )
+
+    def endpoint(self, instance_uuid: UUID, console_type: ConsoleType) -> ConsoleEndpoint:
+        consoles = self._file.current().get(instance_uuid)
+        if consoles is None:
+            raise InstanceNotFound(f"the console map names no instance {instance_uuid}")
+        endpoint = consoles.get(console_type)
+        if endpoint is None:
+            raise ConsoleTypeUnavailable(
+                f"the console map lists no {console_type.value} console for instance "
+                f"{instance_uuid}"
+            )
+        return endpoint
+
+    def reload(self) -> bool:
+        """Read the file now if it changed; ``True`` if a new map is in use."""
+        return self._file.reload()
+
+
+def _parse(data: Mapping[str, Any]) -> _ConsoleMap:
+    found: dict[UUID, dict[ConsoleType, ConsoleEndpoint]] = {}
+    for name, consoles in data.items():
+        instance = parse_instance_uuid(name)
+        if instance in found:
+            raise InvalidRequest(f"instance {instance} is named twice")
+        if not isinstance(consoles, dict):
+            raise InvalidRequest(f"[{instance}] must be a table of console kinds")
+        found[instance] = {
+            _kind(kind, instance): _endpoint(fields, instance, kind)
+            for kind, fields in consoles.items()
+        }
+    return found
+
+
+def _kind(name: str, instance: UUID) -> ConsoleType:
+    try:
+        return ConsoleType(name)
+    except ValueError:  # the key is not echoed: a file may hold anything
+        raise InvalidRequest(f"[{instance}] console kinds must be among {_KINDS}") from None
+
+
+def _endpoint(fields: object, instance: UUID, kind: str) -> ConsoleEndpoint:
+    if not isinstance(fields, dict):
+        raise InvalidRequest(f'["{instance}".{kind}] must be a table')
+    try:
+        return ConsoleEndpoint.build(**fields)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f'["{instance}".{kind}]: {exc}') from None
