@@ -38,6 +38,7 @@ from console_auth.adapters.memory import (
 )
 from console_auth.adapters.sql.engine import open_engine
 from console_auth.adapters.sql.repository import SqlConsoleConnectionRepository
+from console_auth.adapters.sql.statements import Statements
 from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource
 from console_auth.application import ConsoleAuthService, ConsoleConnectionRepository
 from console_auth.application.consoles import InstanceConsoleService
@@ -151,7 +152,7 @@ def run(
         engine = open_engine(sqlite_url(path))
         try:
             stores = {
-                "sqlite": _Store(SqlConsoleConnectionRepository(engine), endpoints),
+                "sqlite": _Store(SqlConsoleConnectionRepository(Statements(engine)), endpoints),
                 "memory": _Store(InMemoryConsoleConnectionRepository(), endpoints),
             }
             rounds = [(0, warmup)] if warmup else []
