@@ -405,7 +405,7 @@ def _parser() -> argparse.ArgumentParser:
         "--type", required=True, dest="console_type", choices=[kind.value for kind in ConsoleType]
     )
     console.add_argument(
-        "--base", required=True, metavar="URL", help="access URL base given to the user"
+        "--base", metavar="URL", help="access URL base (default: the kind's access_url_bases)"
     )
     _ttl_option(console)
 

@@ -68,7 +68,7 @@ from console_auth.application.ports import (
     PortLeaseRepository,
     PortReservationRepository,
 )
-from console_auth.domain import BackendUnavailable, InvalidRequest
+from console_auth.domain import BackendUnavailable, ConsoleType, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -314,10 +314,12 @@ def _instance_consoles(
     consoles: ConsoleAuthService,
     endpoints: ConsoleEndpoints | None,
     serial_ports: Callable[[], ConsolePortService],
+    access_url_bases: Mapping[str, str],
 ) -> InstanceConsoleService:
     if endpoints is None:
         raise InvalidRequest(NO_CONSOLE_DRIVER)
-    return InstanceConsoleService(consoles, endpoints, serial_ports)
+    bases = {ConsoleType(kind): base for kind, base in access_url_bases.items()}
+    return InstanceConsoleService(consoles, endpoints, serial_ports, bases)
 
 
 class Container(containers.DeclarativeContainer):
@@ -387,6 +389,7 @@ class Container(containers.DeclarativeContainer):
         consoles=service,
         endpoints=console_endpoints,
         serial_ports=ports.provider,
+        access_url_bases=config.access_url_bases,
     )
     # ``console-auth db``: the databases without the services' schema check.
     migration_engines = providers.Resource(

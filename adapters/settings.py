@@ -45,6 +45,7 @@ from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE
 from console_auth.domain import ConsoleType, InvalidRequest
 from console_auth.domain.hosts import DEFAULT_MEMCACHED_PORT, check_host, split_address
 from console_auth.domain.types import ProxyId, TtlSeconds
+from console_auth.domain.urls import check_base_url
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,11 @@ class Settings(BaseSettings):
     instance's console: nowhere, the domain XML of ``libvirt``, or
     ``static_consoles_file``."""
     libvirt: LibvirtSettings = Field(default_factory=LibvirtSettings)
+    access_url_bases: dict[ConsoleType, Annotated[str, AfterValidator(check_base_url)]] = Field(
+        default_factory=dict
+    )
+    """The access URL base of each console kind, for an ``authorize_console``
+    given none (Nova's ``novncproxy_base_url``, ``html5proxy_base_url``, ...)."""
     static_consoles_file: Path | None = Field(default=None, validate_default=True)
     """TOML file of console endpoints by instance and kind
     (``adapters/static_consoles.py``); required by the ``static`` driver,

@@ -14,7 +14,7 @@ asking it for serial ports would make each depend on the other.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from uuid import UUID
 
@@ -33,7 +33,8 @@ class InstanceConsoleService:
 
     ``serial_ports`` gives the serial-port service when a serial console is
     first asked for: a deployment whose store keeps no port leases
-    (memcached) still issues the other kinds.
+    (memcached) still issues the other kinds. ``access_url_bases`` is each
+    kind's base for a call given none (Nova's ``novncproxy_base_url``, ...).
     """
 
     def __init__(
@@ -41,10 +42,12 @@ class InstanceConsoleService:
         consoles: ConsoleAuthService,
         endpoints: ConsoleEndpoints,
         serial_ports: Callable[[], ConsolePortService],
+        access_url_bases: Mapping[ConsoleType, str] | None = None,
     ) -> None:
         self._consoles = consoles
         self._endpoints = endpoints
         self._serial_ports = serial_ports
+        self._bases = dict(access_url_bases or {})
 
     def authorize_console(
         self,
@@ -60,6 +63,8 @@ class InstanceConsoleService:
         instance = parse_instance_uuid(instance_uuid)
         kind = _console_type(console_type)
         endpoint = self._endpoints.endpoint(instance, kind)
+        if access_url_base is None:
+            access_url_base = self._bases.get(kind)
         if kind is ConsoleType.SERIAL:
             return self._serial_ports().authorize_serial(
                 instance,

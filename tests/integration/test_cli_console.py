@@ -219,3 +219,29 @@ def test_the_installed_console_script(static: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["access_url"].startswith(BASE)
+
+
+def test_each_kind_takes_its_access_url_base_from_settings(
+    capsys: pytest.CaptureFixture[str], static: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's command, with no ``--base``: Nova's ``novncproxy_base_url``
+    and ``html5proxy_base_url`` are settings too."""
+    monkeypatch.setenv(
+        "CONSOLE_AUTH_ACCESS_URL_BASES",
+        json.dumps({"novnc": BASE, "spice-html5": "https://spice.example.com/spice_auto.html"}),
+    )
+    for kind, base in (("novnc", BASE), ("spice-html5", "https://spice.example.com/")):
+        issued = run_json(capsys, "console", "--instance", str(INSTANCE), "--type", kind)
+        assert issued["access_url"].startswith(base)
+    given = run_json(capsys, *console(INSTANCE, "spice-html5"))
+    assert given["access_url"].startswith(BASE)  # --base wins
+
+
+def test_a_bad_access_url_base_setting_is_refused_by_name(
+    capsys: pytest.CaptureFixture[str], static: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSOLE_AUTH_ACCESS_URL_BASES", json.dumps({"novnc": "javascript:x"}))
+    code, out, err = run(capsys, "console", "--instance", str(INSTANCE), "--type", "novnc")
+    assert (code, out) == (1, "")
+    assert "access_url_bases.novnc" in err
+    assert "scheme must be one of" in err
