@@ -55,6 +55,8 @@ BROKEN_PIPE_STATUS = 141
 """128 + SIGPIPE: what a shell reports for ``yes | head -1``'s writer."""
 MAX_STDIN_LINE = 64 << 10
 """Bytes ``validate -`` reads: far above any access URL this library builds."""
+LIST_PAGE = 500
+"""Connections ``list`` asks the store for at a time."""
 MAX_INSTANCES_FILE = 16 << 20
 """Bytes ``purge --instances-from`` reads: some 400,000 uuids, a node hosts fewer."""
 _TOKEN_SHAPED = re.compile(
@@ -236,7 +238,7 @@ def _list(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     after: str | None = None
     while True:
         page = service.connections(
-            after, instance_uuid=instance, host=args.host, expired=args.expired
+            after, instance_uuid=instance, host=args.host, expired=args.expired, limit=LIST_PAGE
         )
         for stored in page:
             row = _listed(stored)
