@@ -236,6 +236,8 @@ def _list(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     service = container.service()
     instance = None if args.instance is None else parse_instance_uuid(args.instance)
     after: str | None = None
+    if not args.json:
+        print(" ".join(key.upper() for key in _LIST_COLUMNS))
     while True:
         page = service.connections(
             after, instance_uuid=instance, host=args.host, expired=args.expired, limit=LIST_PAGE
@@ -249,20 +251,25 @@ def _list(container: Container, args: argparse.Namespace) -> dict[str, Any]:
         after = page[-1].connection.token_hash
 
 
+_LIST_COLUMNS = ("token_hash", "instance", "kind", "target", "issued", "expires", "cell")
+
+
 def _listed(stored: StoredConnection) -> dict[str, Any]:
     """A connection as an operator sees it: a hash prefix, never the whole
     hash (the store's key) and never a token (no store holds one)."""
     connection, cell = stored
     host = connection.host
-    return {
-        "token_hash": connection.token_hash[:HASH_PREFIX_LENGTH],
-        "instance": str(connection.instance_uuid),
-        "kind": connection.console_type.value,
-        "target": f"[{host}]:{connection.port}" if ":" in host else f"{host}:{connection.port}",
-        "issued": _when(connection.issued_at),
-        "expires": _when(connection.expires_at),
-        "cell": cell,
-    }
+    target = f"[{host}]:{connection.port}" if ":" in host else f"{host}:{connection.port}"
+    values = (
+        connection.token_hash[:HASH_PREFIX_LENGTH],
+        str(connection.instance_uuid),
+        connection.console_type.value,
+        target,
+        _when(connection.issued_at),
+        _when(connection.expires_at),
+        cell,
+    )
+    return dict(zip(_LIST_COLUMNS, values, strict=True))
 
 
 def _when(at: datetime | None) -> str | None:
