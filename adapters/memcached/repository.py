@@ -339,7 +339,10 @@ class MemcachedConsoleConnectionRepository:
         """One instance's, through its index; a listing of a host or of
         everything is refused (``NEEDS_DATABASE``)."""
         if instance_uuid is None:
-            raise InvalidRequest(f"listing console tokens by host or all of them {NEEDS_DATABASE}")
+            raise InvalidRequest(
+                "listing console tokens of a host or of every instance, or finding one by "
+                f"a hash prefix, {NEEDS_DATABASE}"
+            )
         live_us = None if live_at is None else to_microseconds(live_at)
         listed = sorted(
             e[0]
