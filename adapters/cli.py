@@ -20,11 +20,13 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
+from uuid import UUID
 
 from sqlalchemy import Engine
 
@@ -32,6 +34,9 @@ from console_auth.adapters import settings as settings_module
 from console_auth.adapters.container import Container, build_container
 from console_auth.adapters.settings import ProxySettings, load_settings
 from console_auth.adapters.sql import current_revision, downgrade, upgrade
+from console_auth.application.ports import StoredConnection
+from console_auth.application.purge import MAX_INTERVAL, PeriodicPurge
+from console_auth.application.service import ConsoleAuthService, Explanation
 from console_auth.domain import (
     TOKEN_LENGTH,
     ConsoleAuthError,
@@ -41,6 +46,8 @@ from console_auth.domain import (
     InvalidRequest,
     IssuedConsole,
 )
+from console_auth.domain.model import parse_instance_uuid
+from console_auth.domain.tokens import HASH_PREFIX_LENGTH
 from console_auth.domain.types import MAX_PORT, MAX_TTL_SECONDS
 
 PROG = "console-auth"
@@ -49,6 +56,10 @@ BROKEN_PIPE_STATUS = 141
 """128 + SIGPIPE: what a shell reports for ``yes | head -1``'s writer."""
 MAX_STDIN_LINE = 64 << 10
 """Bytes ``validate -`` reads: far above any access URL this library builds."""
+LIST_PAGE = 500
+"""Connections ``list`` asks the store for at a time."""
+MAX_INSTANCES_FILE = 16 << 20
+"""Bytes ``purge --instances-from`` reads: some 400,000 uuids, a node hosts fewer."""
 _TOKEN_SHAPED = re.compile(
     r"\S*token=\S*|(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{%d,}(?![A-Za-z0-9_-])" % TOKEN_LENGTH  # noqa: UP031
 )
@@ -202,12 +213,164 @@ def _stdin_line() -> str:
         raise InvalidRequest("standard input is not UTF-8 text") from None
 
 
+def _explain(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    """Why the presented token is or is not good: printed, exit status 0
+    either way (the command worked; the verdict is its output)."""
+    value = _stdin_line() if args.presented == "-" else args.presented
+    service = container.service()
+    if _is_url(value):
+        if args.instance is not None:
+            raise InvalidRequest("--instance goes with a bare token; a URL carries its own uuid")
+        explanation = service.explain_url(value)
+    else:
+        explanation = service.explain(value, args.instance)
+    return _explained(explanation)
+
+
+def _explained(explanation: Explanation) -> dict[str, Any]:
+    stored = explanation.stored
+    return {
+        "verdict": explanation.verdict,
+        "detail": explanation.detail,
+        "token_hash": explanation.token_hash,
+        "instance": None if explanation.instance_uuid is None else str(explanation.instance_uuid),
+        "looked_in": explanation.looked_in,
+        "stored": None if stored is None else _listed(StoredConnection(stored)),
+    }
+
+
 def _revoke(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    if (args.instance is None) == (args.token_hash is None):
+        raise InvalidRequest("revoke takes an instance uuid or --token-hash, and only one")
+    if args.token_hash is not None:
+        return _listed(StoredConnection(container.service().revoke_token(args.token_hash)))
     return {"count": container.service().revoke_instance(args.instance)}
 
 
+def _list(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    """Page after page, each printed as it comes: memory holds one page."""
+    service = container.service()
+    instance = None if args.instance is None else parse_instance_uuid(args.instance)
+    after: str | None = None
+    if not args.json:
+        print(" ".join(key.upper() for key in _LIST_COLUMNS))
+    while True:
+        page = service.connections(
+            after, instance_uuid=instance, host=args.host, expired=args.expired, limit=LIST_PAGE
+        )
+        for stored in page:
+            row = _listed(stored)
+            print(json.dumps(row) if args.json else _list_line(row))
+        sys.stdout.flush()
+        if not page:
+            return {}
+        after = page[-1].connection.token_hash
+
+
+_LIST_COLUMNS = ("token_hash", "instance", "kind", "target", "issued", "expires", "cell")
+
+
+def _listed(stored: StoredConnection) -> dict[str, Any]:
+    """A connection as an operator sees it: a hash prefix, never the whole
+    hash (the store's key) and never a token (no store holds one)."""
+    connection, cell = stored
+    host = connection.host
+    target = f"[{host}]:{connection.port}" if ":" in host else f"{host}:{connection.port}"
+    values = (
+        connection.token_hash[:HASH_PREFIX_LENGTH],
+        str(connection.instance_uuid),
+        connection.console_type.value,
+        target,
+        _when(connection.issued_at),
+        _when(connection.expires_at),
+        cell,
+    )
+    return dict(zip(_LIST_COLUMNS, values, strict=True))
+
+
+def _when(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def _list_line(row: dict[str, Any]) -> str:
+    return " ".join(_text(value) for value in row.values())
+
+
 def _purge(container: Container, args: argparse.Namespace) -> dict[str, Any]:
-    return {"count": container.service().purge_expired(args.host)}
+    service = container.service()
+    once = _purge_round(service, args)
+    if args.every is None:
+        return {"count": once()}
+    return _purge_every(once, args)
+
+
+def _purge_round(service: ConsoleAuthService, args: argparse.Namespace) -> Callable[[], int]:
+    """One purge: of the instances the file lists (read again each round: the
+    host service rewrites it), of a host, or of everything."""
+    if args.instances_from is None:
+        return lambda: service.purge_expired(args.host)
+    return lambda: service.purge_instances(_instances(args.instances_from))
+
+
+def _instances(path: Path) -> list[UUID]:
+    """One uuid a line; blank lines and ``#`` comments are skipped."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_INSTANCES_FILE + 1)
+    except OSError as exc:
+        raise InvalidRequest(f"--instances-from {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INSTANCES_FILE:
+        raise InvalidRequest(f"--instances-from {path}: longer than {MAX_INSTANCES_FILE} bytes")
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"--instances-from {path}: not UTF-8 text") from None
+    instances = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            try:
+                instances.append(parse_instance_uuid(text))
+            except InvalidRequest:
+                raise InvalidRequest(
+                    f"--instances-from {path}, line {number}: not an instance uuid"
+                ) from None
+    return instances
+
+
+def _purge_every(once: Callable[[], int], args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds in a thread until SIGTERM or SIGINT, then a summary; exit 0.
+
+    The signals are blocked before any thread starts (threads inherit the
+    mask) and taken with ``sigwait``, so no handler runs inside a round."""
+    if not args.verbose:  # each round's line is this command's output, like the proxy's
+        rounds = logging.getLogger("console_auth.application.purge")
+        rounds.setLevel(logging.INFO)
+        rounds.addHandler(_SESSIONS)
+    ending = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, ending)
+    loop = PeriodicPurge(once, args.every)
+    try:
+        loop.start()
+        _print({"every": args.every}, as_json=args.json)
+        sys.stdout.flush()
+        signal.sigwait(ending)
+    finally:
+        stopped = loop.stop()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if not stopped:
+        print(f"{PROG}: warning: a purge round was still running at exit", file=sys.stderr)
+    return {"rounds": loop.rounds, "failed": loop.failures, "count": loop.purged}
+
+
+def _every(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_INTERVAL:g} seconds, got {text!r}")
+    return seconds
 
 
 def _ports(container: Container, args: argparse.Namespace) -> dict[str, Any]:
@@ -417,11 +580,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--instance", metavar="UUID", help="instance the token must be for")
 
-    revoke = _command(commands, "revoke", "delete every token of an instance", _revoke)
-    revoke.add_argument("instance", metavar="UUID")
+    explain = _command(commands, "explain", "say why a token or URL is or is not good", _explain)
+    explain.add_argument(
+        "presented",
+        metavar="TOKEN_OR_URL",
+        help="a token, an access URL, or - for stdin; put -- before a token that starts with -",
+    )
+    explain.add_argument("--instance", metavar="UUID", help="instance the token is presented for")
+
+    revoke = _command(
+        commands, "revoke", "delete every token of an instance, or one token", _revoke
+    )
+    revoke.add_argument("instance", metavar="UUID", nargs="?")
+    revoke.add_argument(
+        "--token-hash",
+        metavar="PREFIX",
+        help=f"only the token whose hash starts with PREFIX ({HASH_PREFIX_LENGTH}+ hex digits)",
+    )
+
+    list_ = _command(commands, "list", "list stored tokens, one line each (no token)", _list)
+    which = list_.add_mutually_exclusive_group()
+    which.add_argument("--instance", metavar="UUID", help="only this instance's tokens")
+    which.add_argument("--host", help="only tokens for this host")
+    list_.add_argument("--expired", action="store_true", help="expired tokens too")
 
     purge = _command(commands, "purge", "delete expired tokens", _purge)
-    purge.add_argument("--host", help="only tokens for this compute host")
+    whose = purge.add_mutually_exclusive_group()
+    whose.add_argument("--host", help="only tokens for this compute host")
+    whose.add_argument(
+        "--instances-from",
+        type=Path,
+        metavar="FILE",
+        help="only tokens of the instances FILE lists, one uuid a line (read each round)",
+    )
+    purge.add_argument(
+        "--every",
+        type=_every,
+        metavar="SECONDS",
+        help="purge every SECONDS (jittered) until SIGTERM or SIGINT",
+    )
 
     ports = _command(commands, "ports", "list taken serial ports: who, since when", _ports)
     ports.add_argument("--host", help="only this compute host's ports")

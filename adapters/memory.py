@@ -7,11 +7,13 @@ checks it); it also serves single-process deployments and tests.
 from __future__ import annotations
 
 import functools
+import heapq
 import threading
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from uuid import UUID
 
+from console_auth.application.ports import StoredConnection
 from console_auth.application.service import in_batches, purge_in_batches
 from console_auth.domain import ConsoleConnection, ConsoleType, InvalidRequest, UnknownCell
 from console_auth.domain.endpoints import ConsoleEndpoint
@@ -64,15 +66,56 @@ class InMemoryConsoleConnectionRepository:
         return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
+        return self._delete_expired(now, limit, lambda c: host is None or c.host == host)
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        wanted = frozenset(instance_uuids)
+        of = functools.partial(
+            self._delete_expired, now, where=lambda c: c.instance_uuid in wanted
+        )
+        return in_batches(of, batch_size)
+
+    def _delete_expired(
+        self, now: datetime, limit: int, where: Callable[[ConsoleConnection], bool]
+    ) -> int:
         with self._lock:
-            doomed = [
-                h
-                for h, c in self._by_hash.items()
-                if c.expires_at <= now and (host is None or c.host == host)
-            ][:limit]
-            for token_hash in doomed:
+            doomed = [h for h, c in self._by_hash.items() if c.expires_at <= now and where(c)]
+            for token_hash in doomed[:limit]:
                 del self._by_hash[token_hash]
-        return len(doomed)
+        return min(len(doomed), limit)
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        with self._lock:
+            page = heapq.nsmallest(
+                limit,
+                (
+                    c
+                    for h, c in self._by_hash.items()
+                    if (after is None or h > after)
+                    and (instance_uuid is None or c.instance_uuid == instance_uuid)
+                    and (host is None or c.host == host)
+                    and (live_at is None or not c.is_expired(live_at))
+                ),
+                key=lambda c: c.token_hash,
+            )
+        return [StoredConnection(c) for c in page]
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        with self._lock:
+            return 0 if self._by_hash.pop(token_hash, None) is None else 1
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        return None
 
 
 class InMemoryPortLeaseRepository:

@@ -21,6 +21,12 @@ instance goes straight there:
 - ``purge_expired``: the compute host's cell when the locator knows it,
   otherwise every cell, one after another; a cell that is down is skipped
   and named once the others are done.
+- ``purge_instances``: each instance's cell (every cell for one the map
+  does not place), with the same failure rule; ``delete_by_hash``: every
+  cell, alike.
+- ``connections`` (an operator's listing): the instance's cell, the host's
+  cell, or every cell, pages merged in hash order; a cell that is down
+  fails the page, naming it, once the others have answered.
 
 Only a legacy URL, without the instance uuid, cannot be routed. Then
 ``get_by_hash`` asks every cell at once, on a small thread pool per cell:
@@ -36,6 +42,7 @@ Depends on the ports only, so any repository adapter can serve a cell.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -47,7 +54,7 @@ from uuid import UUID
 
 from console_auth.domain import BackendUnavailable, ConsoleConnection, InvalidRequest, UnknownCell
 
-from .ports import CellLocator, ConsoleConnectionRepository
+from .ports import CellLocator, ConsoleConnectionRepository, StoredConnection
 
 logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
@@ -192,6 +199,68 @@ class CellRoutedConsoleConnectionRepository:
             if name is not None:
                 return {name: self.cell(name)}
         return self._cells
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        """Each instance's cell, asked once for all of its instances."""
+        asked = self._by_cell(instance_uuids)
+        return in_every_cell(
+            {name: (self.cell(name), listed) for name, listed in asked.items()},
+            lambda pair: pair[0].purge_instances(now, pair[1], batch_size),
+            lambda n: f"purged {n} expired console tokens of the instances",
+        )
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        """Each cell that may hold them, merged in hash order; see the port."""
+        pages: list[list[StoredConnection]] = []
+        failed: dict[str, BackendUnavailable] = {}
+        for name, cell in self._cells_listing(instance_uuid, host).items():
+            try:
+                page = cell.connections(
+                    after, limit, instance_uuid=instance_uuid, host=host, live_at=live_at
+                )
+            except BackendUnavailable as exc:
+                failed[name] = exc
+                continue
+            pages.append([StoredConnection(s.connection, s.cell or name) for s in page])
+        if failed:
+            raise cells_unavailable("console tokens listed in the cells that answered", failed)
+        merged = heapq.merge(*pages, key=lambda s: s.connection.token_hash)
+        return [stored for stored, _ in zip(merged, range(limit), strict=False)]
+
+    def _cells_listing(
+        self, instance_uuid: UUID | None, host: str | None
+    ) -> Mapping[str, ConsoleConnectionRepository]:
+        if instance_uuid is not None:
+            try:
+                name = self._locator.cell_of(instance_uuid)
+            except UnknownCell:  # deleted since: its tokens may be in any cell
+                return self._cells
+            return {name: self.cell(name)}
+        return self._cells_of_host(host)
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        return in_every_cell(
+            self._cells,
+            lambda cell: cell.delete_by_hash(token_hash),
+            lambda n: f"{n} console tokens deleted by hash",
+        )
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        if instance_uuid is not None:
+            return f"cell {self._locator.cell_of(instance_uuid)}"
+        if len(self._cells) == 1:
+            return f"cell {next(iter(self._cells))}"
+        return "every cell (" + ", ".join(self._cells) + ")"
 
     # --- lifecycle -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Depends on the port only, so any two adapters combine.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 from collections.abc import Collection
@@ -23,7 +24,7 @@ from uuid import UUID
 from console_auth.domain import ConsoleConnection
 
 from .cells import in_every_cell, latest
-from .ports import ConsoleConnectionRepository
+from .ports import ConsoleConnectionRepository, StoredConnection
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ class FallbackConsoleConnectionRepository:
       that was down during the revoke does not hide it.
       A store that fails is skipped; once the other is done a
       ``BackendUnavailable`` names it and says how many were deleted.
-    - ``purge_expired``: the primary to the end, then the secondary, each
-      skipped (then named) if it fails.
+    - ``purge_expired``, ``purge_instances``, ``delete_by_hash``: the
+      primary, then the secondary, each skipped (then named) if it fails.
+    - ``connections``: both pages merged in hash order, a hash in both
+      listed once (the primary's).
 
     Otherwise an error of either store propagates (``BackendUnavailable``);
     every operation is safe to retry.
@@ -101,6 +104,54 @@ class FallbackConsoleConnectionRepository:
             self._stores(),
             lambda store: store.purge_expired(now, host, batch_size),
             lambda n: f"purged {n} expired console tokens{of_host}",
+        )
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        return in_every_cell(
+            self._stores(),
+            lambda store: store.purge_instances(now, instance_uuids, batch_size),
+            lambda n: f"purged {n} expired console tokens of the instances",
+        )
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        pages = [
+            store.connections(
+                after, limit, instance_uuid=instance_uuid, host=host, live_at=live_at
+            )
+            for store in (self.primary, self.secondary)
+        ]
+        page: list[StoredConnection] = []
+        for stored in heapq.merge(*pages, key=lambda s: s.connection.token_hash):
+            if page and page[-1].connection.token_hash == stored.connection.token_hash:
+                continue  # merge is stable: the primary's came first
+            page.append(stored)
+            if len(page) == limit:
+                break
+        return page
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        return in_every_cell(
+            self._stores(),
+            lambda store: store.delete_by_hash(token_hash),
+            lambda n: f"{n} console tokens deleted by hash",
+        )
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        primary = self.primary.looked_in(instance_uuid)
+        secondary = self.secondary.looked_in(instance_uuid)
+        return (
+            f"the primary store{f' ({primary})' if primary else ''}, "
+            f"then the fallback store{f' ({secondary})' if secondary else ''}"
         )
 
     def _stores(self) -> dict[str, ConsoleConnectionRepository]:

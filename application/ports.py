@@ -7,12 +7,24 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Final, NamedTuple, Protocol
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection, ConsoleType
 from console_auth.domain.endpoints import ConsoleEndpoint
 from console_auth.domain.leases import PortLease
+
+MAX_PAGE: Final = 1000
+"""Connections one ``connections`` page may hold: an operator's listing
+holds one page at a time, whatever the number of rows."""
+
+
+class StoredConnection(NamedTuple):
+    """A connection as a listing shows it, with the cell that holds it
+    (``None`` in a store that is not split over cells)."""
+
+    connection: ConsoleConnection
+    cell: str | None = None
 
 
 class ConsoleConnectionRepository(Protocol):
@@ -60,6 +72,50 @@ class ConsoleConnectionRepository(Protocol):
         purges the parts that may hold ``host``'s connections in turn: a part
         that fails is skipped, and once the others are done a
         ``BackendUnavailable`` names it."""
+        ...
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        """Delete every connection of these instances with ``expires_at <=
+        now``, ``batch_size`` to a short transaction; return how many went.
+        What a compute node purges for the guests it runs, whatever ``host``
+        their consoles were stored with (bug 1816399). Over cells, each
+        instance's cell (every cell for one the map does not place), with
+        ``in_every_cell``'s failure rule; a fallback pair, both stores."""
+        ...
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        """One page of stored connections in token-hash order: at most
+        ``limit`` (1 to ``MAX_PAGE``) with a hash above ``after``, of one
+        instance or one ``host`` when given, only those live at ``live_at``
+        (``now < expires_at``) when given. The next page starts after the
+        last hash of this one. Over cells, every cell is asked and a cell
+        that fails fails the page, naming it: a merged page without a cell
+        would skip that cell's rows for good. memcached lists one instance
+        only (``InvalidRequest`` naming the database backend otherwise)."""
+        ...
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        """Delete the connection stored under ``token_hash`` (one token, not
+        its instance: no revocation record is kept); return 0 or 1. Over
+        cells and a fallback pair, every part, with ``in_every_cell``'s
+        failure rule."""
+        ...
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        """Where ``get_by_hash(..., instance_uuid)`` looks, in an operator's
+        words (``cell a``, ``every cell``), or ``None`` for a single store:
+        what ``explain`` tells about a lookup. ``UnknownCell`` as
+        ``get_by_hash`` would raise it."""
         ...
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol, TypedDict
@@ -18,6 +18,7 @@ from uuid import UUID
 from pydantic import SecretStr
 
 from console_auth.domain import (
+    BackendUnavailable,
     ConsoleConnection,
     ConsoleOptions,
     ConsoleType,
@@ -26,15 +27,18 @@ from console_auth.domain import (
     InvalidToken,
     InvalidTokenReason,
     IssuedConsole,
+    UnknownCell,
     check_token,
     hash_token,
     parse_access_url,
 )
+from console_auth.domain.errors import AmbiguousTokenHash, UnknownTokenHash
 from console_auth.domain.integrity import connection_mac, mac_matches
 from console_auth.domain.model import parse_host, parse_instance_uuid, parse_utc
+from console_auth.domain.tokens import HASH_PREFIX_LENGTH, check_hash_prefix, is_token_hash
 from console_auth.domain.types import parse_ttl
 
-from .ports import Clock, ConsoleConnectionRepository, TokenSource
+from .ports import MAX_PAGE, Clock, ConsoleConnectionRepository, StoredConnection, TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,9 @@ REVOCATION_RETENTION: Final = timedelta(days=1)
 store for longer may miss the revocation of a session it holds."""
 
 MAX_LEASE_TTL: Final = timedelta(days=1)
+
+DEFAULT_PAGE: Final = 500
+"""Connections per page of an operator's listing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,6 +319,182 @@ class ConsoleAuthService:
         total = self._repository.purge_expired(now, host, self._policy.purge_batch_size)
         logger.info("purged %d expired console tokens%s", total, f" of {host}" if host else "")
         return total
+
+    def purge_instances(self, instance_uuids: Iterable[UUID | str]) -> int:
+        """Delete the expired connections of these instances (those a compute
+        node runs), as ``purge_expired`` does for a host: the stored ``host``
+        is the console's, not always the compute node's (bug 1816399)."""
+        wanted = {parse_instance_uuid(instance_uuid) for instance_uuid in instance_uuids}
+        now = purge_cutoff(self.now(), self._policy.purge_grace)
+        if not wanted or now is None:
+            return 0
+        total = self._repository.purge_instances(now, wanted, self._policy.purge_batch_size)
+        logger.info("purged %d expired console tokens of %d instances", total, len(wanted))
+        return total
+
+    def connections(
+        self,
+        after: str | None = None,
+        *,
+        instance_uuid: UUID | str | None = None,
+        host: str | None = None,
+        expired: bool = False,
+        limit: int = DEFAULT_PAGE,
+    ) -> list[StoredConnection]:
+        """One page of stored connections in token-hash order, live ones
+        only unless ``expired``; the next page starts ``after`` the last
+        hash of this one. An operator's listing: one page in memory at a time."""
+        if after is not None and not is_token_hash(after):
+            raise InvalidRequest("a listing continues after a whole token hash (64 hex digits)")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"a page holds 1 to {MAX_PAGE} connections")
+        return self._repository.connections(
+            after,
+            limit,
+            instance_uuid=None if instance_uuid is None else parse_instance_uuid(instance_uuid),
+            host=None if host is None else parse_host(host),
+            live_at=None if expired else self.now(),
+        )
+
+    def revoke_token(self, hash_prefix: str) -> ConsoleConnection:
+        """Delete the one stored token (live or expired) whose hash starts
+        with ``hash_prefix`` (``HASH_PREFIX_LENGTH`` to 64 hex digits);
+        return what it granted. ``UnknownTokenHash`` or ``AmbiguousTokenHash``
+        otherwise. No revocation record: a session it opened runs on
+        (``revoke_instance`` ends those)."""
+        prefix = check_hash_prefix(hash_prefix)
+        if len(prefix) == 64:
+            found = self._repository.get_by_hash(prefix)
+            matches = [] if found is None else [found]
+        else:  # every hash starting with the prefix sorts right after it
+            page = self._repository.connections(prefix, 2)
+            matches = [s.connection for s in page if s.connection.token_hash.startswith(prefix)]
+        if len(matches) > 1:
+            raise AmbiguousTokenHash(
+                f"more than one stored console token has a hash starting with {prefix}; "
+                "give more digits"
+            )
+        if not matches or not self._repository.delete_by_hash(matches[0].token_hash):
+            raise UnknownTokenHash(f"no stored console token has a hash starting with {prefix}")
+        connection = matches[0]
+        logger.info(
+            "revoked console token (hash %.8s) of instance %s",
+            connection.token_hash,
+            connection.instance_uuid,
+        )
+        return connection
+
+    def explain_url(self, url: str) -> Explanation:
+        """``explain`` for the token and uuid an access URL carries."""
+        try:
+            token, instance_uuid = parse_access_url(url)
+        except InvalidToken as exc:
+            return Explanation(verdict=exc.reason.value, detail=f"the URL's {exc}")
+        except InvalidRequest as exc:
+            return Explanation(verdict="bad_request", detail=str(exc))
+        return self.explain(token, instance_uuid)
+
+    def explain(self, token: str | bytes, instance_uuid: UUID | str | None = None) -> Explanation:
+        """Why ``validate(token, instance_uuid)`` accepts or refuses, and what
+        the store holds under the token's hash: validate decides, this only
+        adds the stored row and where it was looked for."""
+        try:
+            token_hash = hash_token(check_token(token))
+        except InvalidToken:
+            return Explanation(
+                verdict="malformed",
+                detail="a console token is 43 URL-safe characters (A-Z a-z 0-9 - _)",
+            )
+        prefix = token_hash[:HASH_PREFIX_LENGTH]
+        try:
+            expected = None if instance_uuid is None else parse_instance_uuid(instance_uuid)
+        except InvalidRequest as exc:
+            return Explanation(verdict="bad_request", detail=str(exc), token_hash=prefix)
+        found = functools.partial(
+            Explanation, token_hash=prefix, instance_uuid=expected, looked_in=None
+        )
+        try:
+            found = functools.partial(found, looked_in=self._repository.looked_in(expected))
+            connection = self.validate(token, expected)
+        except InvalidToken as exc:
+            return self._explain_refusal(found, exc.reason, token_hash, expected)
+        except InstanceMismatch as exc:
+            if expected is None:
+                return found(verdict="instance_required", detail=str(exc))
+            stored = self._stored(token_hash, expected)
+            issued_for = "" if stored is None else f" it was issued for {stored.instance_uuid}"
+            return found(
+                verdict="instance_mismatch",
+                detail=f"presented for instance {expected};{issued_for}",
+                stored=stored,
+            )
+        except UnknownCell as exc:
+            return found(verdict="unknown_cell", detail=str(exc))
+        except BackendUnavailable as exc:
+            return found(verdict="backend_unavailable", detail=str(exc))
+        except InvalidRequest as exc:
+            return found(verdict="bad_request", detail=str(exc))
+        return found(
+            verdict="valid",
+            detail=f"valid until {connection.expires_at.isoformat()}",
+            stored=connection,
+        )
+
+    def _explain_refusal(
+        self,
+        found: Callable[..., Explanation],
+        reason: InvalidTokenReason,
+        token_hash: str,
+        expected: UUID | None,
+    ) -> Explanation:
+        if reason is InvalidTokenReason.UNKNOWN:
+            return found(verdict=reason.value, detail=_REFUSAL_DETAIL[reason])
+        stored = self._stored(token_hash, expected)
+        if reason is InvalidTokenReason.EXPIRED and stored is not None:
+            detail = f"expired at {stored.expires_at.isoformat()}"
+        else:
+            detail = _REFUSAL_DETAIL.get(reason, f"refused ({reason.value})")
+        return found(verdict=reason.value, detail=detail, stored=stored)
+
+    def _stored(self, token_hash: str, instance_uuid: UUID | None) -> ConsoleConnection | None:
+        """The row behind a refusal, for its details; gone (purged since, or
+        the store went away) is no details, the verdict stands."""
+        try:
+            return self._repository.get_by_hash(token_hash, instance_uuid)
+        except BackendUnavailable:
+            return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explanation:
+    """Why a presented token is or is not good, for an operator: what
+    ``validate`` decided, and what the store holds under its hash."""
+
+    verdict: str
+    """``valid``, or a stable refusal code: ``malformed``, ``unknown``,
+    ``expired``, ``tampered`` (``InvalidToken`` reasons), ``instance_mismatch``,
+    ``instance_required``, ``bad_request``, ``unknown_cell``,
+    ``backend_unavailable``."""
+    detail: str
+    """One sentence; never the token."""
+    token_hash: str | None = None
+    """The first ``HASH_PREFIX_LENGTH`` hex digits, once the token is well formed."""
+    instance_uuid: UUID | None = None
+    """The instance it was presented for, if any."""
+    looked_in: str | None = None
+    """Where the store looked (``cell a``), for a store split over cells."""
+    stored: ConsoleConnection | None = None
+    """The stored connection: what ``validate`` returned, or what refused it
+    (expired, another instance's, or changed since it was stored)."""
+
+
+_REFUSAL_DETAIL: Final = {
+    InvalidTokenReason.UNKNOWN: "no stored console token has this hash",
+    InvalidTokenReason.TAMPERED: (
+        "the stored connection does not match its MAC (or has none while MACs are "
+        "required): it was changed in the store after it was issued"
+    ),
+}
 
 
 def in_batches(delete_batch: Callable[[int], int], batch_size: int) -> int:

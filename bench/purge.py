@@ -54,6 +54,7 @@ from console_auth.adapters.sql import SqlConsoleConnectionRepository, Statements
 from console_auth.adapters.sql.tables import CONSOLE_CONNECTIONS
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService, ServicePolicy
+from console_auth.application.ports import StoredConnection
 from console_auth.application.service import purge_in_batches
 from console_auth.domain import ConsoleConnection
 from console_auth.domain.types import to_microseconds
@@ -396,6 +397,30 @@ class _TimedBatches:
         deleted = self._inner.delete_expired(now, host, limit)
         self.batch_seconds.append(time.perf_counter() - started)
         return deleted
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[uuid.UUID], batch_size: int
+    ) -> int:
+        return self._inner.purge_instances(now, instance_uuids, batch_size)
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: uuid.UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        return self._inner.connections(
+            after, limit, instance_uuid=instance_uuid, host=host, live_at=live_at
+        )
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        return self._inner.delete_by_hash(token_hash)
+
+    def looked_in(self, instance_uuid: uuid.UUID | None) -> str | None:
+        return self._inner.looked_in(instance_uuid)
 
 
 class _Validator(threading.Thread):

@@ -6,7 +6,9 @@
     ├─ InvalidToken           unknown, malformed or expired; .reason says which
     ├─ InstanceMismatch       good token, wrong (or required but missing) instance uuid
     ├─ InvalidRequest         bad host, port, options, URL, uuid or primitive
-    │  └─ UnknownCell         no configured cell holds the instance
+    │  ├─ UnknownCell         no configured cell holds the instance
+    │  ├─ UnknownTokenHash    no stored token has the given hash prefix
+    │  └─ AmbiguousTokenHash  several stored tokens have the given hash prefix
     ├─ UnsupportedVersion     primitive from a version this library never wrote
     ├─ BackendUnavailable     the store cannot be reached; the driver error is chained
     ├─ PortUnavailable        a console port cannot be had (serial consoles)
@@ -80,6 +82,16 @@ class UnknownCell(InvalidRequest):
     guess would store a token where validation never looks, or revoke
     nothing while the tokens live on.
     """
+
+
+class UnknownTokenHash(InvalidRequest):
+    """Raised by ``revoke_token`` when no stored token (live or expired) has
+    a hash starting with the given prefix."""
+
+
+class AmbiguousTokenHash(InvalidRequest):
+    """Raised by ``revoke_token`` when the prefix matches more than one
+    stored token: it names none of them, the operator gives more digits."""
 
 
 class UnsupportedVersion(ConsoleAuthError):

@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Final
 
-from .errors import InvalidToken, InvalidTokenReason
+from .errors import InvalidRequest, InvalidToken, InvalidTokenReason
 
 TOKEN_BYTES: Final = 32
 """Entropy per token: 256 bits, twice what Nova's uuid4 tokens carry."""
@@ -48,3 +48,21 @@ def hash_token(token: str) -> str:
 def is_token_hash(value: str) -> bool:
     """Whether ``value`` has the shape of ``hash_token``'s output."""
     return _HASH_SHAPE.fullmatch(value) is not None
+
+
+HASH_PREFIX_LENGTH: Final = 12
+"""Hex digits of a token hash an operator sees and gives back (``list``,
+``revoke --token-hash``): 48 bits tell live tokens apart, and a listing
+pasted into a ticket never holds a store's full key."""
+_HASH_PREFIX_SHAPE: Final = re.compile(r"[0-9a-f]{%d,64}" % HASH_PREFIX_LENGTH)  # noqa: UP031
+
+
+def check_hash_prefix(value: object) -> str:
+    """A token-hash prefix of ``HASH_PREFIX_LENGTH`` to 64 hex digits,
+    lower-cased; ``InvalidRequest`` otherwise."""
+    text = value.lower() if isinstance(value, str) else None
+    if text is None or _HASH_PREFIX_SHAPE.fullmatch(text) is None:
+        raise InvalidRequest(
+            f"a token hash prefix is {HASH_PREFIX_LENGTH} to 64 hexadecimal digits"
+        )
+    return text

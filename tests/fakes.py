@@ -10,6 +10,7 @@ from typing import Final, NoReturn
 from uuid import UUID
 
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.application.ports import StoredConnection
 from console_auth.domain import TOKEN_LENGTH, BackendUnavailable, ConsoleConnection
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -85,6 +86,28 @@ class UnavailableRepository:
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         self._fail()
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        self._fail()
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        self._fail()
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        self._fail()
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        return None
 
 
 class StalledRepository(InMemoryConsoleConnectionRepository):

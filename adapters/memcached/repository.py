@@ -66,7 +66,8 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from console_auth.application.service import purge_in_batches
+from console_auth.application.ports import StoredConnection
+from console_auth.application.service import in_batches, purge_in_batches
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
@@ -95,6 +96,10 @@ logger = logging.getLogger(__name__)
 
 LIST_SLACK: Final = 3600
 """Seconds added to host and registry entries beyond what they must cover."""
+NEEDS_DATABASE: Final = (
+    'needs the database backend (console_tokens_backend = "database"): '
+    "memcached has no index to page through"
+)
 
 
 def _fast_prefix() -> bytes:
@@ -308,10 +313,75 @@ class MemcachedConsoleConnectionRepository:
                     return deleted
         return deleted
 
-    def _purge_instance(self, instance: str, host: str, now_us: int, budget: int) -> int:
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        """Each instance's index, in batches of its due entries."""
+        now_us = to_microseconds(now)
+        total = 0
+        for instance in sorted({str(instance_uuid) for instance_uuid in instance_uuids}):
+
+            def batch(limit: int, instance: str = instance) -> int:
+                return self._purge_instance(instance, None, now_us, limit)
+
+            total += in_batches(batch, batch_size)
+        return total
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        """One instance's, through its index; a listing of a host or of
+        everything is refused (``NEEDS_DATABASE``)."""
+        if instance_uuid is None:
+            raise InvalidRequest(
+                "listing console tokens of a host or of every instance, or finding one by "
+                f"a hash prefix, {NEEDS_DATABASE}"
+            )
+        live_us = None if live_at is None else to_microseconds(live_at)
+        listed = sorted(
+            e[0]
+            for e in self._instances.read(self.instance_key(instance_uuid))
+            if (after is None or e[0] > after)
+            and (host is None or e[3] == host)
+            and (live_us is None or e[2] > live_us)
+        )
+        page: list[StoredConnection] = []
+        for start in range(0, len(listed), limit):  # an index may list evicted items
+            keys = [self.connection_key(h) for h in listed[start : start + limit]]
+            found = self._client.get_many(keys)
+            for token_hash, key in zip(listed[start : start + limit], keys, strict=True):
+                raw = found.get(key)
+                if raw is not None:
+                    page.append(StoredConnection(_decode(token_hash, raw)))
+            if len(page) >= limit:
+                break
+        return page[:limit]
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        """The item, then its entry in its instance's index."""
+        connection = self.get_by_hash(token_hash)
+        if connection is None or not self._client.delete(self.connection_key(token_hash)):
+            return 0
+        self._instances.update(self.instance_key(connection.instance_uuid), _without({token_hash}))
+        return 1
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        return None
+
+    def _purge_instance(self, instance: str, host: str | None, now_us: int, budget: int) -> int:
         key = self._keys.instance(instance)
         due = sorted(
-            (e for e in self._instances.read(key) if e[3] == host and e[2] <= now_us),
+            (
+                e
+                for e in self._instances.read(key)
+                if (host is None or e[3] == host) and e[2] <= now_us
+            ),
             key=lambda e: (e[2], e[0]),
         )
         walked: set[str] = set()

@@ -32,7 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from console_auth.application.service import purge_in_batches
+from console_auth.application.ports import StoredConnection
+from console_auth.application.service import in_batches, purge_in_batches
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
@@ -129,11 +130,15 @@ class SqlConsoleConnectionRepository:
         """
         if limit < 1:
             return 0
-        oldest = oldest_expired(now, host, limit)
+        return self._delete_selected(oldest_expired(now, host, limit), now)
+
+    def _delete_selected(self, ids_of: Select[tuple[int]], now: datetime) -> int:
+        """Delete the rows ``ids_of`` selects that are still expired at
+        ``now``, in one transaction (see ``delete_expired``)."""
         still_expired = expired_again(now)
 
         def purge(conn: Connection) -> int:
-            ids = conn.scalars(oldest).all()
+            ids = conn.scalars(ids_of).all()
             deleted = 0
             for start in range(0, len(ids), DELETE_CHUNK):
                 chunk = _T.c.id.in_(ids[start : start + DELETE_CHUNK])
@@ -141,6 +146,54 @@ class SqlConsoleConnectionRepository:
             return deleted
 
         return self._statements.run(purge)
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        """``DELETE_CHUNK`` instances at a time, each chunk in batches found
+        through the instance index."""
+        wanted = sorted(str(instance_uuid) for instance_uuid in instance_uuids)
+        expired = _T.c.expires_at_us <= to_microseconds(now)
+        total = 0
+        for start in range(0, len(wanted), DELETE_CHUNK):
+            of_chunk = _T.c.instance_uuid.in_(wanted[start : start + DELETE_CHUNK])
+
+            def batch(limit: int, of_chunk: ColumnElement[bool] = of_chunk) -> int:
+                return self._delete_selected(
+                    select(_T.c.id).where(of_chunk, expired).limit(limit), now
+                )
+
+            total += in_batches(batch, batch_size)
+        return total
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        """Through the unique hash index, in its order."""
+        page = select(*_COLUMNS).order_by(_T.c.token_hash).limit(limit)
+        if after is not None:
+            page = page.where(_T.c.token_hash > after)
+        if instance_uuid is not None:
+            page = page.where(_T.c.instance_uuid == str(instance_uuid))
+        if host is not None:
+            page = page.where(_T.c.host == host)
+        if live_at is not None:
+            page = page.where(_T.c.expires_at_us > to_microseconds(live_at))
+        rows = self._statements.run(lambda conn: conn.execute(page).all())
+        return [StoredConnection(_to_model(row)) for row in rows]
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        one = delete(_T).where(_T.c.token_hash == token_hash)
+        return self._statements.run(lambda conn: int(conn.execute(one).rowcount))
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        return None
 
 
 def _revoked_at(instance: str, revoked_at_us: object) -> datetime:

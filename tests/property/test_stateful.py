@@ -39,6 +39,7 @@ from console_auth.domain import (
     InvalidTokenReason,
     hash_token,
 )
+from console_auth.domain.errors import UnknownTokenHash
 from tests.backends import ROUTED_BY_INSTANCE, Backend
 from tests.fakes import T0, FakeClock, FixedTokenSource
 from tests.property.strategies import ONE_US, alphabet_tokens
@@ -97,6 +98,8 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
         self.routed = backend.name in ROUTED_BY_INSTANCE
         self.purge_forgets_revocations = backend.name != "memcached"
         """memcached lets them expire in real time instead."""
+        self.lists_everything = backend.name != "memcached"
+        """memcached lists one instance's tokens only."""
         self.longest_ttl = timedelta(seconds=1)
 
     def teardown(self) -> None:
@@ -184,6 +187,63 @@ class ConsoleTokensMachine(RuleBasedStateMachine):
         for instance, at in list(self.revoked.items()):
             if at < cutoff - REVOCATION_RETENTION and self.purge_forgets_revocations:
                 del self.revoked[instance]
+
+    @rule(instances=st.sets(st.sampled_from([*INSTANCES, STRANGER])))
+    def purge_instances(self, instances: set[uuid.UUID]) -> None:
+        """What a compute node purges: its guests' tokens, whatever host
+        they were stored with (bug 1816399)."""
+        cutoff = self.clock.now() - self.service.policy.purge_grace
+        doomed = [
+            t
+            for t, e in self.model.items()
+            if e.expires_at <= cutoff and e.instance_uuid in instances
+        ]
+        assert self.service.purge_instances(instances) == len(doomed)
+        for token in doomed:
+            del self.model[token]
+
+    @rule(token=tokens, digits=st.sampled_from([12, 13, 40, 64]))
+    def revoke_token(self, token: str, digits: int) -> None:
+        """One token by a hash prefix; no revocation record, so the
+        sessions of its instance run on (``recheck_session``)."""
+        prefix = hash_token(token)[:digits]
+        if digits < 64 and not self.lists_everything:
+            with pytest.raises(InvalidRequest, match="needs the database backend"):
+                self.service.revoke_token(prefix)
+            return
+        if token not in self.model:
+            with pytest.raises(UnknownTokenHash):
+                self.service.revoke_token(prefix)
+            return
+        assert self.service.revoke_token(prefix) == self.issued[token]
+        del self.model[token]
+
+    @rule(
+        instance=st.none() | st.sampled_from(INSTANCES),
+        expired=st.booleans(),
+        page=st.sampled_from([1, 2, 1000]),
+    )
+    def list_connections(self, instance: uuid.UUID | None, expired: bool, page: int) -> None:
+        """The listing, page by page, is the model's tokens in hash order."""
+        if instance is None and not self.lists_everything:
+            with pytest.raises(InvalidRequest, match="needs the database backend"):
+                self.service.connections(limit=page)
+            return
+        now = self.clock.now()
+        wanted = sorted(
+            hash_token(t)
+            for t, e in self.model.items()
+            if (instance is None or e.instance_uuid == instance)
+            and (expired or now < e.expires_at)
+        )
+        listed: list[str] = []
+        after: str | None = None
+        while batch := self.service.connections(
+            after, instance_uuid=instance, expired=expired, limit=page
+        ):
+            listed += [stored.connection.token_hash for stored in batch]
+            after = listed[-1]
+        assert listed == wanted
 
     @rule(token=tokens)
     def recheck_session(self, token: str) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from console_auth.adapters.system import SecretsTokenSource
 from console_auth.application import ConsoleAuthService
+from console_auth.application.ports import StoredConnection
 from console_auth.domain import (
     TOKEN_LENGTH,
     ConsoleConnection,
@@ -130,6 +131,28 @@ class _UntouchableRepository:
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         raise AssertionError("purge_expired called")
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        raise AssertionError("purge_instances called")
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        raise AssertionError("connections called")
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        raise AssertionError("delete_by_hash called")
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        raise AssertionError("looked_in called")
 
 
 @given(value=any_text.filter(lambda t: not is_token_shaped(t)) | st.binary())

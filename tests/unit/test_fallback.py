@@ -17,6 +17,7 @@ from console_auth.application import (
     FallbackConsoleConnectionRepository,
     ServicePolicy,
 )
+from console_auth.application.ports import StoredConnection
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
@@ -178,6 +179,28 @@ class _Down:
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         raise BackendUnavailable("down")
+
+    def purge_instances(
+        self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
+    ) -> int:
+        raise BackendUnavailable("down")
+
+    def connections(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        instance_uuid: UUID | None = None,
+        host: str | None = None,
+        live_at: datetime | None = None,
+    ) -> list[StoredConnection]:
+        raise BackendUnavailable("down")
+
+    def delete_by_hash(self, token_hash: str) -> int:
+        raise BackendUnavailable("down")
+
+    def looked_in(self, instance_uuid: UUID | None) -> str | None:
+        return None
 
 
 def test_a_primary_that_cannot_answer_is_not_skipped(
