@@ -6,10 +6,17 @@ connections (API, proxy, periodic job) can load it without a driver.
 
 import logging
 
+from .endpoints import ConsoleEndpoint
 from .errors import (
+    AmbiguousTokenHash,
     BackendUnavailable,
     ConsoleAuthError,
+    ConsoleNotAllocated,
+    ConsoleTypeUnavailable,
+    ConsoleUnavailable,
     InstanceMismatch,
+    InstanceNotFound,
+    InstanceNotRunning,
     InvalidRequest,
     InvalidToken,
     InvalidTokenReason,
@@ -19,6 +26,7 @@ from .errors import (
     PortRangeExhausted,
     PortUnavailable,
     UnknownCell,
+    UnknownTokenHash,
     UnsupportedVersion,
 )
 from .leases import LeaseKind, PortLease
@@ -29,12 +37,19 @@ from .urls import build_access_url, parse_access_url
 __all__ = [
     "TOKEN_BYTES",
     "TOKEN_LENGTH",
+    "AmbiguousTokenHash",
     "BackendUnavailable",
     "ConsoleAuthError",
     "ConsoleConnection",
+    "ConsoleEndpoint",
+    "ConsoleNotAllocated",
     "ConsoleOptions",
     "ConsoleType",
+    "ConsoleTypeUnavailable",
+    "ConsoleUnavailable",
     "InstanceMismatch",
+    "InstanceNotFound",
+    "InstanceNotRunning",
     "InvalidRequest",
     "InvalidToken",
     "InvalidTokenReason",
@@ -48,6 +63,7 @@ __all__ = [
     "PortUnavailable",
     "SerialMode",
     "UnknownCell",
+    "UnknownTokenHash",
     "UnsupportedVersion",
     "build_access_url",
     "check_token",
