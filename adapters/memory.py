@@ -14,7 +14,7 @@ from datetime import datetime
 from uuid import UUID
 
 from console_auth.application.ports import StoredConnection
-from console_auth.application.service import in_batches, purge_in_batches
+from console_auth.application.service import in_batches, is_listed, purge_in_batches
 from console_auth.domain import ConsoleConnection, ConsoleType, InvalidRequest, UnknownCell
 from console_auth.domain.endpoints import ConsoleEndpoint
 from console_auth.domain.errors import ConsoleTypeUnavailable, InstanceNotFound
@@ -96,18 +96,12 @@ class InMemoryConsoleConnectionRepository:
         live_at: datetime | None = None,
     ) -> list[StoredConnection]:
         with self._lock:
-            page = heapq.nsmallest(
-                limit,
-                (
-                    c
-                    for h, c in self._by_hash.items()
-                    if (after is None or h > after)
-                    and (instance_uuid is None or c.instance_uuid == instance_uuid)
-                    and (host is None or c.host == host)
-                    and (live_at is None or not c.is_expired(live_at))
-                ),
-                key=lambda c: c.token_hash,
-            )
+            listed = [
+                c
+                for c in self._by_hash.values()
+                if is_listed(c, after, instance_uuid, host, live_at)
+            ]
+        page = heapq.nsmallest(limit, listed, key=lambda c: c.token_hash)
         return [StoredConnection(c) for c in page]
 
     def delete_by_hash(self, token_hash: str) -> int:

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from console_auth.domain import (
     BackendUnavailable,
+    ConsoleAuthError,
     ConsoleConnection,
     ConsoleOptions,
     ConsoleType,
@@ -416,24 +417,8 @@ class ConsoleAuthService:
         try:
             found = functools.partial(found, looked_in=self._repository.looked_in(expected))
             connection = self.validate(token, expected)
-        except InvalidToken as exc:
-            return self._explain_refusal(found, exc.reason, token_hash, expected)
-        except InstanceMismatch as exc:
-            if expected is None:
-                return found(verdict="instance_required", detail=str(exc))
-            stored = self._stored(token_hash, expected)
-            issued_for = "" if stored is None else f" it was issued for {stored.instance_uuid}"
-            return found(
-                verdict="instance_mismatch",
-                detail=f"presented for instance {expected};{issued_for}",
-                stored=stored,
-            )
-        except UnknownCell as exc:
-            return found(verdict="unknown_cell", detail=str(exc))
-        except BackendUnavailable as exc:
-            return found(verdict="backend_unavailable", detail=str(exc))
-        except InvalidRequest as exc:
-            return found(verdict="bad_request", detail=str(exc))
+        except (InvalidToken, InstanceMismatch, BackendUnavailable, InvalidRequest) as exc:
+            return self._explain_refusal(found, exc, token_hash, expected)
         return found(
             verdict="valid",
             detail=f"valid until {connection.expires_at.isoformat()}",
@@ -443,10 +428,21 @@ class ConsoleAuthService:
     def _explain_refusal(
         self,
         found: Callable[..., Explanation],
-        reason: InvalidTokenReason,
+        refusal: ConsoleAuthError,
         token_hash: str,
         expected: UUID | None,
     ) -> Explanation:
+        if isinstance(refusal, InstanceMismatch):
+            if expected is None:
+                return found(verdict="instance_required", detail=str(refusal))
+            stored = self._stored(token_hash, expected)
+            issued_for = "" if stored is None else f" it was issued for {stored.instance_uuid}"
+            detail = f"presented for instance {expected};{issued_for}"
+            return found(verdict="instance_mismatch", detail=detail, stored=stored)
+        if not isinstance(refusal, InvalidToken):
+            verdict = next(v for kind, v in _VERDICTS if isinstance(refusal, kind))
+            return found(verdict=verdict, detail=str(refusal))
+        reason = refusal.reason
         if reason is InvalidTokenReason.UNKNOWN:
             return found(verdict=reason.value, detail=_REFUSAL_DETAIL[reason])
         stored = self._stored(token_hash, expected)
@@ -463,6 +459,13 @@ class ConsoleAuthService:
             return self._repository.get_by_hash(token_hash, instance_uuid)
         except BackendUnavailable:
             return None
+
+
+_VERDICTS: Final = (
+    (UnknownCell, "unknown_cell"),  # before InvalidRequest, which it is
+    (BackendUnavailable, "backend_unavailable"),
+    (InvalidRequest, "bad_request"),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -495,6 +498,23 @@ _REFUSAL_DETAIL: Final = {
         "required): it was changed in the store after it was issued"
     ),
 }
+
+
+def is_listed(
+    connection: ConsoleConnection,
+    after: str | None,
+    instance_uuid: UUID | None,
+    host: str | None,
+    live_at: datetime | None,
+) -> bool:
+    """The filter of ``ConsoleConnectionRepository.connections``, for a store
+    that cannot say it in a query."""
+    return (
+        (after is None or connection.token_hash > after)
+        and (instance_uuid is None or connection.instance_uuid == instance_uuid)
+        and (host is None or connection.host == host)
+        and (live_at is None or not connection.is_expired(live_at))
+    )
 
 
 def in_batches(delete_batch: Callable[[int], int], batch_size: int) -> int:

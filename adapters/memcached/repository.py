@@ -67,7 +67,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from console_auth.application.ports import StoredConnection
-from console_auth.application.service import in_batches, purge_in_batches
+from console_auth.application.service import in_batches, is_listed, purge_in_batches
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleConnection,
@@ -343,25 +343,26 @@ class MemcachedConsoleConnectionRepository:
                 "listing console tokens of a host or of every instance, or finding one by "
                 f"a hash prefix, {NEEDS_DATABASE}"
             )
-        live_us = None if live_at is None else to_microseconds(live_at)
-        listed = sorted(
-            e[0]
-            for e in self._instances.read(self.instance_key(instance_uuid))
-            if (after is None or e[0] > after)
-            and (host is None or e[3] == host)
-            and (live_us is None or e[2] > live_us)
-        )
+        indexed = self._instances.read(self.instance_key(instance_uuid))
+        listed = sorted(e[0] for e in indexed if after is None or e[0] > after)
         page: list[StoredConnection] = []
         for start in range(0, len(listed), limit):  # an index may list evicted items
-            keys = [self.connection_key(h) for h in listed[start : start + limit]]
-            found = self._client.get_many(keys)
-            for token_hash, key in zip(listed[start : start + limit], keys, strict=True):
-                raw = found.get(key)
-                if raw is not None:
-                    page.append(StoredConnection(_decode(token_hash, raw)))
+            for connection in self._stored(listed[start : start + limit]):
+                if is_listed(connection, after, instance_uuid, host, live_at):
+                    page.append(StoredConnection(connection))
             if len(page) >= limit:
                 break
         return page[:limit]
+
+    def _stored(self, token_hashes: list[str]) -> list[ConsoleConnection]:
+        """The connections still stored under these hashes, in their order."""
+        keys = [self.connection_key(token_hash) for token_hash in token_hashes]
+        found = self._client.get_many(keys)
+        return [
+            _decode(token_hash, found[key])
+            for token_hash, key in zip(token_hashes, keys, strict=True)
+            if key in found
+        ]
 
     def delete_by_hash(self, token_hash: str) -> int:
         """The item, then its entry in its instance's index."""
