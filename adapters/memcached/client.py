@@ -7,6 +7,7 @@ Every failure is a ``BackendUnavailable`` naming the server and the error's type
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -110,11 +111,9 @@ class _Node:
 
     def discard_idle(self) -> None:
         """After one was found dead, so are the others likely: a retry must not take one."""
-        while True:
-            try:
+        with contextlib.suppress(Empty):
+            while True:
                 self._idle.get_nowait().close()
-            except Empty:
-                break
 
     def close(self) -> None:
         with self._lock:
