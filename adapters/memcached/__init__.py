@@ -1,10 +1,7 @@
 """The memcached adapter: the legacy consoleauth path, for one deprecation cycle.
 
-Tokens only: serial-port leases need the database backend, since memcached
-may evict a lease and so hand a port to two clients (Nova bug 1425640).
-
-Needs the ``memcached`` extra (pymemcache). Importing it connects to
-nothing; a ``MemcachedClient`` opens connections on its first command.
+Tokens only (ARCHITECTURE.md, "No serial ports on memcached"). Needs the ``memcached``
+extra (pymemcache). Importing it connects to nothing.
 """
 
 from .client import MemcachedClient, Server, parse_server

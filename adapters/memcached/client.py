@@ -1,46 +1,20 @@
 """pymemcache behind the repository: placement, pooling, and what a failure means.
 
-A token store is not a cache, and pymemcache's ``HashClient`` is built for a
-cache. With ``ignore_exc=False`` it still, for ``retry_timeout`` seconds
-after a failure, answers a failing server's keys with the command's default
-(``None`` for ``get``, ``False`` for ``add``, ``cas`` and ``delete``) instead
-of an error, so a restarting server would read as "unknown token" and an
-``add`` as "duplicate hash". After ``retry_attempts`` failures it removes the
-server from the ring and re-hashes its keys onto the others, so tokens on the
-dead server read as unknown, and tokens issued meanwhile land where nobody
-looks once it returns. Both are silent fallbacks, which the issue forbids.
-
-So this module keeps what ``HashClient`` does well and changes what a failure
-means: keys are placed by pymemcache's own ``RendezvousHash`` over the same
-``host:port`` node names (a ``HashClient`` given the same server list finds
-the same keys), each server has a pool of plain pymemcache ``Client``
-connections, and ``HashClient``'s option names keep their spirit with a
-token store's meaning:
-
-- ``retry_attempts``: how many times one command is tried again, on a new
-  connection, after a connection-level error (a restarted server leaves stale
-  pooled sockets; the retry makes the restart invisible). Writes are retried
-  only when the error proves the command reached no live server.
-- ``retry_timeout``: the pause before such a retry.
-- ``dead_timeout``: after a command failed every attempt, its server's keys
-  fail fast with ``BackendUnavailable`` for this long, without touching the
-  network, so a black-holed server does not cost every request a connect
-  timeout. Then the next command probes it. Nothing is ever re-hashed: a dead
-  server affects only its own shard, and only until it answers again.
-
-Every pymemcache or socket error becomes ``BackendUnavailable`` naming the
-server and the error's type, never a key or a value.
+``HashClient``'s placement without its silent fallbacks (ARCHITECTURE.md, "Memcached is the
+legacy path"); its option names keep their spirit (README, ``memcached.*`` settings).
+Every failure is a ``BackendUnavailable`` naming the server and the error's type, never a key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from queue import Empty, SimpleQueue
-from typing import Final, NamedTuple, TypeVar
+from typing import Final, NamedTuple, TypeVar, cast
 
 from pymemcache.client.base import Client
 from pymemcache.client.rendezvous import RendezvousHash
@@ -108,13 +82,8 @@ def _answered_badly(server: Server, failed: Exception) -> BackendUnavailable:
 
 
 class _Node:
-    """One server: its idle connections and whether it is failing fast.
-
-    The pool is a ``SimpleQueue`` of plain ``Client`` objects: taking and
-    returning one is a C-level call, cheaper than pymemcache's ``ObjectPool``
-    on the hot path. A connection that raised is closed and dropped, never
-    returned; at most ``max_idle`` idle connections are kept.
-    """
+    """One server: its idle connections and whether it is failing fast; a ``SimpleQueue``
+    is a C-level take and return, cheaper than pymemcache's ``ObjectPool``."""
 
     def __init__(self, server: Server, make: Callable[[Server], Client], max_idle: int) -> None:
         self.server = server
@@ -141,14 +110,10 @@ class _Node:
             client.close()
 
     def discard_idle(self) -> None:
-        """Close the idle connections: after one was found dead, the others
-        (to the same server process) are likely dead too, and a retry must
-        not take one of them."""
-        while True:
-            try:
+        """After one was found dead, so are the others likely: a retry must not take one."""
+        with contextlib.suppress(Empty):
+            while True:
                 self._idle.get_nowait().close()
-            except Empty:
-                break
 
     def close(self) -> None:
         with self._lock:
@@ -159,11 +124,8 @@ class _Node:
 
 
 class MemcachedClient:
-    """The commands the repository needs, on one or several servers.
-
-    Safe for threads. Connections open lazily, on a server's first command,
-    so building a client connects to nothing.
-    """
+    """The commands the repository needs, on one or several servers; safe for threads.
+    Connections open on a server's first command, so building one connects to nothing."""
 
     def __init__(
         self,
@@ -233,10 +195,7 @@ class MemcachedClient:
         found: dict[str, bytes] = {}
         for batch in by_node.values():
             values = self._run(batch[0], True, lambda c: c.get_many(batch))  # noqa: B023
-            found.update(  # pymemcache hands back the keys as they were given: str
-                (key if isinstance(key, str) else key.decode("ascii"), value)
-                for key, value in values.items()
-            )
+            found.update(cast(dict[str, bytes], values))  # pymemcache gives the keys back as given
         return found
 
     def gets(self, key: str) -> tuple[bytes | None, bytes | None]:
@@ -281,8 +240,8 @@ class MemcachedClient:
         command: Callable[[Client], _T],
         failed: Exception | None = None,
     ) -> _T:
-        """Run ``command`` on the key's server, with the retry and fail-fast
-        rules of the module doc; ``failed``: the first attempt already failed."""
+        """Run ``command`` on the key's server, retried and failing fast as the README's
+        ``memcached.*`` settings say; ``failed``: the first attempt already failed."""
         node = self._node(key)
         if failed is None:
             self._fail_fast(node)

@@ -1,6 +1,6 @@
 """Every memcached key this adapter writes, and how long each item lives.
 
-Keys (``<prefix>`` is the configured ``key_prefix``)::
+Keys (``<prefix>`` is the configured ``key_prefix``, ``<n>`` a bucket below ``HOST_BUCKETS``)::
 
     <prefix>:c:<token_hash>             the connection: its versioned primitive as JSON
     <prefix>:i:<instance_uuid>          instance index  [[hash, reclaim_at, expires_at_us, host]]
@@ -8,15 +8,7 @@ Keys (``<prefix>`` is the configured ``key_prefix``)::
     <prefix>:hosts:<n>                  host registry   [[host, reclaim_at], ...]
     <prefix>:r:<instance_uuid>          revocation      microseconds since the epoch, ASCII
 
-``<n>`` is a bucket, ``uuid % HOST_BUCKETS`` for a host index and
-``sha256(host) % HOST_BUCKETS`` for the registry. A host's key is a hash
-because a host name may be longer than a memcached key may be.
-
-Expiry. An item's memcached TTL comes from the wall clock: ``reclaim_time``
-gives ``reclaim_at``, the unix second after which memcached may drop it (its
-deadline, at most ``MAX_TTL`` ahead, plus the configured retention), and
-``expiry`` turns that into memcached's ``exptime``. An index item lives as
-long as its longest entry's ``reclaim_at`` plus ``index.SKEW``.
+An index item lives as long as its longest entry's ``reclaim_at`` plus ``index.SKEW``.
 """
 
 from __future__ import annotations
@@ -36,9 +28,8 @@ DEFAULT_PREFIX: Final = "console_auth"
 KEY_PREFIX_SHAPE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 """Keeps every key printable, space-free and under memcached's 250 bytes."""
 HOST_BUCKETS: Final = 16
-"""Items per host index and in the registry; changing it moves their keys
-(purge would miss the old ones until they lapse; items still expire by
-themselves)."""
+"""Items per host index and in the registry; changing it moves their keys (purge
+would miss the old ones until they lapse)."""
 
 RELATIVE_EXPIRY_LIMIT: Final = 2_592_000
 """memcached reads an expiry above 30 days as an absolute unix time."""
@@ -70,7 +61,7 @@ def check_retention(expired_retention: object) -> int:
 
 
 def _digest(host: str) -> int:
-    """128 bits of the host's SHA-256: its keys never depend on its spelling's length."""
+    """128 bits of the host's SHA-256: a host name may be longer than a key may be."""
     return int.from_bytes(hashlib.sha256(host.encode("utf-8")).digest()[:16], "big")
 
 

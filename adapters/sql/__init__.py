@@ -1,7 +1,6 @@
 """The SQL adapter: SQLAlchemy 2 Core on pooled connections, schema by Alembic.
 
-Importing it connects to nothing and imports no Alembic; ``open_engine``
-creates the engine, which connects on first use.
+Importing it connects to nothing and imports no Alembic.
 """
 
 from .engine import SQLITE_PRAGMAS, open_engine

@@ -1,21 +1,7 @@
 """Engines, one per database (a cell each), configured so SQL never leaks a value.
 
-``hide_parameters=True`` is forced: SQLAlchemy otherwise writes bound values
-(token hashes, hosts) into exception text and echo logs. SQLite gets its
-pragmas on every new connection, and a database file it creates is 0600.
-
-Server databases (PostgreSQL through psycopg 3, MariaDB/MySQL through
-PyMySQL) get bounded waits everywhere (the README's ``open_engine`` table:
-``connect_timeout``, ``io_timeout``, ``pool_timeout``), so a stopped, frozen,
-locked or unreachable server is a ``BackendUnavailable`` within seconds. A
-value in the URL's query or in ``connect_args`` wins over these defaults; a
-PostgreSQL ``options`` given there is appended, so its own bounds win.
-
-Server connections autocommit (a lookup or an insert is one round trip);
-units of work spanning statements use ``statements.transaction``. Instead of
-SQLAlchemy's pre-ping, each checkout polls the connection's socket, which
-costs no round trip: only a socket the server closed or wrote to unasked is
-pinged. ``pool_pre_ping=True`` restores the full ping.
+Why servers autocommit, bound every wait and poll sockets: ARCHITECTURE.md,
+"Server databases: one round trip per call, bounded waits".
 """
 
 from __future__ import annotations
@@ -52,18 +38,14 @@ SQLITE_PRAGMAS: Final[tuple[str, ...]] = (
     JOURNAL_MODE_PRAGMA,  # readers never block the writer (file databases only)
     "PRAGMA synchronous=NORMAL",  # with WAL: durable across crashes, not power loss
 )
-"""Applied to every SQLite connection, in order; the benchmark's raw
-``sqlite3`` floor applies the same statements."""
+"""Applied to every SQLite connection, in order (and by the benchmark's raw floor)."""
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_IO_TIMEOUT: Final = 5.0
 DEFAULT_POOL_TIMEOUT: Final = 5.0
-"""Seconds; see the module docstring. Far above a healthy server's
-milliseconds, well under what a proxy's user waits before giving up."""
+"""Seconds: far above a healthy server's milliseconds, under a proxy user's patience."""
 CLIENT_GRACE_S: Final = 1.0
-"""How much longer than ``io_timeout`` the client waits for a statement's
-answer: a live server reports its own bound first, on a connection that
-stays usable; only a frozen or lost one is cut off by the client."""
+"""Seconds the client waits past ``io_timeout``: a live server reports its own bound first."""
 WATCHDOG_TICK_S: Final = 0.25
 """How often the PostgreSQL watchdog looks for statements past their deadline."""
 
@@ -73,27 +55,17 @@ POSTGRESQL_KEEPALIVES: Final = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
-"""A pooled connection whose peer vanished without a word (host down, NAT
-state lost) errors within about a minute, which the checkout poll then sees."""
+"""A peer gone without a word (host down, NAT state lost) errors within about a minute."""
 
 MYSQL_SESSION_ISOLATION: Final = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
-"""What every MariaDB/MySQL statement runs under, as on PostgreSQL by
-default. Under InnoDB's REPEATABLE READ an autocommitted revoke locks the
-gaps around its rows too, so an authorize whose row falls in such a gap
-waits for the revoke, and a revoke waiting for a lock stalls the inserts
-behind it. It needs ``binlog_format`` ROW or MIXED (the servers' defaults):
-with STATEMENT, InnoDB refuses writes under READ COMMITTED (error 1665);
-such a server needs ``connect_args={"init_command": ""}``."""
+"""As PostgreSQL: no gap locks (ARCHITECTURE.md). Needs ``binlog_format`` ROW or MIXED (the
+default); with STATEMENT (error 1665 on writes) pass ``connect_args={"init_command": ""}``."""
 
 HOLDABLE: Final = "console_auth_holdable"
-"""An engine execution option: its connections may be held between calls,
-since they autocommit (never left in a transaction or on an old snapshot)
-and get the socket poll (``connection_alive`` checks one without a round
-trip). Set on server engines from ``open_engine`` without ``pool_pre_ping``."""
+"""An execution option: connections that autocommit and get the socket poll may be held."""
 
 _SERVER_DRIVERS: Final = {("postgresql", "psycopg"), ("mysql", "pymysql"), ("mariadb", "pymysql")}
-"""Backends and drivers whose timeouts and socket this module knows; other
-drivers work, with SQLAlchemy's defaults and its full pre-ping."""
+"""Whose timeouts and socket this module knows; others get SQLAlchemy's defaults."""
 
 
 def open_engine(
@@ -106,16 +78,12 @@ def open_engine(
 ) -> Engine:
     """Create the engine for ``url``; with ``auto_migrate``, upgrade the schema.
 
-    ``engine_options`` go to ``sqlalchemy.create_engine`` and win over the
-    defaults chosen here (``pool_timeout``, ``isolation_level``, ...).
-    A SQLite file whose directory is missing raises ``BackendUnavailable``
-    at once rather than creating directories: a typo in a path should not
-    silently start an empty token store somewhere else.
+    ``engine_options`` go to ``create_engine`` and win over the defaults chosen here.
     """
     parsed = _parse(url)
     backend, driver = parsed.get_backend_name(), _driver_name(parsed)
     options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
-    options["hide_parameters"] = True
+    options["hide_parameters"] = True  # else bound values reach error texts and echo logs
     if backend == "sqlite":
         options.update(_sqlite_options(parsed, engine_options))
     elif (backend, driver) in _SERVER_DRIVERS:
@@ -169,26 +137,21 @@ def _parse(url: str) -> URL:
 
 
 def _sqlite_options(url: URL, requested: dict[str, Any]) -> dict[str, Any]:
-    """A file cannot drop a connection, so no pre-ping round trip. An
-    in-memory database lives and dies with its connection, so every thread
-    shares one: right for tests and tools, wrong for a concurrent server,
-    which should use a file."""
+    """No pre-ping: a file cannot drop a connection. An in-memory database dies
+    with its connection, so every thread shares one (for tests and tools)."""
     options: dict[str, Any] = {"pool_pre_ping": requested.get("pool_pre_ping", False)}
     if _is_memory(url):
         options["poolclass"] = requested.get("poolclass", StaticPool)
         options["connect_args"] = {"check_same_thread": False, **requested.get("connect_args", {})}
     elif not url.query.get("uri"):
         directory = os.path.dirname(os.path.abspath(url.database or ""))
-        if not os.path.isdir(directory):
+        if not os.path.isdir(directory):  # a typo must not start an empty store elsewhere
             raise BackendUnavailable(f"SQLite database directory {directory} does not exist")
     return options
 
 
 def _private_file(path: str) -> Callable[..., None]:
-    """A ``do_connect`` listener: create a missing database file readable
-    by its owner only, before SQLite creates it with the umask's mode
-    (0644, as a rule). SQLite gives its ``-wal`` and ``-shm`` files the
-    mode of the database file. An existing file keeps its mode."""
+    """A ``do_connect`` listener: a missing file is created 0600, not with the umask's mode."""
 
     def create(*_args: Any) -> None:
         with contextlib.suppress(OSError):  # it exists; or sqlite3 will say why it cannot
@@ -209,7 +172,8 @@ def _driver_name(url: URL) -> str:
 def _server_options(
     url: URL, requested: dict[str, Any], connect_timeout: float, io_timeout: float | None
 ) -> dict[str, Any]:
-    """Autocommit, bounded waits, and the socket poll instead of a pre-ping."""
+    """Autocommit, bounded waits, and the socket poll instead of a pre-ping. The URL's
+    query and ``connect_args`` win; a PostgreSQL ``options`` there is appended."""
     if url.get_backend_name() == "postgresql":
         defaults = _postgresql_defaults(connect_timeout, io_timeout)
     else:
@@ -265,10 +229,8 @@ def _postgresql_bounds(io_timeout: float) -> str:
 
 
 def _mysql_bounds(io_timeout: float) -> Callable[[Any, ConnectionPoolEntry], None]:
-    """A pool ``connect`` listener: the server ends a statement or a lock
-    wait that takes longer than ``io_timeout`` (one round trip per new
-    connection). ``/*M! */`` is run by MariaDB only: MySQL lacks
-    ``max_statement_time``."""
+    """A pool ``connect`` listener: the server ends statements and lock waits past
+    ``io_timeout``. Only MariaDB runs ``/*M! */``: MySQL lacks ``max_statement_time``."""
     seconds = max(1, math.ceil(io_timeout))
     sql = (
         f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
@@ -276,20 +238,15 @@ def _mysql_bounds(io_timeout: float) -> Callable[[Any, ConnectionPoolEntry], Non
     )
 
     def set_bounds(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
             cursor.execute(sql)
-        finally:
-            cursor.close()
 
     return set_bounds
 
 
 def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:
-    """Ping only a connection whose socket is readable (closed, reset, or
-    holding a message nobody asked for); one with a quiet socket is alive
-    for all the client can tell without a round trip. A driver error other
-    than a disconnect propagates."""
+    """Ping only a connection whose socket is readable (closed, reset, or spoken
+    to unasked). A driver error other than a disconnect propagates."""
     fileno = _socket_of(dbapi_connection)
     if fileno is not None and fileno >= 0 and not _readable(fileno):
         return True  # nothing from the server since the last answer
@@ -304,12 +261,8 @@ def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:
 def _liveness_check(
     dialect: Dialect,
 ) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
-    """A pool ``checkout`` listener around ``connection_alive``.
-
-    Raising ``InvalidatePoolError`` makes the pool drop this connection and
-    every older one, and hand out a fresh connection instead (SQLAlchemy's
-    documented checkout protocol, the one its own pre-ping uses).
-    """
+    """A pool ``checkout`` listener; ``InvalidatePoolError`` is SQLAlchemy's documented
+    way to drop this and every older connection and hand out a fresh one."""
 
     def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
         if not connection_alive(dialect, dbapi_connection):
@@ -347,9 +300,8 @@ class _Deadline:
         self.connection = weakref.ref(connection)
         self.bound = bound
         self.due = 0.0
+        # held to disarm or cut: once a statement ends, its descriptor may be another's
         self.lock = threading.Lock()
-        """Held while disarming or cutting: a socket is never cut after its
-        statement ended (by then its descriptor may belong to another)."""
 
     def arm(self) -> None:
         self.due = time.monotonic() + self.bound
@@ -375,10 +327,8 @@ class _Deadline:
 
 
 class _Watchdog:
-    """One daemon thread per process, running while any bounded connection
-    lives: it cuts off the socket of a statement past its deadline, so the
-    blocked driver read fails. Arming costs a call an attribute write, and
-    disarming an uncontended lock; nothing is allocated per call."""
+    """One daemon thread per process, while any bounded connection lives: it cuts
+    off the socket of a statement past its deadline, so the blocked read fails."""
 
     def __init__(self) -> None:
         self._deadlines: weakref.WeakSet[_Deadline] = weakref.WeakSet()
@@ -416,9 +366,8 @@ _DEADLINE: Final = "_console_auth_deadline"
 
 @functools.cache
 def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
-    """A psycopg cursor class whose statements the watchdog cuts off after
-    ``bound`` seconds. As the ``cursor_factory`` of every connection, it
-    bounds every path at once: Core, the pooled and the held hot paths, pings."""
+    """A psycopg cursor class whose statements the watchdog cuts off after ``bound``
+    seconds; as every connection's ``cursor_factory``, it bounds every path."""
     import psycopg
     from psycopg.abc import Params, Query
     from psycopg.rows import RowFactory
@@ -479,13 +428,10 @@ def _pragma_setter(*, memory: bool) -> Callable[[Any, ConnectionPoolEntry], None
     pragmas = [p for p in SQLITE_PRAGMAS if not (memory and p == JOURNAL_MODE_PRAGMA)]
 
     def set_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
             for pragma in pragmas:
                 result = cursor.execute(pragma).fetchone()
                 if pragma == JOURNAL_MODE_PRAGMA and result and str(result[0]).lower() != "wal":
                     logger.warning("SQLite kept journal mode %s instead of WAL", result[0])
-        finally:
-            cursor.close()
 
     return set_pragmas

@@ -1,13 +1,7 @@
 """Alembic driven from code: no ``alembic.ini``, no logging set-up.
 
-The migrations ship inside the package (``script_location`` is a package
-resource), so an installed wheel can upgrade its own schema. The version
-table has its own name so that console-auth can share a database with an
-application that runs Alembic too.
-
-Alembic is imported only to migrate (it is most of a command's start-up):
-reading the revision and ``guard_schema``'s check on a current schema are
-plain SQL.
+The scripts are a package resource, so an installed wheel upgrades its own schema.
+Alembic is imported only to migrate; reading the revision is plain SQL.
 """
 
 from __future__ import annotations
@@ -59,14 +53,9 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def guard_schema(engine: Engine, *, auto_migrate: bool | None) -> None:
-    """Check the schema when ``engine`` first connects, not before, so that
-    building a service opens nothing.
+    """Check the schema when ``engine`` first connects, so building a service opens nothing.
 
-    ``auto_migrate`` ``True`` upgrades; ``None`` creates the schema in a
-    fresh SQLite database (no tables at all) only; otherwise a schema behind
-    this release is ``BackendUnavailable`` naming ``console-auth db
-    upgrade``, so a deliberate downgrade is never undone by a service. A
-    schema newer than this release (a rolling upgrade) is used as it is.
+    ``auto_migrate``: ``True`` upgrades, ``None`` creates a fresh SQLite database's schema.
     """
     if isinstance(engine.pool, StaticPool):  # in-memory SQLite: one connection, always fresh
         if auto_migrate is not False:
@@ -119,10 +108,7 @@ def _known_revisions() -> set[str]:
 
 
 def upgrade_script(url: str, revision: str = "head") -> str:
-    """The DDL of an upgrade as text, for operators who apply it themselves.
-
-    Needs only the dialect of ``url``, never a connection.
-    """
+    """The DDL of an upgrade as text, for operators; needs ``url``'s dialect, no connection."""
     from alembic import command
 
     buffer = io.StringIO()
@@ -149,16 +135,8 @@ is migrating the same SQLite file (on a loaded host that can take seconds)."""
 
 @contextmanager
 def _migrating(engine: Engine, revision: str) -> Iterator[Config]:
-    """One transaction around the whole run, handed to ``env.py``.
-
-    On SQLite the driver would autocommit each DDL statement, leaving half a
-    schema behind a failure; an explicit ``BEGIN IMMEDIATE`` makes the run
-    atomic and takes the write lock first, so processes that auto-migrate at
-    the same start-up wait for each other (up to the busy timeout) instead
-    of creating the same table twice. PostgreSQL's DDL is transactional too
-    (server engines autocommit, so the transaction is asked for explicitly);
-    MariaDB/MySQL commit each DDL statement whatever is asked.
-    """
+    """One transaction around the whole run, handed to ``env.py``; on SQLite
+    ``BEGIN IMMEDIATE``, else its driver autocommits each DDL statement."""
     from alembic.util import CommandError
 
     if not revision.strip():  # Alembic would fail an assertion

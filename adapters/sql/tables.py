@@ -1,8 +1,6 @@
 """The schema as the code sees it: typed declarative, queried through Core.
 
-The migrations never import this module (a migration must keep describing
-the schema of its day); ``tests/integration/test_sql_migrations.py`` checks
-that the two agree.
+Migrations never import it (each describes the schema of its day); a test checks they agree.
 """
 
 from __future__ import annotations
@@ -21,8 +19,7 @@ NAMING_CONVENTION: Final = {
     "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-"""Constraint names are chosen here, not by each dialect, so a later
-migration can drop them by name on SQLite, PostgreSQL and MariaDB alike."""
+"""Names chosen here, not by each dialect, so a migration can drop them by name anywhere."""
 
 ID_TYPE: Final = BigInteger().with_variant(Integer(), "sqlite")
 """SQLite makes only an ``INTEGER`` primary key the rowid (and so
@@ -33,11 +30,8 @@ MYSQL_TABLE_OPTIONS: Final = {
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
 }
-"""MariaDB/MySQL compare text case-insensitively by default
-(``utf8mb4_general_ci``), where SQLite, PostgreSQL and the memory adapter
-compare exactly: a binary collation makes ``host = 'Compute-1'`` miss
-``compute-1`` there too. (``_bin`` collations pad with spaces when
-comparing; validated hosts, hashes and uuids never end in one.)"""
+"""Exact text as on every other backend (ARCHITECTURE.md, "Exact text on MariaDB"); ``_bin``
+pads with spaces when comparing, and no validated host, hash or uuid ends in one."""
 
 
 def ascii_string(length: int) -> TypeEngine[str]:
@@ -53,12 +47,9 @@ class Base(DeclarativeBase):
 
 
 class ConsoleConnectionRow(Base):
-    """One issued token's connection, found by the hash of the token.
+    """One issued token's connection, found by the hash of the token (the one unique key).
 
-    Many tokens may exist per (instance, host, port): consoles are shared
-    sessions, as in Nova, so the hash alone is unique. Times are integer
-    microseconds since the Unix epoch (UTC): exact and comparable on every
-    dialect, unlike DATETIME types that differ in precision and time zone.
+    Times, here and below, are integer microseconds since the Unix epoch (UTC).
     """
 
     __tablename__ = "console_connections"

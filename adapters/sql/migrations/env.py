@@ -1,8 +1,6 @@
-"""Alembic's entry point for console-auth's schema.
+"""Alembic's entry point for console-auth's schema, run by ``adapters.sql.migrate``.
 
-Run by ``console_auth.adapters.sql.migrate``, which passes a live connection
-(online) or a URL (offline, to print the DDL). A library never configures
-logging, so unlike Alembic's template there is no ``fileConfig``.
+A library never configures logging, so unlike Alembic's template there is no ``fileConfig``.
 """
 
 from __future__ import annotations
@@ -27,43 +25,36 @@ def include_name(
     return type_ != "table" or name in target_metadata.tables
 
 
-def _configure(**options: Any) -> None:
-    context.configure(
-        target_metadata=target_metadata,
-        version_table=VERSION_TABLE,
-        include_name=include_name,
-        compare_type=True,
-        **options,
-    )
-
-
-def run_offline() -> None:
+def offline_options() -> dict[str, Any]:
+    """From a URL, to print the DDL (``migrate.upgrade_script``)."""
     url = context.config.get_main_option("sqlalchemy.url")
     if url is None:
         raise RuntimeError("offline migrations need the sqlalchemy.url option")
-    _configure(
-        url=url,
-        literal_binds=True,
-        dialect_opts={"paramstyle": "named"},
-        render_as_batch=url.startswith("sqlite"),
-    )
-    with context.begin_transaction():
-        context.run_migrations()
+    return {
+        "url": url,
+        "literal_binds": True,
+        "dialect_opts": {"paramstyle": "named"},
+        "render_as_batch": url.startswith("sqlite"),
+    }
 
 
-def run_online() -> None:
+def online_options() -> dict[str, Any]:
+    """On the live connection, inside the transaction ``migrate`` opened."""
     connection = context.config.attributes.get("connection")
     if not isinstance(connection, Connection):
         raise RuntimeError(
             "run console-auth migrations through console_auth.adapters.sql.migrate, "
             "which passes a connection"
         )
-    _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
-    with context.begin_transaction():
-        context.run_migrations()
+    return {"connection": connection, "render_as_batch": connection.dialect.name == "sqlite"}
 
 
-if context.is_offline_mode():
-    run_offline()
-else:
-    run_online()
+context.configure(
+    target_metadata=target_metadata,
+    version_table=VERSION_TABLE,
+    include_name=include_name,
+    compare_type=True,
+    **(offline_options() if context.is_offline_mode() else online_options()),
+)
+with context.begin_transaction():
+    context.run_migrations()
