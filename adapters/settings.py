@@ -253,6 +253,50 @@ class ProxySettings(BaseModel):
         return tuple(dict.fromkeys(types))
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (the ``metrics`` extra, prometheus-client)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    """``None``: on in ``console-auth proxy`` when prometheus-client is
+    installed, off in a service the library builds (``create_service``)."""
+    path: str = Field(default="/metrics", pattern=r"^/[A-Za-z0-9._~/-]{0,200}$")
+    """Where ``console-auth proxy`` answers scrapes, on its console listener."""
+    allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = (
+        IPv4Network("127.0.0.0/8"),
+        IPv6Network("::1/128"),
+    )
+    """Clients that may scrape ``path`` (the client as the proxy resolves it,
+    through ``proxy.trusted_proxies``); anyone else gets a 404 there, as if
+    it did not exist. Empty: nobody (metrics are then only in-process)."""
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _comma_list(value)
+
+
+class AuditSettings(BaseModel):
+    """Audit records on the logger ``console_auth.audit``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    """One record per issue, validate, refusal, revoke, purge, port claim and
+    proxy session; routing them is the logging configuration's job."""
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans (the ``tracing`` extra, opentelemetry-api)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    """One span per use case, through the process's tracer provider (none
+    set up: the API's no-op)."""
+
+
 class Settings(BaseSettings):
     """Everything a deployment chooses; defaults run a single host on SQLite."""
 
@@ -293,6 +337,9 @@ class Settings(BaseSettings):
     """Seconds a token presented without its instance uuid may take to be
     searched for in every cell (``require_instance_uuid = false``)."""
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("fallback")
     @classmethod

@@ -6,12 +6,15 @@ Adapters satisfy these structurally; none of them inherits from a port.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
 from console_auth.domain import ConsoleConnection
 from console_auth.domain.leases import PortLease
+
+from .events import ConsoleEvent, UseCase
 
 
 class ConsoleConnectionRepository(Protocol):
@@ -165,4 +168,23 @@ class PortReservationRepository(Protocol):
 
     def reserved(self, host: str, first: int, last: int) -> set[int]:
         """The host's reserved ports within ``first..last`` inclusive."""
+        ...
+
+
+class ConsoleEvents(Protocol):
+    """Takes what the use cases did: metrics, audit records, traces.
+
+    A service without one records nothing and pays nothing. Events never
+    hold a token (``events.ConsoleEvent``). Both methods run on the caller's
+    thread, inside the use case: keep them short and non-blocking.
+    """
+
+    def around(self, use_case: UseCase) -> AbstractContextManager[object]:
+        """Entered around each run of ``use_case``, its event recorded
+        inside: a tracer's span; anything else returns a reusable
+        ``contextlib.nullcontext()``."""
+        ...
+
+    def record(self, event: ConsoleEvent) -> None:
+        """One use case's outcome (or a proxy session's step)."""
         ...

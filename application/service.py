@@ -34,7 +34,16 @@ from console_auth.domain.integrity import connection_mac, mac_matches
 from console_auth.domain.model import parse_host, parse_instance_uuid, parse_utc
 from console_auth.domain.types import parse_ttl
 
-from .ports import Clock, ConsoleConnectionRepository, TokenSource
+from .events import (
+    UseCase,
+    asked_console,
+    asked_host,
+    asked_instance,
+    observed,
+    presented,
+    presented_url,
+)
+from .ports import Clock, ConsoleConnectionRepository, ConsoleEvents, TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +150,10 @@ def _nothing_to_undo() -> None:
 
 class ConsoleAuthService:
     """Authorize, validate, revoke and purge console connections, on any
-    ``ConsoleConnectionRepository``: one store, cells, or a fallback pair."""
+    ``ConsoleConnectionRepository``: one store, cells, or a fallback pair.
+
+    With ``events``, each use case reports what it did (``events.observed``).
+    """
 
     def __init__(
         self,
@@ -149,21 +161,29 @@ class ConsoleAuthService:
         clock: Clock,
         tokens: TokenSource,
         policy: ServicePolicy | None = None,
+        events: ConsoleEvents | None = None,
     ) -> None:
         self._repository = repository
         self._clock = clock
         self._tokens = tokens
         self._policy = policy or ServicePolicy()
+        self._events = events
 
     @property
     def policy(self) -> ServicePolicy:
         return self._policy
+
+    @property
+    def events(self) -> ConsoleEvents | None:
+        """Where use cases report; ``None``: nowhere."""
+        return self._events
 
     def now(self) -> datetime:
         """The service's clock, aware UTC: what serial ports time their
         leases with, so tokens and leases never disagree on the time."""
         return clock_now(self._clock)
 
+    @observed(UseCase.AUTHORIZE, asked_console)
     def authorize(
         self,
         instance_uuid: UUID | str,
@@ -221,6 +241,7 @@ class ConsoleAuthService:
         except OverflowError:
             raise InvalidRequest("ttl puts the expiry past the supported date range") from None
 
+    @observed(UseCase.VALIDATE, presented)
     def validate(
         self, token: str | bytes, instance_uuid: UUID | str | None = None
     ) -> ConsoleConnection:
@@ -229,6 +250,9 @@ class ConsoleAuthService:
         Shape and uuid are checked before the store is asked, so garbage
         costs no round trip.
         """
+        return self._validate(token, instance_uuid)
+
+    def _validate(self, token: str | bytes, instance_uuid: UUID | str | None) -> ConsoleConnection:
         token = check_token(token)
         token_hash = hash_token(token)
         expected = None if instance_uuid is None else parse_instance_uuid(instance_uuid)
@@ -263,11 +287,13 @@ class ConsoleAuthService:
         )
         raise InvalidToken(InvalidTokenReason.TAMPERED)
 
+    @observed(UseCase.VALIDATE, presented_url)
     def validate_url(self, url: str) -> ConsoleConnection:
         """Validate the token and uuid an access URL (or request target) carries."""
         token, instance_uuid = parse_access_url(url)
-        return self.validate(token, instance_uuid)
+        return self._validate(token, instance_uuid)
 
+    @observed(UseCase.REVOKE, asked_instance)
     def revoke_instance(self, instance_uuid: UUID | str) -> int:
         """Forget every token of an instance (deleted, migrated, rebuilt), and
         record the revocation so that proxies end the sessions they opened
@@ -292,6 +318,7 @@ class ConsoleAuthService:
             and connection.is_revoked_by(revoked[connection.instance_uuid])
         ]
 
+    @observed(UseCase.PURGE, asked_host)
     def purge_expired(self, host: str | None = None) -> int:
         """Delete connections that expired more than ``purge_grace`` ago, of
         one compute host when given, in batches so no transaction holds the

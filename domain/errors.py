@@ -16,7 +16,9 @@
        └─ PortRangeExhausted  no port of the range is left to reserve
 
 Messages name the problem and never contain a token: a proxy may log them
-verbatim, and a token in a log is a live credential.
+verbatim, and a token in a log is a live credential. Each error's ``code``
+is its stable reason code, the one vocabulary of refusals, metrics labels
+and audit records.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from enum import StrEnum
 
 class ConsoleAuthError(Exception):
     """Root of every error this library raises on purpose."""
+
+    code: str = "internal_error"
+    """Stable reason code for logs, metrics and refusals; never a value."""
 
 
 class InvalidTokenReason(StrEnum):
@@ -47,6 +52,7 @@ class InvalidToken(ConsoleAuthError):
 
     def __init__(self, reason: InvalidTokenReason) -> None:
         self.reason = reason
+        self.code = f"{reason.value}_token"
         super().__init__(f"console token is invalid ({reason.value})")
 
 
@@ -57,6 +63,8 @@ class InstanceMismatch(ConsoleAuthError):
     instance there would otherwise open the wrong console.
     """
 
+    code = "wrong_instance"
+
 
 class InvalidRequest(ConsoleAuthError, ValueError):
     """Raised before anything is stored when input is unusable.
@@ -64,6 +72,8 @@ class InvalidRequest(ConsoleAuthError, ValueError):
     Subclasses ``ValueError`` so generic input handling in a host service
     still catches it.
     """
+
+    code = "bad_request"
 
 
 class UnknownCell(InvalidRequest):
@@ -76,6 +86,8 @@ class UnknownCell(InvalidRequest):
     nothing while the tokens live on.
     """
 
+    code = "unknown_instance"
+
 
 class UnsupportedVersion(ConsoleAuthError):
     """Raised when a primitive comes from a version this library cannot read.
@@ -83,6 +95,8 @@ class UnsupportedVersion(ConsoleAuthError):
     During a rolling upgrade an older reader must fail loudly rather than
     guess the meaning of fields it has never seen.
     """
+
+    code = "unsupported_version"
 
 
 class BackendUnavailable(ConsoleAuthError):
@@ -92,10 +106,14 @@ class BackendUnavailable(ConsoleAuthError):
     restarting; the original driver error is kept as ``__cause__``.
     """
 
+    code = "backend_unavailable"
+
 
 class PortUnavailable(ConsoleAuthError):
     """Root of the serial-port conditions: the request was fine, the port is
     taken. An API maps these to "409 Conflict", not to "400"."""
+
+    code = "port_unavailable"
 
 
 class NoFreeConsolePort(PortUnavailable):
@@ -106,6 +124,8 @@ class NoFreeConsolePort(PortUnavailable):
 class PortAlreadyConnected(PortUnavailable):
     """Raised by ``connect`` when another client is on the port: a serial
     port takes one client at a time."""
+
+    code = "port_in_use"
 
 
 class LeaseLost(PortUnavailable):
