@@ -32,14 +32,8 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -153,10 +147,12 @@ class PrometheusConsoleEvents:
         if on is not None:
             on(event)
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The registry in the text format, and its content type: may read
-        memcached's stats, so call it off an event loop."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The registry in the format the scraper's ``Accept`` header asks
+        for (the text format, or OpenMetrics), and its content type. It may
+        read memcached's stats: call it off an event loop."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
 
     def _on_issued(self, event: ConsoleEvent) -> None:
         self._issued[event.kind or ""].inc()

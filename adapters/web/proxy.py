@@ -98,8 +98,9 @@ RFB_KINDS: Final = frozenset({ConsoleType.NOVNC})
 _HTTP_ONLY: Final = frozenset({Reason.BAD_ORIGIN, Reason.ORIGIN_SCHEME_MISMATCH})
 _NO_SPAN: Final = contextlib.nullcontext()
 
-Exposition = Callable[[], tuple[bytes, str]]
-"""Renders the metrics: the body and its content type (it may block)."""
+Exposition = Callable[[str], tuple[bytes, str]]
+"""Renders the metrics for an ``Accept`` header: the body and its content
+type (it may block)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,7 +345,8 @@ class _Proxy:
             allowed = False
         if not allowed:
             raise web.HTTPNotFound()
-        body, content_type = await self._in_store_thread(exposition)  # may ask memcached
+        accept = request.headers.get("Accept", "")
+        body, content_type = await self._in_store_thread(exposition, accept)  # may ask memcached
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def console(self, request: web.Request) -> web.StreamResponse:
