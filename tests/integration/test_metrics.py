@@ -27,11 +27,12 @@ from console_auth.adapters.memory import (
     InMemoryPortReservationRepository,
 )
 from console_auth.adapters.prometheus import PrometheusConsoleEvents
-from console_auth.adapters.settings import Settings
+from console_auth.adapters.settings import Settings, load_settings
 from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource
 from console_auth.adapters.web.proxy import ProxyConfig, create_app, start, stop
 from console_auth.application import ConsoleAuthService, ConsolePortService
-from console_auth.domain import hash_token
+from console_auth.application.events import FanOutConsoleEvents
+from console_auth.domain import InvalidRequest, hash_token
 from tests.backends.memcached import MemcachedProcess, client_for, fresh_prefix
 from tests.fakes import FakeClock
 from tests.integration.rfb_target import RFB_VERSION, target
@@ -271,3 +272,31 @@ def test_a_memcached_store_has_an_evictions_reader_the_others_none(tmp_path: Pat
         assert container.service().events is container.metrics()
     finally:
         container.shutdown_resources()
+
+
+def test_metrics_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("CONSOLE_AUTH_")]:
+        monkeypatch.delenv(name)
+    assert load_settings().metrics.enabled is None
+    assert load_settings().audit.enabled is False
+    monkeypatch.setenv("CONSOLE_AUTH_METRICS__ENABLED", "false")
+    monkeypatch.setenv("CONSOLE_AUTH_METRICS__PATH", "/internal/metrics")
+    monkeypatch.setenv("CONSOLE_AUTH_METRICS__ALLOWED_NETWORKS", "10.0.0.0/8, ::1")
+    monkeypatch.setenv("CONSOLE_AUTH_AUDIT__ENABLED", "true")
+    monkeypatch.setenv("CONSOLE_AUTH_TRACING__ENABLED", "true")
+    settings = load_settings()
+    config = ProxyConfig.from_settings(
+        settings.proxy, serial_lease_ttl=60, metrics=settings.metrics
+    )
+    assert config.metrics_path == "/internal/metrics"
+    assert [str(n) for n in config.metrics_networks] == ["10.0.0.0/8", "::1/128"]
+    container = build_container(settings)
+    try:
+        assert container.metrics() is None
+        events = container.service().events
+        assert isinstance(events, FanOutConsoleEvents)  # audit and tracing
+    finally:
+        container.shutdown_resources()
+    monkeypatch.setenv("CONSOLE_AUTH_METRICS__PATH", "metrics")
+    with pytest.raises(InvalidRequest, match=r"metrics\.path"):
+        load_settings()
