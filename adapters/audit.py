@@ -25,7 +25,7 @@ present only when known:
 ``token_hash_prefix``  the first 8 hex of the token's SHA-256, as every log line
 ``cell``               the cell, where known
 ``client``             the client's address (the proxy's events)
-``count``              tokens revoked or purged
+``total``              tokens revoked or purged, leases released
 ``duration``           seconds the use case (or session) took
 =====================  ======================================================
 
@@ -34,13 +34,12 @@ Never a token: a record is built from an event, and events hold none.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from datetime import UTC, datetime
 from typing import Final
 
-from console_auth.application.events import ConsoleEvent, UseCase
+from console_auth.application.events import ConsoleEvent
 
 AUDIT_LOGGER: Final = "console_auth.audit"
 AUDIT_FIELDS: Final = (
@@ -54,12 +53,10 @@ AUDIT_FIELDS: Final = (
     "token_hash_prefix",
     "cell",
     "client",
-    "count",
+    "total",
     "duration",
 )
 """The ``extra`` attributes an audit record may carry, in this order."""
-
-_NO_SPAN: Final = contextlib.nullcontext()
 
 
 class LoggingConsoleEvents:
@@ -68,8 +65,7 @@ class LoggingConsoleEvents:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger(AUDIT_LOGGER)
 
-    def around(self, use_case: UseCase) -> contextlib.nullcontext[None]:
-        return _NO_SPAN
+    around: Final = None  # no span: the use case runs unwrapped
 
     def record(self, event: ConsoleEvent) -> None:
         if not self._logger.isEnabledFor(logging.INFO):

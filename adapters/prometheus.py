@@ -27,15 +27,17 @@ metric                                         labels
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
-from typing import Final
+from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from console_auth.application.events import ConsoleEvent, EventName, UseCase
 from console_auth.domain import ConsoleType
@@ -51,9 +53,9 @@ VALIDATE_BUCKETS: Final = (
 few hundred on a server database, so the defaults (from 5 ms) would put
 every call in the first bucket."""
 
-_NO_SPAN: Final = contextlib.nullcontext()
 
 EVICTIONS: Final = "console_auth_memcached_evictions"
+_VALIDATED: Final = EventName.VALIDATED
 
 
 class PrometheusConsoleEvents:
@@ -79,14 +81,14 @@ class PrometheusConsoleEvents:
             return Counter(name, doc, ("backend", *labels), registry=registry)
 
         issued = counter("console_auth_tokens_issued", "Console tokens issued.", ("kind",))
-        validated = counter(
-            "console_auth_tokens_validated", "Console tokens that opened a console.", ("kind",)
-        )
         self._issued = {kind: issued.labels(backend, kind) for kind in kinds}
-        self._validated = {kind: validated.labels(backend, kind) for kind in kinds}
+        self._validate = _ValidateMetrics(backend, kinds)
+        self._valid = self._validate.valid
+        registry.register(self._validate)
         self._refused = counter(
             "console_auth_tokens_refused", "Presented console tokens refused.", ("reason",)
         )
+        self._refused_by: dict[str, Any] = {}
         self._revoked = counter(
             "console_auth_tokens_revoked", "Console tokens deleted by revoke_instance."
         ).labels(backend)
@@ -99,15 +101,6 @@ class PrometheusConsoleEvents:
         self._claimed = counter(
             "console_auth_serial_ports_claimed", "Serial ports a proxy's client connected to."
         ).labels(backend)
-        latency = Histogram(
-            "console_auth_validate_seconds",
-            "Time a validate took, store included.",
-            ("backend", "outcome"),
-            buckets=VALIDATE_BUCKETS,
-            registry=registry,
-        )
-        self._valid_latency = latency.labels(backend, "valid")
-        self._refused_latency = latency.labels(backend, "refused")
         self._backend = backend
         self._live = Gauge(
             "console_auth_proxy_live_sessions", "Live console proxy sessions.", registry=registry
@@ -128,7 +121,6 @@ class PrometheusConsoleEvents:
             registry.register(_Evictions(evictions))
         self._on: dict[EventName, Callable[[ConsoleEvent], None]] = {
             EventName.ISSUED: self._on_issued,
-            EventName.VALIDATED: self._on_validated,
             EventName.REFUSED: self._on_refused,
             EventName.FAILED: self._on_failed,
             EventName.REVOKED: self._on_revoked,
@@ -139,10 +131,14 @@ class PrometheusConsoleEvents:
             EventName.SESSION_REFUSED: self._on_session_refused,
         }
 
-    def around(self, use_case: UseCase) -> contextlib.nullcontext[None]:
-        return _NO_SPAN
+    around: Final = None  # no span: the use case runs unwrapped
 
     def record(self, event: ConsoleEvent) -> None:
+        if event.name is _VALIDATED:  # the hot path, without the dispatch
+            connection = event.connection
+            kind = event.kind if connection is None else connection.console_type
+            self._valid(kind, event.duration)
+            return
         on = self._on.get(event.name)
         if on is not None:
             on(event)
@@ -157,24 +153,23 @@ class PrometheusConsoleEvents:
     def _on_issued(self, event: ConsoleEvent) -> None:
         self._issued[event.kind or ""].inc()
 
-    def _on_validated(self, event: ConsoleEvent) -> None:
-        self._validated[event.kind or ""].inc()
-        if event.use_case is UseCase.VALIDATE and event.duration is not None:
-            self._valid_latency.observe(event.duration)
-
     def _on_refused(self, event: ConsoleEvent) -> None:
-        self._refused.labels(self._backend, event.reason or "").inc()
-        if event.use_case is UseCase.VALIDATE and event.duration is not None:
-            self._refused_latency.observe(event.duration)
+        reason = event.reason or ""
+        child = self._refused_by.get(reason)
+        if child is None:  # once per reason: ``labels`` takes the metric's lock
+            child = self._refused_by[reason] = self._refused.labels(self._backend, reason)
+        child.inc()
+        if event.use_case is UseCase.VALIDATE:
+            self._validate.refused(event.duration)
 
     def _on_failed(self, event: ConsoleEvent) -> None:
         self._failures.labels(self._backend, event.use_case.value, event.reason or "").inc()
 
     def _on_revoked(self, event: ConsoleEvent) -> None:
-        self._revoked.inc(event.count or 0)
+        self._revoked.inc(event.total or 0)
 
     def _on_purged(self, event: ConsoleEvent) -> None:
-        self._purged.inc(event.count or 0)
+        self._purged.inc(event.total or 0)
 
     def _on_claimed(self, event: ConsoleEvent) -> None:
         self._claimed.inc()
@@ -217,3 +212,111 @@ class _Evictions(Collector):
             "Items memcached evicted before they expired, server-wide (its evictions stat).",
             labels=["server"],
         )
+
+
+class _ValidateMetrics(Collector):
+    """``console_auth_tokens_validated_total`` and
+    ``console_auth_validate_seconds``, counted per thread and summed when
+    scraped: a prometheus-client counter and histogram take a lock per
+    call, three times the cost of this on the validate path.
+
+    Each thread writes only its own slots (no lock); a scrape reads them
+    all. A thread's slots are folded into the retired ones when it ends,
+    so thread churn does not grow the list.
+    """
+
+    def __init__(self, backend: str, kinds: list[str]) -> None:
+        self._backend = backend
+        self._kinds = kinds
+        self._kind_slot = {kind: n for n, kind in enumerate(kinds)}
+        buckets = len(VALIDATE_BUCKETS) + 1  # the last: +Inf
+        self._valid = len(kinds)  # buckets, then the sum, per outcome
+        self._refused = self._valid + buckets + 1
+        self._size = self._refused + buckets + 1
+        self._valid_sum = self._valid + buckets
+        self._refused_sum = self._refused + buckets
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._live: list[list[float]] = []
+        self._retired = [0.0] * self._size
+
+    def valid(self, kind: str | None, duration: float | None) -> None:
+        try:
+            slots: list[float] = self._local.slots
+        except AttributeError:
+            slots = self._new_slots()
+        slots[self._kind_slot[kind or ""]] += 1
+        duration = duration or 0.0
+        slots[self._valid + bisect_left(VALIDATE_BUCKETS, duration)] += 1
+        slots[self._valid_sum] += duration
+
+    def refused(self, duration: float | None) -> None:
+        try:
+            slots: list[float] = self._local.slots
+        except AttributeError:
+            slots = self._new_slots()
+        duration = duration or 0.0
+        slots[self._refused + bisect_left(VALIDATE_BUCKETS, duration)] += 1
+        slots[self._refused_sum] += duration
+
+    def _new_slots(self) -> list[float]:
+        slots = [0.0] * self._size
+        with self._lock:
+            self._live.append(slots)
+        self._local.slots = slots
+        self._local.retire = _Retire(self, slots)  # runs when the thread's locals go
+        return slots
+
+    def retire(self, slots: list[float]) -> None:
+        with self._lock:
+            self._live.remove(slots)
+            self._retired = [a + b for a, b in zip(self._retired, slots, strict=True)]
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families([0.0] * self._size)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            totals = list(self._retired)
+            for slots in self._live:
+                totals = [a + b for a, b in zip(totals, slots, strict=True)]
+        return self._families(totals)
+
+    def _families(self, totals: list[float]) -> Iterator[Metric]:
+        validated = CounterMetricFamily(
+            "console_auth_tokens_validated",
+            "Console tokens that opened a console.",
+            labels=["backend", "kind"],
+        )
+        for kind, n in self._kind_slot.items():
+            validated.add_metric([self._backend, kind], totals[n])
+        yield validated
+        latency = HistogramMetricFamily(
+            "console_auth_validate_seconds",
+            "Time a validate took, store included.",
+            labels=["backend", "outcome"],
+        )
+        for outcome, base in (("valid", self._valid), ("refused", self._refused)):
+            counts = totals[base : base + len(VALIDATE_BUCKETS) + 1]
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*VALIDATE_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+            latency.add_metric(
+                [self._backend, outcome],
+                buckets,
+                sum_value=totals[base + len(VALIDATE_BUCKETS) + 1],
+            )
+        yield latency
+
+
+class _Retire:
+    """Folds a thread's slots into the retired ones when the thread ends
+    (its ``threading.local`` values are dropped then)."""
+
+    def __init__(self, metrics: _ValidateMetrics, slots: list[float]) -> None:
+        self._metrics = metrics
+        self._slots = slots
+
+    def __del__(self) -> None:
+        self._metrics.retire(self._slots)

@@ -15,10 +15,20 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from enum import StrEnum
 from time import perf_counter
-from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, Protocol, TypedDict, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Final,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypedDict,
+    TypeVar,
+)
 from uuid import UUID
 
 from console_auth.domain import (
@@ -97,52 +107,100 @@ class EventFields(TypedDict, total=False):
     token_hash_prefix: str
     cell: str
     client: str
-    count: int
+    total: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConsoleEvent:
+class ConsoleEvent(NamedTuple):
     """One thing a use case (or the proxy) did, with what is known of it.
 
-    ``reason`` is a stable code: an error's ``code`` for a refusal or a
-    failure, a session's outcome at its end. ``duration`` is seconds.
+    The fields are read as properties: from ``connection`` when the use case
+    answered with one (validate, authorize), else from ``details``; a named
+    tuple of five, so the validate path builds almost nothing. ``reason`` is
+    a stable code: an error's ``code`` for a refusal or a failure, a
+    session's outcome at its end. ``duration`` is seconds.
     """
 
     name: EventName
     use_case: UseCase
-    reason: str | None = None
-    instance_uuid: UUID | None = None
-    host: str | None = None
-    port: int | None = None
-    kind: str | None = None
-    token_hash_prefix: str | None = None
-    cell: str | None = None
-    client: str | None = None
-    count: int | None = None
     duration: float | None = None
+    connection: ConsoleConnection | None = None
+    details: EventFields | None = None
 
     @property
     def refused(self) -> bool:
         return self.name in (EventName.REFUSED, EventName.SESSION_REFUSED)
 
+    @property
+    def reason(self) -> str | None:
+        return self.details.get("reason") if self.details else None
+
+    @property
+    def instance_uuid(self) -> UUID | None:
+        if self.connection is not None:
+            return self.connection.instance_uuid
+        return self.details.get("instance_uuid") if self.details else None
+
+    @property
+    def host(self) -> str | None:
+        if self.connection is not None:
+            return self.connection.host
+        return self.details.get("host") if self.details else None
+
+    @property
+    def port(self) -> int | None:
+        if self.connection is not None:
+            return self.connection.port
+        return self.details.get("port") if self.details else None
+
+    @property
+    def kind(self) -> str | None:
+        if self.connection is not None:
+            return self.connection.console_type  # a StrEnum: its value
+        return self.details.get("kind") if self.details else None
+
+    @property
+    def token_hash_prefix(self) -> str | None:
+        if self.connection is not None:
+            return self.connection.token_hash[:HASH_PREFIX]
+        return self.details.get("token_hash_prefix") if self.details else None
+
+    @property
+    def cell(self) -> str | None:
+        return self.details.get("cell") if self.details else None
+
+    @property
+    def client(self) -> str | None:
+        return self.details.get("client") if self.details else None
+
+    @property
+    def total(self) -> int | None:
+        return self.details.get("total") if self.details else None
+
     def fields(self) -> dict[str, str | int | float]:
-        """The fields that are known, by name, as text or numbers."""
+        """Every known field, by name, as text or numbers, in ``FIELDS`` order."""
         out: dict[str, str | int | float] = {}
-        for name in self.__slots__:
+        for name in FIELDS:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value if isinstance(value, int | float) else str(value)
         return out
 
 
-def connection_fields(connection: ConsoleConnection) -> EventFields:
-    return {
-        "instance_uuid": connection.instance_uuid,
-        "host": connection.host,
-        "port": connection.port,
-        "kind": connection.console_type.value,
-        "token_hash_prefix": connection.token_hash[:HASH_PREFIX],
-    }
+FIELDS: Final = (
+    "name",
+    "use_case",
+    "reason",
+    "instance_uuid",
+    "host",
+    "port",
+    "kind",
+    "token_hash_prefix",
+    "cell",
+    "client",
+    "total",
+    "duration",
+)
+"""An event's fields, in the order records and spans show them."""
 
 
 def presented(token: object, instance_uuid: object = None, *_: object) -> EventFields:
@@ -206,10 +264,6 @@ def as_uuid(value: object) -> UUID | None:
 
 
 def _result_fields(result: object) -> EventFields:
-    if isinstance(result, IssuedConsole):
-        return connection_fields(result.connection)
-    if isinstance(result, ConsoleConnection):
-        return connection_fields(result)
     if isinstance(result, PortLease):
         return {
             "instance_uuid": result.instance_uuid,
@@ -220,9 +274,9 @@ def _result_fields(result: object) -> EventFields:
             "reason": result.kind.value,
         }
     if isinstance(result, bool):
-        return {"count": int(result)}
+        return {"total": int(result)}
     if isinstance(result, int):
-        return {"count": result}
+        return {"total": result}
     return {}
 
 
@@ -261,42 +315,51 @@ def observed(
     the result (a connection, a lease, a count).
     """
 
+    success = _SUCCESS[use_case]
+    failure = EventName.REFUSED if use_case in _REFUSING else EventName.FAILED
+    validating = use_case is UseCase.VALIDATE  # answers with a ConsoleConnection
+
     def decorate(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
         @functools.wraps(method)
         def run(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             events = self.events
             if events is None:  # the hot path when nobody listens: nothing built
                 return method(self, *args, **kwargs)
-            with events.around(use_case):
-                started = perf_counter()
-                try:
-                    result = method(self, *args, **kwargs)
-                except Exception as exc:
-                    name = EventName.REFUSED if use_case in _REFUSING else EventName.FAILED
-                    code = exc.code if isinstance(exc, ConsoleAuthError) else "internal_error"
-                    fields = asked(*args, **kwargs)
-                    fields["reason"] = code
-                    record_safely(
-                        events,
-                        ConsoleEvent(
-                            name=name,
-                            use_case=use_case,
-                            duration=perf_counter() - started,
-                            **fields,
-                        ),
-                    )
-                    raise
+            around = events.around
+            if around is None:  # a recorder without spans (metrics): nothing to enter
+                return reported(events, self, args, kwargs)
+            with around(use_case):
+                return reported(events, self, args, kwargs)
+
+        def reported(events: ConsoleEvents, service: _S, args: Any, kwargs: Any) -> _R:
+            started = perf_counter()
+            try:
+                result = method(service, *args, **kwargs)
+            except Exception as exc:
+                fields = asked(*args, **kwargs)
+                fields["reason"] = (
+                    exc.code if isinstance(exc, ConsoleAuthError) else "internal_error"
+                )
                 duration = perf_counter() - started
+                record_safely(events, ConsoleEvent(failure, use_case, duration, None, fields))
+                raise
+            duration = perf_counter() - started
+            if validating:  # the one hot path; tuple.__new__: the named tuple's is Python
+                event = tuple.__new__(ConsoleEvent, (success, use_case, duration, result, None))
+            elif isinstance(result, ConsoleConnection):
+                event = ConsoleEvent(success, use_case, duration, result)
+            elif isinstance(result, IssuedConsole):
+                event = ConsoleEvent(success, use_case, duration, result.connection)
+            else:
                 fields = _result_fields(result)
                 if "instance_uuid" not in fields:
                     fields = asked(*args, **kwargs) | fields
-                record_safely(
-                    events,
-                    ConsoleEvent(
-                        name=_SUCCESS[use_case], use_case=use_case, duration=duration, **fields
-                    ),
-                )
-                return result
+                event = ConsoleEvent(success, use_case, duration, None, fields)
+            try:
+                events.record(event)
+            except Exception:
+                logger.exception("console event %s not recorded", event.name)
+            return result
 
         return run
 
@@ -309,17 +372,28 @@ class FanOutConsoleEvents:
 
     def __init__(self, recorders: Sequence[ConsoleEvents]) -> None:
         self._recorders = tuple(recorders)
-
-    @contextlib.contextmanager
-    def around(self, use_case: UseCase) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for recorder in self._recorders:
-                stack.enter_context(recorder.around(use_case))
-            yield
+        spans = [r.around for r in self._recorders if r.around is not None]
+        self.around: Callable[[UseCase], AbstractContextManager[object]] | None = (
+            None
+            if not spans
+            else spans[0]
+            if len(spans) == 1
+            else functools.partial(_nested, spans)
+        )
 
     def record(self, event: ConsoleEvent) -> None:
         for recorder in self._recorders:
             record_safely(recorder, event)
+
+
+@contextlib.contextmanager
+def _nested(
+    spans: Sequence[Callable[[UseCase], AbstractContextManager[object]]], use_case: UseCase
+) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for span in spans:
+            stack.enter_context(span(use_case))
+        yield
 
 
 def combined(*recorders: ConsoleEvents | None) -> ConsoleEvents | None:

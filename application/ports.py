@@ -5,7 +5,7 @@ Adapters satisfy these structurally; none of them inherits from a port.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
@@ -179,10 +179,11 @@ class ConsoleEvents(Protocol):
     thread, inside the use case: keep them short and non-blocking.
     """
 
-    def around(self, use_case: UseCase) -> AbstractContextManager[object]:
-        """Entered around each run of ``use_case``, its event recorded
-        inside: a tracer's span; anything else returns a reusable
-        ``contextlib.nullcontext()``."""
+    @property
+    def around(self) -> Callable[[UseCase], AbstractContextManager[object]] | None:
+        """What to enter around each run of a use case, its event recorded
+        inside (a tracer's span); ``None`` when this recorder keeps no span,
+        so the use case runs unwrapped (a metrics recorder)."""
         ...
 
     def record(self, event: ConsoleEvent) -> None:

@@ -33,7 +33,7 @@ from console_auth.domain.model import parse_host, parse_instance_uuid
 from console_auth.domain.types import MAX_PORT, MIN_PORT, is_port, parse_proxy_id
 
 from .events import UseCase, asked_lease, observed, presented
-from .ports import ConsoleEvents, LeaseIdSource, PortLeaseRepository, PortReservationRepository
+from .ports import LeaseIdSource, PortLeaseRepository, PortReservationRepository
 from .service import ConsoleAuthService, IssueOptions, purge_cutoff
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,8 @@ class ConsolePortService:
         self._leases = leases
         self._reservations = reservations
         self._lease_ids = lease_ids
-
-    @property
-    def events(self) -> ConsoleEvents | None:
+        self.events: Final = consoles.events
         """The token service's: tokens and ports report to one place."""
-        return self._consoles.events
 
     def authorize_serial(
         self,

@@ -167,16 +167,12 @@ class ConsoleAuthService:
         self._clock = clock
         self._tokens = tokens
         self._policy = policy or ServicePolicy()
-        self._events = events
+        self.events: Final = events
+        """Where use cases report; ``None``: nowhere (an attribute: read on every call)."""
 
     @property
     def policy(self) -> ServicePolicy:
         return self._policy
-
-    @property
-    def events(self) -> ConsoleEvents | None:
-        """Where use cases report; ``None``: nowhere."""
-        return self._events
 
     def now(self) -> datetime:
         """The service's clock, aware UTC: what serial ports time their

@@ -84,6 +84,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "both relaying to one local echo target; set-up rate, throughput, idle memory "
         "(--quick and --repeat apply)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="instead: validate with the Prometheus recorder wired against the same service "
+        "without it, on SQLite (the target) and in memory (--quick and --repeat apply)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--ops", type=int, help=f"ops per timed batch ({FULL['ops']:,})")
     parser.add_argument("--repeat", type=int, help=f"timed repetitions ({FULL['repeat']})")
@@ -183,6 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _verdict(
             lambda progress: proxy.main(
                 proxy.sizes(quick=args.quick, repeat=args.repeat),
+                progress,
+                as_json_output=args.json,
+            ),
+            check=args.check,
+        )
+    if args.metrics:
+        from . import metrics  # needs the metrics extra (prometheus-client)
+
+        return _verdict(
+            lambda progress: metrics.main(
+                metrics.sizes(quick=args.quick, repeat=args.repeat),
                 progress,
                 as_json_output=args.json,
             ),

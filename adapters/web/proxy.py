@@ -290,7 +290,7 @@ class _SessionLog:
             fields["kind"] = self.kind
         if self.hash_prefix != "-":
             fields["token_hash_prefix"] = self.hash_prefix
-        return ConsoleEvent(name=name, use_case=UseCase.SESSION, duration=duration, **fields)
+        return ConsoleEvent(name, UseCase.SESSION, duration, None, fields)
 
 
 class _Proxy:
@@ -350,7 +350,8 @@ class _Proxy:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def console(self, request: web.Request) -> web.StreamResponse:
-        with self._events.around(UseCase.SESSION) if self._events else _NO_SPAN:
+        around = None if self._events is None else self._events.around
+        with _NO_SPAN if around is None else around(UseCase.SESSION):
             return await self._console(request)
 
     async def _console(self, request: web.Request) -> web.StreamResponse:

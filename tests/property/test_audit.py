@@ -178,7 +178,7 @@ def test_each_record_carries_its_documented_fields_and_json_form() -> None:
         "unknown_token",
         hash_token("U" * 43)[:8],
     )
-    assert (revoked["count"], revoked["instance_uuid"]) == (1, str(instance))
+    assert (revoked["total"], revoked["instance_uuid"]) == (1, str(instance))
     assert records[2].getMessage() == (
         f"console.refused reason=unknown_token instance_uuid={instance} "
         f"token_hash_prefix={hash_token('U' * 43)[:8]} duration={refused['duration']}"

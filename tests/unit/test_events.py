@@ -114,14 +114,14 @@ def test_each_use_case_reports_its_success_inside_its_own_around(
 
     assert service.revoke_instance(INSTANCE) == 1
     event = only(events)
-    assert (event.name, event.instance_uuid, event.count) == (EventName.REVOKED, INSTANCE, 1)
+    assert (event.name, event.instance_uuid, event.total) == (EventName.REVOKED, INSTANCE, 1)
 
     service.authorize(OTHER, "compute-2", 5900, "novnc", ttl=timedelta(seconds=1))
     events.events.clear()
     clock.advance(timedelta(hours=1))
     assert service.purge_expired("compute-2") == 1
     event = only(events)
-    assert (event.name, event.host, event.count) == (EventName.PURGED, "compute-2", 1)
+    assert (event.name, event.host, event.total) == (EventName.PURGED, "compute-2", 1)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ def test_serial_ports_report_claims_and_releases(
     events.events.clear()
     ports.disconnect(lease)
     event = only(events)
-    assert (event.name, event.count, event.port) == (EventName.PORT_RELEASED, 1, 10000)
+    assert (event.name, event.total, event.port) == (EventName.PORT_RELEASED, 1, 10000)
 
 
 def test_without_events_nothing_is_built() -> None:
@@ -231,7 +231,7 @@ def test_without_events_nothing_is_built() -> None:
 
 class Broken:
     def around(self, use_case: UseCase) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()
+        return contextlib.nullcontext()  # a span that works, a record that fails
 
     def record(self, event: ConsoleEvent) -> None:
         raise RuntimeError("recorder bug")

@@ -75,7 +75,7 @@ def test_each_use_case_is_one_span_with_the_events_fields_and_no_token(
     assert revoked.parent is not None
     assert revoked.parent.span_id == request.context.span_id  # nested in the caller's span
     assert purged.attributes is not None
-    assert purged.attributes["console_auth.count"] == 0
+    assert purged.attributes["console_auth.total"] == 0
     for span in spans:
         text = repr(dict(span.attributes or {})) + repr(span.events) + span.name
         assert token not in text
