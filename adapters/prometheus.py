@@ -57,6 +57,16 @@ every call in the first bucket."""
 EVICTIONS: Final = "console_auth_memcached_evictions"
 _VALIDATED: Final = EventName.VALIDATED
 
+# The validate path's per-thread slots: a count per console kind, then the
+# buckets (the last: +Inf) and the sum, for valid then refused validates.
+_KIND_SLOT: Final = {kind.value: n for n, kind in enumerate(ConsoleType)}
+_BUCKETS: Final = len(VALIDATE_BUCKETS) + 1
+_VALID: Final = len(_KIND_SLOT)
+_VALID_SUM: Final = _VALID + _BUCKETS
+_REFUSED: Final = _VALID_SUM + 1
+_REFUSED_SUM: Final = _REFUSED + _BUCKETS
+_SLOTS: Final = _REFUSED_SUM + 1
+
 
 class PrometheusConsoleEvents:
     """Counts what the use cases did into ``registry``.
@@ -82,8 +92,8 @@ class PrometheusConsoleEvents:
 
         issued = counter("console_auth_tokens_issued", "Console tokens issued.", ("kind",))
         self._issued = {kind: issued.labels(backend, kind) for kind in kinds}
-        self._validate = _ValidateMetrics(backend, kinds)
-        self._valid = self._validate.valid
+        self._validate = _ValidateMetrics(backend)
+        self._local = self._validate.local
         registry.register(self._validate)
         self._refused = counter(
             "console_auth_tokens_refused", "Presented console tokens refused.", ("reason",)
@@ -134,10 +144,17 @@ class PrometheusConsoleEvents:
     around: Final = None  # no span: the use case runs unwrapped
 
     def record(self, event: ConsoleEvent) -> None:
-        if event.name is _VALIDATED:  # the hot path, without the dispatch
+        if event.name is _VALIDATED:  # the hot path: inline, no lock, no dispatch
+            try:
+                slots: list[float] = self._local.slots
+            except AttributeError:
+                slots = self._validate.new_slots()
             connection = event.connection
             kind = event.kind if connection is None else connection.console_type
-            self._valid(kind, event.duration)
+            slots[_KIND_SLOT[kind or ""]] += 1
+            duration = event.duration or 0.0
+            slots[_VALID + bisect_left(VALIDATE_BUCKETS, duration)] += 1
+            slots[_VALID_SUM] += duration
             return
         on = self._on.get(event.name)
         if on is not None:
@@ -225,46 +242,29 @@ class _ValidateMetrics(Collector):
     so thread churn does not grow the list.
     """
 
-    def __init__(self, backend: str, kinds: list[str]) -> None:
+    def __init__(self, backend: str) -> None:
         self._backend = backend
-        self._kinds = kinds
-        self._kind_slot = {kind: n for n, kind in enumerate(kinds)}
-        buckets = len(VALIDATE_BUCKETS) + 1  # the last: +Inf
-        self._valid = len(kinds)  # buckets, then the sum, per outcome
-        self._refused = self._valid + buckets + 1
-        self._size = self._refused + buckets + 1
-        self._valid_sum = self._valid + buckets
-        self._refused_sum = self._refused + buckets
-        self._local = threading.local()
+        self.local = threading.local()
+        """``slots``: this thread's (``new_slots`` makes them)."""
         self._lock = threading.Lock()
         self._live: list[list[float]] = []
-        self._retired = [0.0] * self._size
-
-    def valid(self, kind: str | None, duration: float | None) -> None:
-        try:
-            slots: list[float] = self._local.slots
-        except AttributeError:
-            slots = self._new_slots()
-        slots[self._kind_slot[kind or ""]] += 1
-        duration = duration or 0.0
-        slots[self._valid + bisect_left(VALIDATE_BUCKETS, duration)] += 1
-        slots[self._valid_sum] += duration
+        self._retired = [0.0] * _SLOTS
 
     def refused(self, duration: float | None) -> None:
         try:
-            slots: list[float] = self._local.slots
+            slots: list[float] = self.local.slots
         except AttributeError:
-            slots = self._new_slots()
+            slots = self.new_slots()
         duration = duration or 0.0
-        slots[self._refused + bisect_left(VALIDATE_BUCKETS, duration)] += 1
-        slots[self._refused_sum] += duration
+        slots[_REFUSED + bisect_left(VALIDATE_BUCKETS, duration)] += 1
+        slots[_REFUSED_SUM] += duration
 
-    def _new_slots(self) -> list[float]:
-        slots = [0.0] * self._size
+    def new_slots(self) -> list[float]:
+        slots = [0.0] * _SLOTS
         with self._lock:
             self._live.append(slots)
-        self._local.slots = slots
-        self._local.retire = _Retire(self, slots)  # runs when the thread's locals go
+        self.local.slots = slots
+        self.local.retire = _Retire(self, slots)  # runs when the thread's locals go
         return slots
 
     def retire(self, slots: list[float]) -> None:
@@ -273,7 +273,7 @@ class _ValidateMetrics(Collector):
             self._retired = [a + b for a, b in zip(self._retired, slots, strict=True)]
 
     def describe(self) -> Iterator[Metric]:
-        return self._families([0.0] * self._size)
+        return self._families([0.0] * _SLOTS)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -288,7 +288,7 @@ class _ValidateMetrics(Collector):
             "Console tokens that opened a console.",
             labels=["backend", "kind"],
         )
-        for kind, n in self._kind_slot.items():
+        for kind, n in _KIND_SLOT.items():
             validated.add_metric([self._backend, kind], totals[n])
         yield validated
         latency = HistogramMetricFamily(
@@ -296,8 +296,8 @@ class _ValidateMetrics(Collector):
             "Time a validate took, store included.",
             labels=["backend", "outcome"],
         )
-        for outcome, base in (("valid", self._valid), ("refused", self._refused)):
-            counts = totals[base : base + len(VALIDATE_BUCKETS) + 1]
+        for outcome, base in (("valid", _VALID), ("refused", _REFUSED)):
+            counts = totals[base : base + _BUCKETS]
             cumulative, buckets = 0.0, []
             for bound, count in zip((*VALIDATE_BUCKETS, float("inf")), counts, strict=True):
                 cumulative += count
@@ -305,7 +305,7 @@ class _ValidateMetrics(Collector):
             latency.add_metric(
                 [self._backend, outcome],
                 buckets,
-                sum_value=totals[base + len(VALIDATE_BUCKETS) + 1],
+                sum_value=totals[base + _BUCKETS],
             )
         yield latency
 

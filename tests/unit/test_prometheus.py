@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
 from console_auth.adapters.prometheus import VALIDATE_BUCKETS, PrometheusConsoleEvents
 from console_auth.application import ConsoleAuthService
+from console_auth.application.events import ConsoleEvent, EventName, UseCase
 from console_auth.domain import ConsoleAuthError, ConsoleType
 from tests.fakes import FakeClock, FixedTokenSource
 
@@ -73,9 +74,11 @@ def test_validates_in_threads_are_counted_after_the_threads_end() -> None:
 def test_buckets_are_cumulative_and_fine_enough_for_microseconds() -> None:
     assert VALIDATE_BUCKETS[0] <= 10e-6
     recorder = PrometheusConsoleEvents(CollectorRegistry(), backend="memory")
-    validate = recorder._validate
     for duration in (5e-6, 20e-6, 20e-6, 3.0):
-        validate.valid("novnc", duration)
+        event = ConsoleEvent(
+            EventName.VALIDATED, UseCase.VALIDATE, duration, None, {"kind": "novnc"}
+        )
+        recorder.record(event)
     found = samples(recorder)
 
     def bucket(le: str) -> float:
