@@ -277,8 +277,11 @@ def _metrics_registry() -> Any:
     return CollectorRegistry()
 
 
-def _metrics(enabled: bool | None, backend: str, registry: Callable[[], Any], store: Store) -> Any:
-    """A ``PrometheusConsoleEvents`` when ``metrics.enabled``, else ``None``."""
+def _metrics(
+    enabled: bool | None, backend: str, registry: Callable[[], Any], store: Callable[[], Store]
+) -> Any:
+    """A ``PrometheusConsoleEvents`` when ``metrics.enabled``, else ``None``
+    (and then the store is not opened for it)."""
     if not enabled:
         return None
     try:
@@ -287,7 +290,7 @@ def _metrics(enabled: bool | None, backend: str, registry: Callable[[], Any], st
         raise InvalidRequest(
             "metrics need prometheus-client: install console-auth[metrics]"
         ) from exc
-    return PrometheusConsoleEvents(registry(), backend=backend, evictions=store.evictions)
+    return PrometheusConsoleEvents(registry(), backend=backend, evictions=store().evictions)
 
 
 def _audit(enabled: bool) -> ConsoleEvents | None:
@@ -365,7 +368,7 @@ class Container(containers.DeclarativeContainer):
         enabled=config.metrics.enabled,
         backend=config.console_tokens_backend,
         registry=metrics_registry.provider,
-        store=store,
+        store=store.provider,
     )
     audit = providers.Singleton(_audit, enabled=config.audit.enabled)
     tracing = providers.Singleton(_tracing, enabled=config.tracing.enabled)
