@@ -175,8 +175,9 @@ class ConsoleEvents(Protocol):
     """Takes what the use cases did: metrics, audit records, traces.
 
     A service without one records nothing and pays nothing. Events never
-    hold a token (``events.ConsoleEvent``). Both methods run on the caller's
-    thread, inside the use case: keep them short and non-blocking.
+    hold a token (``events.ConsoleEvent``). ``around`` and ``record`` run on
+    the caller's thread, inside the use case (on the proxy's event loop for
+    its sessions): keep them short and non-blocking.
     """
 
     @property
