@@ -1,12 +1,13 @@
 """What the use cases report, and the one decorator that reports it.
 
-A use case is instrumented by one line, ``@observed(UseCase.X, asked)``:
+A use case is instrumented by one line, ``@observed(UseCase.X, asked)``
+(a new one also gets its ``UseCase`` member and success ``EventName``):
 with no ``ConsoleEvents`` wired the decorator only checks ``None`` and
-calls through, so nothing is built or timed; with one, the run is wrapped
-in the recorder's ``around`` (a tracer's span) and ends in one
-``ConsoleEvent``: the use case's success event, or its failure with the
-error's reason code. An event holds no token and no full token hash: a
-hash prefix of 8 hex, as the logs.
+calls through, so nothing is built or timed; with one, the run is timed,
+wrapped in the recorder's ``around`` when it has one (a tracer's span), and
+ends in one ``ConsoleEvent``: the use case's success event, or its failure
+with the error's reason code. An event's fields hold no token and no full
+token hash: a hash prefix of 8 hex, as the logs.
 """
 
 from __future__ import annotations
