@@ -337,12 +337,16 @@ def observed(
             try:
                 result = method(service, *args, **kwargs)
             except Exception as exc:
+                duration = perf_counter() - started
                 fields = asked(*args, **kwargs)
                 fields["reason"] = (
                     exc.code if isinstance(exc, ConsoleAuthError) else "internal_error"
                 )
-                duration = perf_counter() - started
-                record_safely(events, ConsoleEvent(failure, use_case, duration, None, fields))
+                failed = tuple.__new__(ConsoleEvent, (failure, use_case, duration, None, fields))
+                try:
+                    events.record(failed)
+                except Exception:
+                    logger.exception("console event %s not recorded", failed.name)
                 raise
             duration = perf_counter() - started
             if validating:  # the one hot path; tuple.__new__: the named tuple's is Python
