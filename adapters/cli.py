@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from sqlalchemy import Engine
 
 from console_auth.adapters import settings as settings_module
 from console_auth.adapters.container import Container, build_container
-from console_auth.adapters.settings import ProxySettings, load_settings
+from console_auth.adapters.settings import MetricsSettings, ProxySettings, load_settings
 from console_auth.adapters.sql import current_revision, downgrade, upgrade
 from console_auth.application.ports import StoredConnection
 from console_auth.application.purge import MAX_INTERVAL, PeriodicPurge
@@ -386,19 +387,26 @@ def _proxy(container: Container, args: argparse.Namespace) -> dict[str, Any]:
         raise ConsoleAuthError(
             f"the proxy needs the proxy extra (pip install 'console-auth[proxy]'): {exc}"
         ) from None
+    metrics = MetricsSettings.model_validate(container.config.metrics())
+    if metrics.enabled is None:  # on when the metrics extra is installed
+        container.config.metrics.enabled.from_value(_installed("prometheus_client"))
     config = ProxyConfig.from_settings(
         ProxySettings.model_validate(container.config.proxy()),
         serial_lease_ttl=container.config.serial_lease_ttl(),
         web_dir=args.web,
+        metrics=metrics,
     )
     service = container.service()
+    prometheus = container.metrics()
     ports = None
     if ConsoleType.SERIAL in config.console_types:  # port leases only for serial consoles
         try:
             ports = container.ports()
         except InvalidRequest as exc:  # memcached: say which setting asked for them
             raise InvalidRequest(f"proxy.console_types includes serial: {exc}") from None
-    app = create_app(service, ports, config)
+    app = create_app(
+        service, ports, config, exposition=None if prometheus is None else prometheus.exposition
+    )
     host, port = args.listen
 
     def ready(address: str) -> None:
@@ -414,6 +422,10 @@ def _proxy(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     except OSError as exc:  # the listening socket: in use, or no such address
         raise ConsoleAuthError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return {}
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _listen(text: str) -> tuple[str, int]:

@@ -13,6 +13,12 @@ is imported only when chosen, so deployments without the ``memcached`` extra
 (pymemcache) run the others.
 Tests swap one provider with ``container.repository.override(...)`` used as a
 context manager.
+
+``events`` is what the services report to: metrics, audit records and
+spans as the settings ask (each off by default), ``None`` when none is on,
+so the services record nothing. The metrics go to ``metrics_registry``, a
+registry of this container's own; a host service that exposes
+prometheus-client's global ``REGISTRY`` overrides it with that.
 """
 
 from __future__ import annotations
@@ -62,8 +68,10 @@ from console_auth.application.cell_ports import (
     CellRoutedPortReservationRepository,
 )
 from console_auth.application.consoles import InstanceConsoleService
+from console_auth.application.events import combined
 from console_auth.application.ports import (
     ConsoleEndpoints,
+    ConsoleEvents,
     LeaseIdSource,
     PortLeaseRepository,
     PortReservationRepository,
@@ -100,6 +108,8 @@ class Store:
     tokens: ConsoleConnectionRepository
     leases: PortLeaseRepository | None = None
     reservations: PortReservationRepository | None = None
+    evictions: Callable[[], Mapping[str, int]] | None = None
+    """Items the store's servers evicted, by server (memcached), for metrics."""
 
 
 def _database_store(
@@ -218,7 +228,8 @@ def _memcached_store(
         yield Store(
             MemcachedConsoleConnectionRepository(
                 client, key_prefix=key_prefix, expired_retention=expired_retention
-            )
+            ),
+            evictions=client.evictions,
         )
     finally:
         client.close()
@@ -322,6 +333,50 @@ def _instance_consoles(
     return InstanceConsoleService(consoles, endpoints, serial_ports, bases)
 
 
+def _metrics_registry() -> Any:
+    """A ``CollectorRegistry`` of the container's own (prometheus-client is
+    imported only when metrics are on)."""
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
+
+
+def _metrics(
+    enabled: bool | None, backend: str, registry: Callable[[], Any], store: Callable[[], Store]
+) -> Any:
+    """A ``PrometheusConsoleEvents`` when ``metrics.enabled``, else ``None``
+    (and then the store is not opened for it)."""
+    if not enabled:
+        return None
+    try:
+        from console_auth.adapters.prometheus import PrometheusConsoleEvents
+    except ImportError as exc:
+        raise InvalidRequest(
+            "metrics need prometheus-client: install console-auth[metrics]"
+        ) from exc
+    return PrometheusConsoleEvents(registry(), backend=backend, evictions=store().evictions)
+
+
+def _audit(enabled: bool) -> ConsoleEvents | None:
+    if not enabled:
+        return None
+    from console_auth.adapters.audit import LoggingConsoleEvents
+
+    return LoggingConsoleEvents()
+
+
+def _tracing(enabled: bool) -> ConsoleEvents | None:
+    if not enabled:
+        return None
+    try:
+        from console_auth.adapters.tracing import OpenTelemetryConsoleEvents
+    except ImportError as exc:
+        raise InvalidRequest(
+            "tracing needs opentelemetry-api: install console-auth[tracing]"
+        ) from exc
+    return OpenTelemetryConsoleEvents()
+
+
 class Container(containers.DeclarativeContainer):
     """Feed ``config`` with ``config.from_pydantic(settings)`` (``build_container`` does)."""
 
@@ -371,9 +426,25 @@ class Container(containers.DeclarativeContainer):
         purge_grace=config.purge_grace,
         serial_lease_ttl=config.serial_lease_ttl,
     )
+    metrics_registry = providers.Singleton(_metrics_registry)
+    metrics = providers.Singleton(
+        _metrics,
+        enabled=config.metrics.enabled,
+        backend=config.console_tokens_backend,
+        registry=metrics_registry.provider,
+        store=store.provider,
+    )
+    audit = providers.Singleton(_audit, enabled=config.audit.enabled)
+    tracing = providers.Singleton(_tracing, enabled=config.tracing.enabled)
+    events = providers.Singleton(combined, metrics, audit, tracing)
     # A factory, so an override of any collaborator shows in the next service.
     service = providers.Factory(
-        ConsoleAuthService, repository=repository, clock=clock, tokens=tokens, policy=policy
+        ConsoleAuthService,
+        repository=repository,
+        clock=clock,
+        tokens=tokens,
+        policy=policy,
+        events=events,
     )
     ports = providers.Factory(_ports, consoles=service, store=store, lease_ids=lease_ids)
     # Where instances' consoles listen (``console_driver``); tests override it

@@ -281,6 +281,50 @@ class LibvirtSettings(BaseModel):
         return uri
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (the ``metrics`` extra, prometheus-client)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    """``None``: on in ``console-auth proxy`` when prometheus-client is
+    installed, off in a service the library builds (``create_service``)."""
+    path: str = Field(default="/metrics", pattern=r"^/[A-Za-z0-9._~/-]{0,200}$")
+    """Where ``console-auth proxy`` answers scrapes, on its console listener."""
+    allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = (
+        IPv4Network("127.0.0.0/8"),
+        IPv6Network("::1/128"),
+    )
+    """Clients that may scrape ``path`` (the client as the proxy resolves it,
+    through ``proxy.trusted_proxies``); anyone else gets a 404 there, as if
+    it did not exist. Empty: nobody (metrics are then only in-process)."""
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _comma_list(value)
+
+
+class AuditSettings(BaseModel):
+    """Audit records on the logger ``console_auth.audit``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    """One record per issue, validate, refusal, revoke, purge, port claim and
+    proxy session; routing them is the logging configuration's job."""
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans (the ``tracing`` extra, opentelemetry-api)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    """One span per use case, through the process's tracer provider (none
+    set up: the API's no-op)."""
+
+
 class Settings(BaseSettings):
     """Everything a deployment chooses; defaults run a single host on SQLite."""
 
@@ -342,6 +386,10 @@ class Settings(BaseSettings):
         if path is None and info.data.get("console_driver") == "static":
             raise ValueError('is required when console_driver is "static"')
         return path
+
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("fallback")
     @classmethod

@@ -5,7 +5,8 @@ Adapters satisfy these structurally; none of them inherits from a port.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Final, NamedTuple, Protocol
 from uuid import UUID
@@ -13,6 +14,8 @@ from uuid import UUID
 from console_auth.domain import ConsoleConnection, ConsoleType
 from console_auth.domain.endpoints import ConsoleEndpoint
 from console_auth.domain.leases import PortLease
+
+from .events import ConsoleEvent, UseCase
 
 MAX_PAGE: Final = 1000
 """Connections one ``connections`` page may hold: an operator's listing
@@ -235,4 +238,25 @@ class ConsoleEndpoints(Protocol):
         (no such device), ``ConsoleNotAllocated`` (autoport not chosen yet) or
         ``InstanceNotRunning``. ``BackendUnavailable`` when the driver cannot
         be asked: an outage is never "no such console"."""
+        ...
+
+
+class ConsoleEvents(Protocol):
+    """Takes what the use cases did: metrics, audit records, traces.
+
+    A service without one records nothing and pays nothing. Events never
+    hold a token (``events.ConsoleEvent``). ``around`` and ``record`` run on
+    the caller's thread, inside the use case (on the proxy's event loop for
+    its sessions): keep them short and non-blocking.
+    """
+
+    @property
+    def around(self) -> Callable[[UseCase], AbstractContextManager[object]] | None:
+        """What to enter around each run of a use case, its event recorded
+        inside (a tracer's span); ``None`` when this recorder keeps no span,
+        so the use case runs unwrapped (a metrics recorder)."""
+        ...
+
+    def record(self, event: ConsoleEvent) -> None:
+        """One use case's outcome (or a proxy session's step)."""
         ...

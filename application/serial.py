@@ -32,6 +32,7 @@ from console_auth.domain.leases import LeaseKind, PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
 from console_auth.domain.types import MAX_PORT, MIN_PORT, is_port, parse_proxy_id
 
+from .events import UseCase, asked_lease, observed, presented
 from .ports import LeaseIdSource, PortLeaseRepository, PortReservationRepository
 from .service import ConsoleAuthService, IssueOptions, purge_cutoff
 
@@ -60,6 +61,8 @@ class ConsolePortService:
         self._leases = leases
         self._reservations = reservations
         self._lease_ids = lease_ids
+        self.events: Final = consoles.events
+        """The token service's: tokens and ports report to one place."""
 
     def authorize_serial(
         self,
@@ -109,6 +112,7 @@ class ConsolePortService:
             f"{connection.host} is connected or held"
         )
 
+    @observed(UseCase.CONNECT, presented)
     def connect(
         self, token: str | bytes, instance_uuid: UUID | str | None, proxy_id: str
     ) -> PortLease:
@@ -153,6 +157,7 @@ class ConsolePortService:
             raise LeaseLost(f"the lease on serial port {lease.host}:{lease.port} is gone")
         return renewed
 
+    @observed(UseCase.DISCONNECT, asked_lease)
     def disconnect(self, lease: PortLease) -> bool:
         """Free the port; ``False`` if the lease was already gone."""
         released = self._leases.release(_check_lease(lease))

@@ -39,7 +39,23 @@ from console_auth.domain.model import parse_host, parse_instance_uuid, parse_utc
 from console_auth.domain.tokens import HASH_PREFIX_LENGTH, check_hash_prefix, is_token_hash
 from console_auth.domain.types import parse_ttl
 
-from .ports import MAX_PAGE, Clock, ConsoleConnectionRepository, StoredConnection, TokenSource
+from .events import (
+    UseCase,
+    asked_console,
+    asked_host,
+    asked_instance,
+    observed,
+    presented,
+    presented_url,
+)
+from .ports import (
+    MAX_PAGE,
+    Clock,
+    ConsoleConnectionRepository,
+    ConsoleEvents,
+    StoredConnection,
+    TokenSource,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +165,10 @@ def _nothing_to_undo() -> None:
 
 class ConsoleAuthService:
     """Authorize, validate, revoke and purge console connections, on any
-    ``ConsoleConnectionRepository``: one store, cells, or a fallback pair."""
+    ``ConsoleConnectionRepository``: one store, cells, or a fallback pair.
+
+    With ``events``, each use case reports what it did (``events.observed``).
+    """
 
     def __init__(
         self,
@@ -157,11 +176,14 @@ class ConsoleAuthService:
         clock: Clock,
         tokens: TokenSource,
         policy: ServicePolicy | None = None,
+        events: ConsoleEvents | None = None,
     ) -> None:
         self._repository = repository
         self._clock = clock
         self._tokens = tokens
         self._policy = policy or ServicePolicy()
+        self.events: Final = events
+        """Where use cases report; ``None``: nowhere (an attribute: read on every call)."""
 
     @property
     def policy(self) -> ServicePolicy:
@@ -172,6 +194,7 @@ class ConsoleAuthService:
         leases with, so tokens and leases never disagree on the time."""
         return clock_now(self._clock)
 
+    @observed(UseCase.AUTHORIZE, asked_console)
     def authorize(
         self,
         instance_uuid: UUID | str,
@@ -229,6 +252,7 @@ class ConsoleAuthService:
         except OverflowError:
             raise InvalidRequest("ttl puts the expiry past the supported date range") from None
 
+    @observed(UseCase.VALIDATE, presented)
     def validate(
         self, token: str | bytes, instance_uuid: UUID | str | None = None
     ) -> ConsoleConnection:
@@ -237,6 +261,9 @@ class ConsoleAuthService:
         Shape and uuid are checked before the store is asked, so garbage
         costs no round trip.
         """
+        return self._validate(token, instance_uuid)
+
+    def _validate(self, token: str | bytes, instance_uuid: UUID | str | None) -> ConsoleConnection:
         token = check_token(token)
         token_hash = hash_token(token)
         expected = None if instance_uuid is None else parse_instance_uuid(instance_uuid)
@@ -271,11 +298,13 @@ class ConsoleAuthService:
         )
         raise InvalidToken(InvalidTokenReason.TAMPERED)
 
+    @observed(UseCase.VALIDATE, presented_url)
     def validate_url(self, url: str) -> ConsoleConnection:
         """Validate the token and uuid an access URL (or request target) carries."""
         token, instance_uuid = parse_access_url(url)
-        return self.validate(token, instance_uuid)
+        return self._validate(token, instance_uuid)
 
+    @observed(UseCase.REVOKE, asked_instance)
     def revoke_instance(self, instance_uuid: UUID | str) -> int:
         """Forget every token of an instance (deleted, migrated, rebuilt), and
         record the revocation so that proxies end the sessions they opened
@@ -300,6 +329,7 @@ class ConsoleAuthService:
             and connection.is_revoked_by(revoked[connection.instance_uuid])
         ]
 
+    @observed(UseCase.PURGE, asked_host)
     def purge_expired(self, host: str | None = None) -> int:
         """Delete connections that expired more than ``purge_grace`` ago, of
         one compute host when given, in batches so no transaction holds the
@@ -321,6 +351,7 @@ class ConsoleAuthService:
         logger.info("purged %d expired console tokens%s", total, f" of {host}" if host else "")
         return total
 
+    @observed(UseCase.PURGE)
     def purge_instances(self, instance_uuids: Iterable[UUID | str]) -> int:
         """Delete the expired connections of these instances (those a compute
         node runs), as ``purge_expired`` does for a host: the stored ``host``
@@ -357,6 +388,7 @@ class ConsoleAuthService:
             live_at=None if expired else self.now(),
         )
 
+    @observed(UseCase.REVOKE)
     def revoke_token(self, hash_prefix: str) -> ConsoleConnection:
         """Delete the one stored token (live or expired) whose hash starts
         with ``hash_prefix`` (``HASH_PREFIX_LENGTH`` to 64 hex digits);
@@ -416,7 +448,7 @@ class ConsoleAuthService:
         )
         try:
             found = functools.partial(found, looked_in=self._repository.looked_in(expected))
-            connection = self.validate(token, expected)
+            connection = self._validate(token, expected)  # not counted as a validate
         except (InvalidToken, InstanceMismatch, BackendUnavailable, InvalidRequest) as exc:
             return self._explain_refusal(found, exc, token_hash, expected)
         return found(

@@ -91,6 +91,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "authorize of the same endpoint, on SQLite and memory (--quick, --ops, --repeat "
         "and --warmup apply)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="instead: validate with the Prometheus recorder wired against the same service "
+        "without it, on SQLite (the target) and in memory (--quick and --repeat apply)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--ops", type=int, help=f"ops per timed batch ({FULL['ops']:,})")
     parser.add_argument("--repeat", type=int, help=f"timed repetitions ({FULL['repeat']})")
@@ -201,6 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _verdict(
             lambda progress: consoles.main(
                 sizes.ops, sizes.repeat, sizes.warmup_ops, progress, as_json_output=args.json
+            ),
+            check=args.check,
+        )
+    if args.metrics:
+        from . import metrics  # needs the metrics extra (prometheus-client)
+
+        return _verdict(
+            lambda progress: metrics.main(
+                metrics.sizes(quick=args.quick, repeat=args.repeat),
+                progress,
+                as_json_output=args.json,
             ),
             check=args.check,
         )

@@ -23,7 +23,9 @@
        └─ InstanceNotRunning  the instance is not running
 
 Messages name the problem and never contain a token: a proxy may log them
-verbatim, and a token in a log is a live credential.
+verbatim, and a token in a log is a live credential. Each error's ``code``
+is its stable reason code, the one vocabulary of refusals, metrics labels
+and audit records.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from enum import StrEnum
 
 class ConsoleAuthError(Exception):
     """Root of every error this library raises on purpose."""
+
+    code: str = "internal_error"
+    """Stable reason code for logs, metrics and refusals; never a value."""
 
 
 class InvalidTokenReason(StrEnum):
@@ -54,6 +59,7 @@ class InvalidToken(ConsoleAuthError):
 
     def __init__(self, reason: InvalidTokenReason) -> None:
         self.reason = reason
+        self.code = f"{reason.value}_token"
         super().__init__(f"console token is invalid ({reason.value})")
 
 
@@ -64,6 +70,8 @@ class InstanceMismatch(ConsoleAuthError):
     instance there would otherwise open the wrong console.
     """
 
+    code = "wrong_instance"
+
 
 class InvalidRequest(ConsoleAuthError, ValueError):
     """Raised before anything is stored when input is unusable.
@@ -71,6 +79,8 @@ class InvalidRequest(ConsoleAuthError, ValueError):
     Subclasses ``ValueError`` so generic input handling in a host service
     still catches it.
     """
+
+    code = "bad_request"
 
 
 class UnknownCell(InvalidRequest):
@@ -82,6 +92,8 @@ class UnknownCell(InvalidRequest):
     guess would store a token where validation never looks, or revoke
     nothing while the tokens live on.
     """
+
+    code = "unknown_instance"
 
 
 class UnknownTokenHash(InvalidRequest):
@@ -101,6 +113,8 @@ class UnsupportedVersion(ConsoleAuthError):
     guess the meaning of fields it has never seen.
     """
 
+    code = "unsupported_version"
+
 
 class BackendUnavailable(ConsoleAuthError):
     """Raised when the token store cannot answer, as opposed to answering no.
@@ -109,10 +123,14 @@ class BackendUnavailable(ConsoleAuthError):
     restarting; the original driver error is kept as ``__cause__``.
     """
 
+    code = "backend_unavailable"
+
 
 class PortUnavailable(ConsoleAuthError):
     """Root of the serial-port conditions: the request was fine, the port is
     taken. An API maps these to "409 Conflict", not to "400"."""
+
+    code = "port_unavailable"
 
 
 class NoFreeConsolePort(PortUnavailable):
@@ -123,6 +141,8 @@ class NoFreeConsolePort(PortUnavailable):
 class PortAlreadyConnected(PortUnavailable):
     """Raised by ``connect`` when another client is on the port: a serial
     port takes one client at a time."""
+
+    code = "port_in_use"
 
 
 class LeaseLost(PortUnavailable):

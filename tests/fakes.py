@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, NoReturn
 from uuid import UUID
 
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
+from console_auth.application.events import ConsoleEvent, UseCase
 from console_auth.application.ports import StoredConnection
 from console_auth.domain import TOKEN_LENGTH, BackendUnavailable, ConsoleConnection
 
@@ -144,3 +146,25 @@ class ParityCellLocator:
 
     def cells(self) -> Sequence[str]:
         return self.CELLS
+
+
+class RecordingEvents:
+    """A ``ConsoleEvents`` that keeps every event, and which use case was
+    running (entered ``around``) when each was recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[ConsoleEvent] = []
+        self.running: list[UseCase] = []
+        self.recorded_inside: list[UseCase | None] = []
+
+    @contextlib.contextmanager
+    def around(self, use_case: UseCase) -> Iterator[None]:
+        self.running.append(use_case)
+        try:
+            yield
+        finally:
+            self.running.pop()
+
+    def record(self, event: ConsoleEvent) -> None:
+        self.events.append(event)
+        self.recorded_inside.append(self.running[-1] if self.running else None)

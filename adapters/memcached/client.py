@@ -222,6 +222,26 @@ class MemcachedClient:
         """``True`` if the key existed."""
         return bool(self._run(key, False, lambda c: c.delete(key, noreply=False)))
 
+    def evictions(self) -> dict[str, int]:
+        """memcached's ``evictions`` stat of each server that answers (items
+        dropped before they expired, server-wide), by server name: read for
+        metrics at scrape time, so a server that fails is left out."""
+        counts: dict[str, int] = {}
+        for name, node in self._nodes.items():
+            if node.down_until and time.monotonic() < node.down_until:
+                continue
+            client = node.take()
+            try:
+                stats = client.stats()  # type: ignore[no-untyped-call]
+            except _FAILURES as exc:
+                self._drop(node, client, exc)
+                continue
+            node.give_back(client)
+            count = stats.get(b"evictions", stats.get("evictions"))
+            if isinstance(count, int):
+                counts[name] = count
+        return counts
+
     def close(self) -> None:
         """Close every connection; a later command opens new ones."""
         for node in self._nodes.values():

@@ -23,7 +23,15 @@ a page from a foreign origin never gets a socket from the proxy.
 Each request leaves one INFO line: client, instance, target, console kind,
 token hash prefix, outcome or refusal reason, duration, bytes each way;
 never the token, nor the request target that carries it (aiohttp's access
-log is off for that reason). Plain GETs are served from ``web_dir`` when one
+log is off for that reason). With the service's ``ConsoleEvents`` wired,
+each request is a ``session`` span and reports ``session.refused``, or
+``session.started`` and ``session.ended``, with the client's address.
+
+``GET <metrics_path>`` (with an ``exposition``: Prometheus metrics) answers
+scrapes on the console listener, only to clients within
+``metrics_networks`` (default loopback, as resolved through the trusted
+proxies): anyone else gets a 404, as for a path that does not exist, since
+browsers reach this listener. Plain GETs are served from ``web_dir`` when one
 is given (noVNC's files), so the access URL opens directly; the WebSocket
 answers on any path, as websockify does, since noVNC's ``path`` parameter
 chooses it.
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import signal
@@ -40,14 +49,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Final, TypeVar
 from uuid import UUID
 
 from aiohttp import web
 
-from console_auth.adapters.settings import ProxySettings
+from console_auth.adapters.settings import MetricsSettings, ProxySettings
 from console_auth.application import ConsoleAuthService
+from console_auth.application.events import (
+    HASH_PREFIX,
+    ConsoleEvent,
+    EventFields,
+    EventName,
+    UseCase,
+    as_uuid,
+    record_safely,
+)
 from console_auth.application.serial import ConsolePortService
 from console_auth.domain import (
     BackendUnavailable,
@@ -66,7 +85,7 @@ from . import rfb
 from .dial import Dialer, TargetTLS, target_port
 from .refusals import Reason, Refused, refusal_for, wrong_console_kind
 from .relay import CLOSE_TIMEOUT, Outcome, Relay, RelayLimits, SessionEnded, Watcher
-from .requests import ConsoleRequest, RequestRules, RequestView, read_request
+from .requests import ConsoleRequest, RequestRules, RequestView, client_address, read_request
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +96,11 @@ WEBSOCKET_PROTOCOLS: Final = ("binary",)
 RFB_KINDS: Final = frozenset({ConsoleType.NOVNC})
 """Console kinds whose clients speak RFB, and so may be refused in it."""
 _HTTP_ONLY: Final = frozenset({Reason.BAD_ORIGIN, Reason.ORIGIN_SCHEME_MISMATCH})
+_NO_SPAN: Final = contextlib.nullcontext()
+
+Exposition = Callable[[str], tuple[bytes, str]]
+"""Renders the metrics for an ``Accept`` header: the body and its content
+type (it may block)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +125,12 @@ class ProxyConfig:
     web_dir: Path | None = None
     rfb_refusals: bool = False
     """Refuse upgrade requests inside RFB rather than with an HTTP status."""
+    metrics_path: str = "/metrics"
+    metrics_networks: tuple[IPv4Network | IPv6Network, ...] = (
+        IPv4Network("127.0.0.0/8"),
+        IPv6Network("::1/128"),
+    )
+    """Clients that may scrape ``metrics_path``; others get a 404."""
 
     def __post_init__(self) -> None:
         if self.rfb_refusals and not self.console_types <= RFB_KINDS:
@@ -111,9 +141,15 @@ class ProxyConfig:
 
     @classmethod
     def from_settings(
-        cls, proxy: ProxySettings, *, serial_lease_ttl: float, web_dir: Path | None = None
+        cls,
+        proxy: ProxySettings,
+        *,
+        serial_lease_ttl: float,
+        web_dir: Path | None = None,
+        metrics: MetricsSettings | None = None,
     ) -> ProxyConfig:
         """A deployment's ``proxy`` settings; ``InvalidRequest`` for a bad origin."""
+        metrics = metrics or MetricsSettings()
         return cls(
             proxy_id=proxy.proxy_id,
             rules=RequestRules(
@@ -137,23 +173,30 @@ class ProxyConfig:
             session_recheck=proxy.session_recheck,
             web_dir=web_dir,
             rfb_refusals=proxy.rfb_refusals,
+            metrics_path=metrics.path,
+            metrics_networks=metrics.allowed_networks,
         )
 
 
 def create_app(
-    service: ConsoleAuthService, ports: ConsolePortService | None, config: ProxyConfig
+    service: ConsoleAuthService,
+    ports: ConsolePortService | None,
+    config: ProxyConfig,
+    *,
+    exposition: Exposition | None = None,
 ) -> web.Application:
     """The proxy as an aiohttp application; ``start``/``stop`` (or ``serve``) run it.
 
     ``ports`` may be ``None`` only when ``config.console_types`` leaves out
-    serial consoles, the only kind that takes a port lease.
+    serial consoles, the only kind that takes a port lease. The proxy
+    reports to ``service.events``; ``exposition`` serves ``metrics_path``.
 
     aiohttp's access log is off whatever the runner says: it would write each
     request target, token and all. Under another runner, live sessions are
     closed at its shutdown without a drain (aiohttp stops reading every
     connection before ``on_shutdown``); ``stop`` drains them first.
     """
-    proxy = _Proxy(service, ports, config)
+    proxy = _Proxy(service, ports, config, exposition)
     app = web.Application(middlewares=[proxy.middleware], handler_args={"access_log": None})
     app[_PROXY] = proxy
     if config.web_dir is not None:
@@ -236,18 +279,37 @@ class _SessionLog:
             self.bytes_out,
         )
 
+    def event(self, name: EventName, reason: str, duration: float | None = None) -> ConsoleEvent:
+        fields: EventFields = {"reason": reason}
+        if self.client:
+            fields["client"] = self.client
+        instance = as_uuid(self.instance)
+        if instance is not None:
+            fields["instance_uuid"] = instance
+        if self.kind != "-":
+            fields["kind"] = self.kind
+        if self.hash_prefix != "-":
+            fields["token_hash_prefix"] = self.hash_prefix
+        return ConsoleEvent(name, UseCase.SESSION, duration, None, fields)
+
 
 class _Proxy:
     """The application's state: collaborators, the store's threads, live sessions."""
 
     def __init__(
-        self, service: ConsoleAuthService, ports: ConsolePortService | None, config: ProxyConfig
+        self,
+        service: ConsoleAuthService,
+        ports: ConsolePortService | None,
+        config: ProxyConfig,
+        exposition: Exposition | None,
     ) -> None:
         if ports is None and ConsoleType.SERIAL in config.console_types:
             raise InvalidRequest("a proxy that serves serial consoles needs a ConsolePortService")
         self.config = config
         self._service = service
         self._ports = ports
+        self._events = service.events
+        self._exposition = exposition
         self._dialer = Dialer(config.connect_timeout, config.target_tls)
         self._store_threads = ThreadPoolExecutor(
             config.store_threads, thread_name_prefix="console-auth-store"
@@ -264,15 +326,48 @@ class _Proxy:
         """WebSocket upgrades on any path are console sessions; the rest is static."""
         if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self.console(request)
+        if (
+            self._exposition is not None
+            and request.method in ("GET", "HEAD")
+            and request.path == self.config.metrics_path
+        ):
+            return await self.metrics(request, self._exposition)
         return await handler(request)
 
+    async def metrics(self, request: web.Request, exposition: Exposition) -> web.StreamResponse:
+        """The metrics, to a client within ``metrics_networks``; a 404 to others."""
+        try:
+            client = client_address(_view(request), self.config.rules)
+            allowed = client is not None and any(
+                ip_address(client) in network for network in self.config.metrics_networks
+            )
+        except (Refused, ValueError):
+            allowed = False
+        if not allowed:
+            raise web.HTTPNotFound()
+        accept = request.headers.get("Accept", "")
+        body, content_type = await self._in_store_thread(exposition, accept)  # may ask memcached
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def console(self, request: web.Request) -> web.StreamResponse:
+        around = None if self._events is None else self._events.around
+        with _NO_SPAN if around is None else around(UseCase.SESSION):
+            return await self._console(request)
+
+    async def _console(self, request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         log = _SessionLog(client=request.remote or None, started=loop.time())
         try:
             return await self._session(request, log)
         except Refused as refused:
             log.outcome = f"refused:{refused.reason}"
+            if self._events is not None:
+                record_safely(
+                    self._events,
+                    log.event(
+                        EventName.SESSION_REFUSED, refused.reason, loop.time() - log.started
+                    ),
+                )
             ws = self._websocket()
             if (
                 self.config.rfb_refusals
@@ -327,7 +422,7 @@ class _Proxy:
                     limits=self.config.limits,
                     client_transport=request.transport,
                 )
-                log.outcome = (await self._relay(relay, connection, lease)).value
+                log.outcome = (await self._relay(relay, connection, lease, log)).value
                 log.bytes_in, log.bytes_out = relay.bytes_in, relay.bytes_out
             finally:
                 writer.close()
@@ -337,19 +432,33 @@ class _Proxy:
                 await self._release(lease)
 
     async def _relay(
-        self, relay: Relay, connection: ConsoleConnection, lease: PortLease | None
+        self,
+        relay: Relay,
+        connection: ConsoleConnection,
+        lease: PortLease | None,
+        log: _SessionLog,
     ) -> Outcome:
         watchers: list[Watcher] = []
         if lease is not None:
             watchers.append(functools.partial(self._keep_lease, lease))
         self._live[relay] = connection
         self._none_live.clear()
+        events = self._events
+        if events is not None:
+            record_safely(events, log.event(EventName.SESSION_STARTED, "started"))
+        outcome = Outcome.ERROR
         try:
-            return await relay.run(watchers)
+            outcome = await relay.run(watchers)
+            return outcome
         finally:
             del self._live[relay]
             if not self._live:
                 self._none_live.set()
+            if events is not None:
+                ended = asyncio.get_running_loop().time()
+                record_safely(
+                    events, log.event(EventName.SESSION_ENDED, outcome.value, ended - log.started)
+                )
 
     async def rechecking(self, app: web.Application) -> AsyncIterator[None]:
         """While the application runs, end live sessions whose instance was
@@ -424,8 +533,11 @@ class _Proxy:
             )
 
     async def _in_store_thread(self, call: Callable[..., _T], *args: object) -> _T:
+        """``call`` in a store thread, in this task's context (so its span
+        nests under the session's)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._store_threads, functools.partial(call, *args))
+        run = functools.partial(contextvars.copy_context().run, call, *args)
+        return await loop.run_in_executor(self._store_threads, run)
 
     async def drain(self, grace: float) -> None:
         """Refuse new sessions; give live ones ``grace`` seconds, then close them."""
@@ -463,7 +575,7 @@ def _view(request: web.Request) -> RequestView:
 def _hash_prefix(token: str) -> str:
     """What the service's own log lines show of a token: its hash's first 8 hex."""
     try:
-        return hash_token(check_token(token))[:8]
+        return hash_token(check_token(token))[:HASH_PREFIX]
     except InvalidToken:
         return "-"
 

@@ -35,7 +35,14 @@ from console_auth.domain.urls import TOKEN_PARAM, read_access_params
 
 from .refusals import Reason, Refused, refusal_for
 
-__all__ = ["ConsoleRequest", "Refused", "RequestRules", "RequestView", "read_request"]
+__all__ = [
+    "ConsoleRequest",
+    "Refused",
+    "RequestRules",
+    "RequestView",
+    "client_address",
+    "read_request",
+]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _MAX_ORIGIN_LENGTH: Final = 2048
@@ -114,6 +121,13 @@ def read_request(view: RequestView, rules: RequestRules) -> ConsoleRequest:
             "the request carries no console token (query, noVNC path or cookie)",
         )
     return ConsoleRequest(token=token, instance_uuid=instance_uuid, client=client, scheme=scheme)
+
+
+def client_address(view: RequestView, rules: RequestRules) -> str | None:
+    """The client's address as ``read_request`` resolves it (the peer, or
+    the last untrusted hop a trusted proxy forwarded); ``Refused`` for
+    forwarding headers a trusted proxy cannot have written."""
+    return _client_and_scheme(view, rules)[0]
 
 
 def _check_target(target: str) -> None:

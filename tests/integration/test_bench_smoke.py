@@ -128,3 +128,19 @@ def test_purge_scale_run_reports_every_figure() -> None:
         "Python heap peak (bytes)",
         "validates failed",
     }
+
+
+def test_the_metrics_run_times_both_sides_of_every_case(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--metrics``: the same validates with and without the Prometheus
+    recorder; a side that did not validate what it was given fails the run."""
+    assert main(["--metrics", "--quick", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["cases"]) == {"sqlite_hit", "sqlite_miss", "memory_hit"}
+    for figures in out["cases"].values():
+        assert _positive(figures["bare_per_s"])
+        assert _positive(figures["metered_per_s"])
+        assert len(figures["bare_runs_per_s"]) == len(figures["metered_runs_per_s"]) == 3
+    assert out["target"]["case"] == "sqlite_hit"
+    assert out["target"]["min_ratio"] == 0.95

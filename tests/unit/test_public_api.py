@@ -83,3 +83,17 @@ def test_the_core_loads_no_driver() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_core_and_a_service_without_metrics_load_no_metrics_or_tracing() -> None:
+    """The ``metrics`` and ``tracing`` extras are optional: nothing imports
+    them until a setting turns them on."""
+    code = (
+        "import sys, console_auth.domain, console_auth.application; "
+        "from console_auth.adapters.container import build_container; "
+        "from console_auth.adapters.settings import Settings; "
+        "build_container(Settings(console_tokens_backend='memory')).service(); "
+        "print(sorted(m for m in ('prometheus_client', 'opentelemetry') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
