@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -35,6 +37,7 @@ from console_auth.domain.types import to_microseconds
 
 from . import report
 from .runner import Progress, Series, expect
+from .servers import URL_ENV, private_database, server_url
 from .sqlite import bulk_insert, create_schema, fake_rows, known_tokens, sqlite_url
 from .workload import LONG_TTL, T0, BenchClock, authorize_all, validate_all
 
@@ -81,6 +84,7 @@ def _measure(
     progress: Progress,
     *,
     hits: bool,
+    clock: Callable[[], int] = time.thread_time_ns,
 ) -> dict[str, Series]:
     rng = random.Random(20260101)
     series = {side: Series() for side in SIDES}
@@ -99,9 +103,9 @@ def _measure(
                 else [SecretsTokenSource().new_token() for _ in range(calls)]
             )
             for side in SIDES if (number + turn // CHUNK) % 2 else SIDES[::-1]:
-                started = time.thread_time_ns()
+                started = clock()
                 found[side] += validate_all(services[side], present)
-                elapsed[side] += time.thread_time_ns() - started
+                elapsed[side] += clock() - started
         for side in SIDES:
             expect(found[side], ops if hits else 0, f"{name} {side} validate")
             if number:
@@ -110,7 +114,8 @@ def _measure(
 
 
 def measure(progress: Progress, size: dict[str, int]) -> dict[str, dict[str, Series]]:
-    """Validate hits and misses on a SQLite file, and hits in memory."""
+    """Validate hits and misses on a SQLite file, hits in memory, and hits on
+    the PostgreSQL and MariaDB servers the test variables name, if any."""
     clock = BenchClock()
     out: dict[str, dict[str, Series]] = {}
     with tempfile.TemporaryDirectory(prefix="console-auth-bench-metrics-") as workdir:
@@ -145,13 +150,42 @@ def measure(progress: Progress, size: dict[str, int]) -> dict[str, dict[str, Ser
     instances = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(size["rows"] // 10)]
     issued = authorize_all(memory["bare"], instances)
     out["memory_hit"] = _measure("memory hit", memory, issued, size, progress, hits=True)
+    for backend in SERVERS:
+        if os.environ.get(URL_ENV[backend]):
+            out[f"{backend}_hit"] = _server_hits(backend, clock, size, progress)
     return out
+
+
+SERVERS: Final = ("postgresql", "mariadb")
+
+
+def _server_hits(
+    backend: str, clock: BenchClock, size: dict[str, int], progress: Progress
+) -> dict[str, Series]:
+    """Hits on a server named by the test variables, in wall time: a round
+    trip's wait is part of what the recording is weighed against there."""
+    with private_database(server_url(backend, None), progress) as url:
+        engine = open_engine(url)
+        try:
+            repository = SqlConsoleConnectionRepository(Statements(engine))
+            services = _services(repository, clock, backend)
+            instances = [uuid.UUID(int=n + 1, version=4) for n in range(size["rows"] // 10)]
+            issued = authorize_all(services["bare"], instances)
+            small = {**size, "ops": size["ops"] // 5, "warmup": size["warmup"] // 5}
+            wall = time.perf_counter_ns
+            return _measure(
+                f"{backend} hit", services, issued, small, progress, hits=True, clock=wall
+            )
+        finally:
+            engine.dispose()
 
 
 LABELS: Final = {
     "sqlite_hit": "validate (hit), SQLite",
     "sqlite_miss": "validate (miss), SQLite",
     "memory_hit": "validate (hit), memory",
+    "postgresql_hit": "validate (hit), PostgreSQL",
+    "mariadb_hit": "validate (hit), MariaDB",
 }
 
 
