@@ -39,23 +39,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Final
 
-from console_auth.application.events import ConsoleEvent
+from console_auth.application.events import FIELDS, ConsoleEvent
 
 AUDIT_LOGGER: Final = "console_auth.audit"
-AUDIT_FIELDS: Final = (
-    "event",
-    "use_case",
-    "reason",
-    "instance_uuid",
-    "host",
-    "port",
-    "kind",
-    "token_hash_prefix",
-    "cell",
-    "client",
-    "total",
-    "duration",
-)
+AUDIT_FIELDS: Final = ("event", *FIELDS[1:])
 """The ``extra`` attributes an audit record may carry, in this order."""
 
 
