@@ -107,7 +107,8 @@ class LibvirtConsoleEndpoints:
                     raise BackendUnavailable(
                         f"libvirt {self._uri} cannot be reached: {_message(exc)}"
                     ) from exc
-                _keep_alive(connection)
+                with contextlib.suppress(libvirt.libvirtError):  # a local driver may have none
+                    connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
                 self._connection = connection
             return self._connection
 
@@ -124,11 +125,6 @@ class LibvirtConsoleEndpoints:
             with contextlib.suppress(libvirt.libvirtError):  # calls under way keep their own ref
                 connection.close()
             logger.warning("libvirt connection %s lost; it is opened again on next use", self._uri)
-
-
-def _keep_alive(connection: Any) -> None:
-    with contextlib.suppress(libvirt.libvirtError):  # a local driver may have no keepalive
-        connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
 
 
 def _message(exc: libvirt.libvirtError) -> str:

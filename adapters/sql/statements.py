@@ -74,9 +74,8 @@ def _positional(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any
 
 
 class _Held:
-    """Opened through the pool (its listeners set pragmas and bounds), then
-    detached (it takes no pool slot); closed with its last reference, so a
-    call in flight keeps it, and only by the process that opened it."""
+    """Opened through the pool (its listeners set pragmas and bounds), then detached;
+    closed with its last reference (a call in flight keeps it), only by its process."""
 
     __slots__ = ("__weakref__", "cursor", "dbapi")
 
