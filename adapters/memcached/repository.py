@@ -4,6 +4,7 @@ why they are laid out so: ARCHITECTURE.md, "Memcached is the legacy path, done s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -244,10 +245,7 @@ class MemcachedConsoleConnectionRepository:
         now_us = to_microseconds(now)
         total = 0
         for instance in sorted({str(instance_uuid) for instance_uuid in instance_uuids}):
-
-            def batch(limit: int, instance: str = instance) -> int:
-                return self._purge_instance(instance, None, now_us, limit)
-
+            batch = functools.partial(self._purge_instance, instance, None, now_us)
             total += in_batches(batch, batch_size)
         return total
 

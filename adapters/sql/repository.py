@@ -199,12 +199,6 @@ def _record_revocation(dialect: str) -> Insert:
     )
 
 
-def expired_condition(now: datetime, host: str | None) -> ColumnElement[bool]:
-    """``expires_at <= now``, and of ``host`` when given."""
-    expired = _T.c.expires_at_us <= to_microseconds(now)
-    return expired if host is None else expired & (_T.c.host == host)
-
-
 def expired_again(now: datetime) -> ColumnElement[bool]:
     """``+ 0`` so no index serves it, only the primary key (ARCHITECTURE.md, "Purge deletes
     by id"); an id reused since the select is a newer row, kept unless expired too."""
@@ -213,12 +207,9 @@ def expired_again(now: datetime) -> ColumnElement[bool]:
 
 def oldest_expired(now: datetime, host: str | None, limit: int) -> Select[tuple[int]]:
     """By expiry alone, the expiry indexes' order (ARCHITECTURE.md, "Purge deletes by id")."""
-    return (
-        select(_T.c.id)
-        .where(expired_condition(now, host))
-        .order_by(_T.c.expires_at_us)
-        .limit(limit)
-    )
+    expired = _T.c.expires_at_us <= to_microseconds(now)
+    where = expired if host is None else expired & (_T.c.host == host)
+    return select(_T.c.id).where(where).order_by(_T.c.expires_at_us).limit(limit)
 
 
 def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
