@@ -1,5 +1,6 @@
 """The reference repositories: dicts under a lock. Every other backend must behave
-exactly like these (the contract suite checks it); they also serve tests."""
+exactly like these (the contract suite checks it); they also serve single-process
+deployments and tests."""
 
 from __future__ import annotations
 

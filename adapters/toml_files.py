@@ -1,5 +1,6 @@
 """Small TOML files the deployment keeps current (the cell map, the static console map,
-the settings): read bounded, and read again when they change."""
+the settings): read bounded, and read again when they change. It imports only the domain,
+so the driven adapters that share it still never import each other."""
 
 from __future__ import annotations
 
