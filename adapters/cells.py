@@ -1,34 +1,6 @@
-"""``FileCellLocator``: which cell holds each instance and compute host,
-read from a TOML file that the deployment keeps current.
-
-::
-
-    # one table per cell; every name must be a configured cell
-    [cell1]
-    hosts = ["compute-1", "compute-2"]
-    instances = ["6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f"]
-
-    [cell2]
-    hosts = ["compute-3"]
-    instances = ["0f1e2d3c-4b5a-4697-8877-665544332211"]
-
-Why a file: the cloud already knows these facts (Nova keeps them in its API
-database, ``instance_mappings`` and ``host_mappings``), and console-auth
-must not reach into another service's schema. A small exporter (a cron job,
-a deployment tool, a notification consumer) writes them here; a fixed test
-cloud writes them by hand. Hosts are fixed when a compute node is enrolled,
-so they route per-host purges; instances come and go, so the file is read
-again whenever it changes (its modification time, size or inode, looked at
-no more than once per ``reload_interval``). Write a new file and rename it
-over the old one, so a reader never sees half of it. A file that cannot be
-read or is invalid fails the first load with ``InvalidRequest``; on a later
-reload it is logged and the previous map stays in use, so a bad export
-cannot take validation down.
-
-A deployment with its own source of truth (an API, a database) implements
-``CellLocator``'s three methods instead; the in-memory one is in
-``adapters/memory.py``.
-"""
+"""``FileCellLocator``: which cell holds each instance and compute host, read from a TOML
+file that an exporter of Nova's mappings keeps current (the format: README.md, "Cells"; why a
+file: ARCHITECTURE.md, "Where a cell is, is the deployment's fact")."""
 
 from __future__ import annotations
 
@@ -59,11 +31,7 @@ class _CellMap:
 
 
 class FileCellLocator:
-    """A ``CellLocator`` over a TOML file; see the module docstring.
-
-    ``cells`` are the configured cells, in order; the file may name no
-    other. Thread-safe: a reload builds a new map and swaps it in whole.
-    """
+    """``cells`` are the configured cells, in order; the file may name no other."""
 
     def __init__(
         self,

@@ -1,33 +1,10 @@
-"""``LibvirtConsoleEndpoints``: where a libvirt domain's consoles listen,
-read from the running domain's XML, as Nova's libvirt driver reads it
-(``get_vnc_console``, ``get_spice_console``, ``get_serial_console``).
+"""``LibvirtConsoleEndpoints``: where a libvirt domain's consoles listen, read from the
+running domain's XML as Nova's libvirt driver reads it (README.md, "Console drivers").
 
-Needs the ``libvirt`` extra (libvirt-python); the container imports this
-module only when ``console_driver = "libvirt"``, so nothing else loads it.
-
-- noVNC: the first ``<graphics type='vnc' port=...>``. Its ``websocket``
-  attribute (QEMU serving WebSocket itself) is kept as
-  ``options.extra["websocket_port"]``: the proxy relays raw RFB over TCP,
-  so ``port`` stays the VNC port it dials, and the WebSocket port is there
-  for a deployment that sends browsers to QEMU directly.
-- SPICE (html5 and direct): the first ``<graphics type='spice' port=...
-  tlsPort=...>``; ``tlsPort`` becomes ``options.tls_port``, recorded
-  without ``use_tls``, as Nova's SPICE proxy dials ``port`` in the clear.
-- serial: every ``<serial type='tcp'><source mode='bind' service=...>``,
-  else every ``<console type='tcp'>`` source of that mode (s390x has only
-  consoles); the first port is ``port``, the rest ``other_ports``, and
-  ``options.mode`` is ``bind``.
-
-The host the proxy dials comes from the settings, one per device (Nova's
-``server_proxyclient_address`` and ``proxyclient_address``), never from the
-XML's ``listen``, which is where QEMU binds (often ``0.0.0.0``).
-
-A domain libvirt does not know is ``InstanceNotFound``; one that is not
-running (its XML has no ``id``) ``InstanceNotRunning``; a device missing or
-not on TCP ``ConsoleTypeUnavailable``; ``port='-1'`` (autoport, not chosen
-yet) ``ConsoleNotAllocated``. Any other libvirt failure, opening the
-connection included, is ``BackendUnavailable``: an outage is never read as
-"no such console". One connection is kept and opened again after it dies.
+The host the proxy dials is the settings' one per device, never the XML's ``listen``, which
+is where QEMU binds (often ``0.0.0.0``). SPICE's ``tlsPort`` is recorded without ``use_tls``,
+as Nova's SPICE proxy dials ``port`` in the clear; s390x domains have only ``<console>``s.
+A libvirt failure, opening included, is ``BackendUnavailable``, never "no such console".
 """
 
 from __future__ import annotations
@@ -77,12 +54,8 @@ libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
 
 
 class LibvirtConsoleEndpoints:
-    """A ``ConsoleEndpoints`` over a libvirt connection; see the module docstring.
-
-    ``vnc_host``, ``spice_host`` and ``serial_host`` are the addresses the
-    proxy dials for each device. Thread-safe: libvirt connections are, and
-    opening one is done under a lock.
-    """
+    """``*_host``: the address the proxy dials per device. Thread-safe, as libvirt
+    connections are; one is opened under a lock, and again after it dies."""
 
     def __init__(self, uri: str, *, vnc_host: str, spice_host: str, serial_host: str) -> None:
         self._uri = uri
@@ -134,7 +107,8 @@ class LibvirtConsoleEndpoints:
                     raise BackendUnavailable(
                         f"libvirt {self._uri} cannot be reached: {_message(exc)}"
                     ) from exc
-                _keep_alive(connection)
+                with contextlib.suppress(libvirt.libvirtError):  # a local driver may have none
+                    connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
                 self._connection = connection
             return self._connection
 
@@ -151,11 +125,6 @@ class LibvirtConsoleEndpoints:
             with contextlib.suppress(libvirt.libvirtError):  # calls under way keep their own ref
                 connection.close()
             logger.warning("libvirt connection %s lost; it is opened again on next use", self._uri)
-
-
-def _keep_alive(connection: Any) -> None:
-    with contextlib.suppress(libvirt.libvirtError):  # a local driver may have no keepalive
-        connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
 
 
 def _message(exc: libvirt.libvirtError) -> str:

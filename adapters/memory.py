@@ -1,8 +1,6 @@
-"""The reference repository: a dict under a lock.
-
-Every other backend must behave exactly like this one (the contract suite
-checks it); it also serves single-process deployments and tests.
-"""
+"""The reference repositories: dicts under a lock. Every other backend must behave
+exactly like these (the contract suite checks it); they also serve single-process
+deployments and tests."""
 
 from __future__ import annotations
 
@@ -209,11 +207,8 @@ class InMemoryPortReservationRepository:
 
 
 class InMemoryCellLocator:
-    """Cells of instances and hosts held in dicts: for tests, and for a host
-    service that knows its instances' cells and tells the locator (``place``).
-
-    ``cells`` lists every cell in order (default: those the mappings name).
-    """
+    """Cells in dicts, for tests and for a host service that tells it (``place``);
+    ``cells`` lists every cell in order (default: those the mappings name)."""
 
     def __init__(
         self,

@@ -1,30 +1,6 @@
-"""``StaticConsoleEndpoints``: where each instance's consoles listen, read
-from a TOML file, for deployments without libvirt (or whose hypervisor has
-no driver here).
-
-::
-
-    # one table per instance and console kind; the keys are ConsoleEndpoint's
-    ["6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f".novnc]
-    host = "compute-1"
-    port = 5900
-
-    ["6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f".spice-html5]
-    host = "compute-1"
-    port = 5901
-    options = { tls_port = 5902 }
-
-    ["6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f".serial]
-    host = "compute-1"
-    port = 10000
-    other_ports = [10001]
-    options = { mode = "bind" }
-
-The file is read again when it changes, as the cell map is
-(``toml_files.ReloadingTomlFile``): write a new file and rename it over the
-old one. An instance the file does not name is ``InstanceNotFound``; a kind
-it does not list for a named instance is ``ConsoleTypeUnavailable``.
-"""
+"""``StaticConsoleEndpoints``: where each instance's consoles listen, from a TOML file of
+``["<uuid>".<kind>]`` tables of ``ConsoleEndpoint`` fields, for deployments without libvirt
+(README.md, "Console drivers"); re-read when it changes, as the cell map is."""
 
 from __future__ import annotations
 
@@ -50,8 +26,6 @@ _ConsoleMap = Mapping[UUID, Mapping[ConsoleType, ConsoleEndpoint]]
 
 
 class StaticConsoleEndpoints:
-    """A ``ConsoleEndpoints`` over a TOML file; see the module docstring."""
-
     def __init__(
         self, path: str | os.PathLike[str], *, reload_interval: float = DEFAULT_RELOAD_INTERVAL
     ) -> None:

@@ -1,10 +1,6 @@
-"""Small TOML files the deployment keeps current: read bounded, and read
-again when they change.
-
-Shared by the adapters that read such a file (the cell map, the static
-console map) and by the settings; it imports only the domain, so the
-driven adapters that use it still never import each other.
-"""
+"""Small TOML files the deployment keeps current (the cell map, the static console map,
+the settings): read bounded, and read again when they change. It imports only the domain,
+so the driven adapters that share it still never import each other."""
 
 from __future__ import annotations
 
@@ -23,8 +19,7 @@ from console_auth.domain import InvalidRequest
 _T = TypeVar("_T")
 
 DEFAULT_RELOAD_INTERVAL: Final = 1.0
-"""Seconds between looks at a file: one ``stat`` per second at most,
-however many lookups."""
+"""Seconds between looks at a file: one ``stat`` per second at most, however many lookups."""
 
 
 def read_toml(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, dict[str, Any]]:
@@ -57,17 +52,10 @@ def read_toml(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, di
 
 
 class ReloadingTomlFile(Generic[_T]):
-    """What ``parse`` makes of a TOML file, read again whenever the file
-    changes (its modification time, size or inode, looked at no more than
-    once per ``reload_interval``).
-
-    Write a new file and rename it over the old one, so a reader never sees
-    half of it. A file that cannot be read or is invalid (``parse`` raises
-    ``InvalidRequest``) fails the first load; on a later reload it is logged
-    once on ``log`` and the previous value stays in use, so a bad export
-    cannot take the service down. Thread-safe: a reload builds a new value
-    and swaps it in whole.
-    """
+    """What ``parse`` makes of a TOML file, read again when its mtime, size or inode
+    changes (looked at once per ``reload_interval`` at most). A bad first load fails; a
+    bad reload is logged once and the previous value kept, so a bad export cannot take the
+    service down. Thread-safe: a reload swaps a new value in whole."""
 
     def __init__(
         self,

@@ -1,25 +1,7 @@
-"""Index keys: the lists memcached cannot keep for us, updated with CAS.
-
-memcached has no query: revoking an instance or purging a host needs a list
-of the token hashes concerned. Each list is one item, read with ``gets`` and
-written back with ``cas`` (or ``add`` when absent), retried with jitter when
-another writer got in between, so concurrent writers never drop each other's
-entries. Nova's index was a plain read-modify-write, so two authorizes for
-one instance could lose a token from it, and that token then survived a
-revoke.
-
-The value is a JSON array of entries; an entry is an array whose first
-element is its id (a token hash, or a host) and whose second is ``reclaim_at``,
-the unix second after which memcached has certainly dropped what the entry
-points to. Kinds add fields after those two. Readers check the fields they
-use and carry any later ones through untouched, so a newer release may append
-fields without breaking an older one sharing the cache; a change an older
-release would misread needs a new key letter instead.
-
-Every write prunes entries whose ``reclaim_at`` has passed (with a margin
-for clock skew) and gives the item a TTL covering its longest entry, so an
-index neither outlives what it lists nor dies before it.
-"""
+"""Index items: the lists memcached cannot keep for us, each a JSON array of entries
+``[id, reclaim_at, ...]`` kept with gets/cas and retried with jitter, so concurrent writers
+never drop each other's entries; every write prunes lapsed entries and sets a TTL covering the
+longest (ARCHITECTURE.md, "Memcached is the legacy path, done safely")."""
 
 from __future__ import annotations
 
@@ -45,19 +27,15 @@ WallClock = Callable[[], float]
 SKEW: Final = 60
 """Seconds of slack for clocks of clients and servers that disagree."""
 CAS_ATTEMPTS: Final = 100
-"""A writer that loses this many races in a row gives up with
-``BackendUnavailable``; with jittered back-off that takes seconds of
-sustained contention on one key, which is a fault, not load."""
+"""Races lost in a row before ``BackendUnavailable``: seconds of contention, a fault, not load."""
 _MAX_BACKOFF: Final = 0.02
 _EMPTY: Final = b"[]"
 _EMPTY_EXPIRY: Final = 60
-"""An emptied index is written, not deleted (``delete`` has no CAS), and
-lingers this long unless a writer fills it again."""
+"""An emptied index is written, not deleted (``delete`` has no CAS), and lingers this long."""
 
 
 class IndexKind(NamedTuple):
-    """What one kind of index holds: its name for messages and a check of
-    the fields readers use."""
+    """An index's name for messages and a check of the fields readers use."""
 
     name: str
     check: Callable[[Entry], bool]
@@ -111,12 +89,8 @@ class CasIndex:
         return [e for key in keys for e in self._live(self._decode(found.get(key)), now)]
 
     def update(self, key: str, change: Callable[[list[Entry]], list[Entry]]) -> None:
-        """Apply ``change`` to the live entries and store the result, again
-        on fresh entries until no other writer got in between.
-
-        ``change`` may run several times; it must be safe to repeat (the
-        repository's closures remember what they already did).
-        """
+        """Apply ``change`` to the live entries until a CAS write wins; ``change``
+        may run several times, so it must be safe to repeat."""
         for attempt in range(CAS_ATTEMPTS):
             now = self._wall()
             raw, unique = self._client.gets(key)

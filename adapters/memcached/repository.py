@@ -1,60 +1,10 @@
-"""``ConsoleConnectionRepository`` on memcached: the legacy consoleauth path,
-kept for one deprecation cycle and done better than Nova did it.
-
-Its keys, and the TTL each item gets, are in ``keys.py``. No key and no
-value ever holds a token: the item is keyed by the token's SHA-256, as the
-SQL row is. Values are ``ConsoleConnection.to_primitive()``, so releases of
-one major version read each other's items during an upgrade.
-
-The indexes are CAS-updated lists (see ``index.py``). Revoke reads the
-instance index. Purge reads the registry (every host) or one host's index,
-which lists the host's *instances*, not its tokens, and then their instance
-indexes: a list per host of every token in the retention window would be
-rewritten whole by every authorize on a busy host and could outgrow
-memcached's 1 MB item limit, while a host has only so many instances. Revoke
-takes its instance out of the host index again, so that lists the instances
-with tokens of the last ``TTL + retention``. Each host's index is split into
-``HOST_BUCKETS`` items by instance uuid, so a write rewrites a sixteenth of
-it and some 250,000 instances per host fit before an item reaches 1 MB (a
-larger one is refused, as ``BackendUnavailable``); the registry is split
-alike by host. Purge reads all buckets of a list with one ``get_many`` per
-server. Host and registry entries are written with ``LIST_SLACK`` to spare,
-so they are rewritten about once an hour per instance or host, not by every
-authorize, which only reads them.
-
-Expiry and retention. memcached drops an item at its TTL, and this
-repository has no clock of the service's: ``add`` computes the TTL from the
-wall clock, as ``expires_at`` minus now (at most ``MAX_TTL``, so a skewed or
-fake clock cannot pin memory for years) plus ``expired_retention``. The
-retention keeps an expired connection readable for a while, as every other
-backend keeps it until purged: validation then says "expired" rather than
-"unknown", and purge can count it. Past its retention a connection vanishes
-unpurged; that is the one way memcached differs from the reference, and it
-only ever turns "expired" into "unknown". Validity itself is never decided by
-memcached: the service compares ``now < expires_at`` on its own clock.
-
-Purging memcached is optional: items expire by themselves. A purge walks
-every instance of the hosts concerned (one ``get`` each), so on a large
-deployment run it rarely, or not at all.
-
-Revocation records expire by themselves after ``REVOCATION_RETENTION``
-(``delete_revocations`` has nothing to do). One that is evicted early lets
-the sessions of a revoked instance run on: the proxy cannot end what it
-does not learn of, one more reason to move to the database.
-
-Eviction. memcached may drop an item early to free memory. An evicted token
-is an unknown token. The repository counts an eviction in ``stats.evicted``
-and logs it (hash prefix only) when an index walk (revoke, purge) finds an
-entry whose item is missing well before its TTL: revoke and purge remove
-what they delete from the instance index, and TTL reclaim comes only at
-``reclaim_at``, so nothing else explains it (but a revoke and a purge of the
-same instance racing each other, which may count one). A validation miss is
-not counted: telling an evicted token from a wrong one would cost every miss
-another round trip. memcached's own ``evictions`` statistic covers the rest.
-"""
+"""``ConsoleConnectionRepository`` on memcached: the legacy path, kept for one
+deprecation cycle. Keys and TTLs are in ``keys.py``, the CAS-kept indexes in ``index.py``;
+why they are laid out so: ARCHITECTURE.md, "Memcached is the legacy path, done safely"."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -75,10 +25,7 @@ from console_auth.domain import (
     UnsupportedVersion,
 )
 from console_auth.domain import versions as _versions
-from console_auth.domain.types import (
-    from_microseconds,
-    to_microseconds,
-)
+from console_auth.domain.types import from_microseconds, to_microseconds
 
 from .client import MemcachedClient
 from .index import CAS_ATTEMPTS, HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry
@@ -96,10 +43,6 @@ logger = logging.getLogger(__name__)
 
 LIST_SLACK: Final = 3600
 """Seconds added to host and registry entries beyond what they must cover."""
-NEEDS_DATABASE: Final = (
-    'needs the database backend (console_tokens_backend = "database"): '
-    "memcached has no index to page through"
-)
 
 
 def _fast_prefix() -> bytes:
@@ -125,8 +68,7 @@ class MemcachedStats:
 
     @property
     def evicted(self) -> int:
-        """Connections an index walk found gone before memcached's TTL would
-        have dropped them: evicted (see the module doc)."""
+        """Connections an index walk found gone before their TTL: evicted."""
         return self._evicted
 
     def record_eviction(self, token_hash: str) -> None:
@@ -139,8 +81,7 @@ class MemcachedStats:
 
 
 class MemcachedConsoleConnectionRepository:
-    """Safe for threads: it holds the client, whose pools hand each call its
-    own connection, and counters under a lock."""
+    """Safe for threads: the client's pools give each call its own connection."""
 
     def __init__(
         self,
@@ -182,14 +123,9 @@ class MemcachedConsoleConnectionRepository:
         """The registry bucket that lists ``host``."""
         return self._keys.registry(host)
 
-    def registry_keys(self) -> list[str]:
-        return self._keys.registries()
-
     def add(self, connection: ConsoleConnection) -> None:
-        """The item first, then the indexes: revoke finds a token through the
-        instance index, so a token may be handed out only once its entry is
-        there. If an index write fails the item is deleted again and the
-        error raised, so the caller never gets a token revoke cannot reach."""
+        """The item, then the indexes; an index write that fails deletes the item
+        again, so no token is handed out that revoke cannot reach."""
         now = self._wall()
         reclaim_at = reclaim_time(connection.expires_at, now, self._retention)
         token_hash = connection.token_hash
@@ -220,17 +156,12 @@ class MemcachedConsoleConnectionRepository:
         raw = self._client.get(self._connection_key + token_hash)
         return None if raw is None else _decode(token_hash, raw)
 
-    def revocation_key(self, instance_uuid: UUID) -> str:
-        return self._keys.revocation(instance_uuid)
-
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
-        """Record the revocation first, so a revoke cut short still ends the
-        sessions. Then delete what the instance index lists, and empty it
-        with CAS: a token added meanwhile makes the CAS fail, and the next
-        round deletes it too. Then the instance leaves its hosts' indexes, so
-        those list only instances that still have tokens (best effort: a
-        leftover entry costs a purge one ``get`` until it lapses)."""
-        self._record_revocation(self.revocation_key(instance_uuid), to_microseconds(revoked_at))
+        """The record first, so a revoke cut short still ends the sessions; then
+        the instance index is emptied with CAS (a token added meanwhile is
+        deleted in the next round), and the instance leaves its hosts' indexes
+        (best effort: a leftover entry costs a purge one ``get`` until it lapses)."""
+        self._record_revocation(self._keys.revocation(instance_uuid), to_microseconds(revoked_at))
         existed: dict[str, bool] = {}
         hosts: set[str] = set()
 
@@ -252,8 +183,7 @@ class MemcachedConsoleConnectionRepository:
         return sum(existed.values())
 
     def _record_revocation(self, key: str, at_us: int) -> None:
-        """Keep the later time, as every store does (racing revokes, skewed
-        clocks): ``add``, else a CAS of a later time over an earlier one."""
+        """Keep the later time (racing revokes, skewed clocks), as every store does."""
         value = str(at_us).encode("ascii")
         if self._client.add(key, value, REVOCATION_EXPIRY_S):
             return
@@ -271,7 +201,7 @@ class MemcachedConsoleConnectionRepository:
         raise BackendUnavailable("a revocation record kept changing under concurrent writers")
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
-        by_key = {self.revocation_key(u): u for u in instance_uuids}
+        by_key = {self._keys.revocation(u): u for u in instance_uuids}
         found: dict[UUID, datetime] = {}
         for key, raw in self._client.get_many(list(by_key)).items():
             try:
@@ -290,20 +220,15 @@ class MemcachedConsoleConnectionRepository:
         return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        """Walk the instances of ``host`` (or of every registered host) and
-        delete their expired connections, until ``limit`` items really went.
-
-        Counting only deletes that found their item keeps the service's loop
-        (``while deleted == batch``) right when an index lists something
-        already gone. Each instance's due entries go oldest first; instances
-        are walked in a fixed order, so repeated calls make progress."""
+        """Walk the instances of ``host`` (or of every host) in a fixed order until
+        ``limit`` items really went: the service loops while a batch is full."""
         if limit < 1:
             return 0
         now_us = to_microseconds(now)
         hosts = (
             [host]
             if host is not None
-            else sorted({e[0] for e in self._registry.read_many(self.registry_keys())})
+            else sorted({e[0] for e in self._registry.read_many(self._keys.registries())})
         )
         deleted = 0
         for name in hosts:
@@ -320,10 +245,7 @@ class MemcachedConsoleConnectionRepository:
         now_us = to_microseconds(now)
         total = 0
         for instance in sorted({str(instance_uuid) for instance_uuid in instance_uuids}):
-
-            def batch(limit: int, instance: str = instance) -> int:
-                return self._purge_instance(instance, None, now_us, limit)
-
+            batch = functools.partial(self._purge_instance, instance, None, now_us)
             total += in_batches(batch, batch_size)
         return total
 
@@ -336,12 +258,12 @@ class MemcachedConsoleConnectionRepository:
         host: str | None = None,
         live_at: datetime | None = None,
     ) -> list[StoredConnection]:
-        """One instance's, through its index; a listing of a host or of
-        everything is refused (``NEEDS_DATABASE``)."""
+        """One instance's, through its index: memcached cannot page through the rest."""
         if instance_uuid is None:
             raise InvalidRequest(
-                "listing console tokens of a host or of every instance, or finding one by "
-                f"a hash prefix, {NEEDS_DATABASE}"
+                "listing console tokens of a host or of every instance, or finding one by a "
+                'hash prefix, needs the database backend (console_tokens_backend = "database"): '
+                "memcached has no index to page through"
             )
         indexed = self._instances.read(self.instance_key(instance_uuid))
         listed = sorted(e[0] for e in indexed if after is None or e[0] > after)
@@ -433,9 +355,7 @@ def _without(ids: set[str]) -> Callable[[list[Entry]], list[Entry]]:
 
 
 def _cover(name: str, reclaim_at: int) -> Callable[[list[Entry]], list[Entry]]:
-    """Keep ``name`` listed at least until ``reclaim_at``; usually it already
-    is, and nothing is written. A write adds ``LIST_SLACK``, so the next
-    hour's writers find it covered too."""
+    """Keep ``name`` listed until ``reclaim_at``, with ``LIST_SLACK`` so most writes are none."""
 
     def change(entries: list[Entry]) -> list[Entry]:
         if any(e[0] == name and e[1] >= reclaim_at for e in entries):
@@ -446,17 +366,8 @@ def _cover(name: str, reclaim_at: int) -> Callable[[list[Entry]], list[Entry]]:
 
 
 def _decode(token_hash: str, raw: bytes) -> ConsoleConnection:
-    """An item back into a connection, or a typed error.
-
-    Fast path: an item in exactly the form this release writes is its
-    envelope's fixed prefix, then the data object; pydantic validates that
-    straight from the bytes, with the same model validators as any other
-    path. Anything else (another version, another writer's spacing, a
-    corrupt value) takes the general path, ``ConsoleConnection.from_primitive``,
-    which also settles what an odd value means: a foreign or corrupt one is
-    "unreadable" (``BackendUnavailable``), one of a newer major version
-    ``UnsupportedVersion``.
-    """
+    """An item back into a connection, or a typed error. This release's exact form
+    is validated straight from its bytes; anything else goes through ``from_primitive``."""
     connection: ConsoleConnection | None = None
     if raw.startswith(_FAST_PREFIX) and raw.endswith(b"}"):
         try:
@@ -493,7 +404,6 @@ def _decode_primitive(token_hash: str, raw: bytes) -> ConsoleConnection:
 
 
 def _unreadable(token_hash: str, problem: str) -> BackendUnavailable:
-    """The store answered with something this release cannot use: for the
-    caller that is a store fault, not an unknown token."""
+    """A store fault for the caller, not an unknown token."""
     logger.error("unreadable console connection item (token hash %.8s): %s", token_hash, problem)
     return BackendUnavailable(f"stored console connection is unreadable: {problem}")

@@ -1,14 +1,5 @@
-"""Serial-port leases and reservations on SQL.
-
-``claim`` is optimistic and portable: read the (host, port) row, decide with
-``PortLease.blocks``, then insert (the unique (host, port) settles a race
-between inserters) or update the row *only if it still has the lease id and
-the expiry that were read* (settles a race between replacers, and with the
-holder's ``renew``, which moves only the expiry: a heartbeat landing between
-the read and the write must keep its port). A loser reads again. No
-``SELECT ... FOR UPDATE``, which SQLite lacks, and every write is one
-statement, so it commits alone on autocommitting server engines.
-"""
+"""Serial-port leases and reservations on SQL; claims are optimistic, without
+``SELECT ... FOR UPDATE`` (ARCHITECTURE.md, "Serial-port claims are optimistic")."""
 
 from __future__ import annotations
 
@@ -34,22 +25,11 @@ from .tables import PORT_LEASES, PORT_RESERVATIONS
 logger = logging.getLogger(__name__)
 
 CLAIM_ATTEMPTS: Final = 16
-"""Reads of a contended port before giving up: each lost race means another
-claim won, so a handful always settles; the bound only stops a livelock."""
+"""Each lost race means another claim won, so this bound only stops a livelock."""
 
 _L: Final = PORT_LEASES
 _R: Final = PORT_RESERVATIONS
-_LEASE_COLUMNS: Final = (
-    _L.c.host,
-    _L.c.port,
-    _L.c.instance_uuid,
-    _L.c.kind,
-    _L.c.lease_id,
-    _L.c.token_hash,
-    _L.c.proxy_id,
-    _L.c.since_us,
-    _L.c.expires_at_us,
-)
+_LEASE_COLUMNS: Final = tuple(c for c in _L.c if c.key != "id")
 
 
 class SqlPortLeaseRepository:

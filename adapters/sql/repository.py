@@ -1,11 +1,5 @@
-"""``ConsoleConnectionRepository`` on SQL: Core statements on pooled
-connections, no ORM session.
-
-Statements are built once at import (building is not connecting) so the
-hot path, ``get_by_hash``, only binds a hash and reads one row. Every row is
-validated on the way out: rows may come from raw SQL, a restore or another
-release, and a proxy must get a typed error, never a crash or a bad host.
-"""
+"""``ConsoleConnectionRepository`` on SQL: Core statements built once at import, rows validated
+on the way out (ARCHITECTURE.md: "The hot path is lean", "Rows are validated on read")."""
 
 from __future__ import annotations
 
@@ -34,11 +28,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from console_auth.application.ports import StoredConnection
 from console_auth.application.service import in_batches, purge_in_batches
-from console_auth.domain import (
-    BackendUnavailable,
-    ConsoleConnection,
-    ConsoleOptions,
-)
+from console_auth.domain import BackendUnavailable, ConsoleConnection, ConsoleOptions
 from console_auth.domain.model import invalid_request
 from console_auth.domain.types import from_microseconds, to_microseconds
 
@@ -51,18 +41,7 @@ DELETE_CHUNK: Final = 500
 """Ids per ``IN (...)``: below every dialect's bound-parameter limit."""
 _T: Final = CONSOLE_CONNECTIONS
 _V: Final = REVOCATIONS
-_COLUMNS: Final = (
-    _T.c.token_hash,
-    _T.c.instance_uuid,
-    _T.c.host,
-    _T.c.port,
-    _T.c.console_type,
-    _T.c.options,
-    _T.c.access_url_base,
-    _T.c.expires_at_us,
-    _T.c.issued_at_us,
-    _T.c.mac,
-)
+_COLUMNS: Final = tuple(c for c in _T.c if c.key != "id")  # in table order, as _to_model reads
 _OPTION_FIELDS: Final = frozenset(ConsoleOptions.model_fields)
 _INSERT: Final = insert(_T).inline().values({c.key: bindparam(c.key) for c in _COLUMNS})
 """``inline()``: no ``RETURNING id`` on PostgreSQL, nobody reads it."""
@@ -91,8 +70,7 @@ class SqlConsoleConnectionRepository:
         return None if row is None else _to_model(row)
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
-        """The record first, then the delete: a revoke cut short between them
-        has already ended the tokens' sessions, and is safe to run again."""
+        """The record first: a revoke cut short has ended the sessions and can run again."""
         instance = str(instance_uuid)
         at = {"instance_uuid": instance, "revoked_at_us": to_microseconds(revoked_at)}
         self._statements.write(self._record, at)
@@ -119,22 +97,13 @@ class SqlConsoleConnectionRepository:
         return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        """Select the oldest ids, then delete by id, in one transaction.
-
-        Two statements because MySQL refuses ``LIMIT`` in a subquery of a
-        ``DELETE`` on the same table. The delete re-checks the expiry, so it
-        stays correct where the select ran outside the transaction (SQLite's
-        driver begins only at the first write, and SQLite may hand a deleted
-        row's id to a new row) or where another purge deleted some of the
-        rows first (READ COMMITTED). A batch is deleted whole or not at all.
-        """
+        """Select the oldest ids, then delete by id (ARCHITECTURE.md, "Purge deletes by id")."""
         if limit < 1:
             return 0
         return self._delete_selected(oldest_expired(now, host, limit), now)
 
     def _delete_selected(self, ids_of: Select[tuple[int]], now: datetime) -> int:
-        """Delete the rows ``ids_of`` selects that are still expired at
-        ``now``, in one transaction (see ``delete_expired``)."""
+        """Delete the rows ``ids_of`` selects that are still expired, in one transaction."""
         still_expired = expired_again(now)
 
         def purge(conn: Connection) -> int:
@@ -150,8 +119,7 @@ class SqlConsoleConnectionRepository:
     def purge_instances(
         self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
     ) -> int:
-        """``DELETE_CHUNK`` instances at a time, each chunk in batches found
-        through the instance index."""
+        """``DELETE_CHUNK`` instances at a time, each chunk in batches."""
         wanted = sorted(str(instance_uuid) for instance_uuid in instance_uuids)
         expired = _T.c.expires_at_us <= to_microseconds(now)
         total = 0
@@ -197,8 +165,7 @@ class SqlConsoleConnectionRepository:
 
 
 def _revoked_at(instance: str, revoked_at_us: object) -> datetime:
-    """A stored revocation time, or ``BackendUnavailable``: a row this
-    release cannot read is a store fault, never "not revoked"."""
+    """An unreadable row is a store fault, never "not revoked"."""
     try:
         return from_microseconds(revoked_at_us)  # type: ignore[arg-type]
     except (TypeError, OverflowError):
@@ -208,9 +175,8 @@ def _revoked_at(instance: str, revoked_at_us: object) -> datetime:
 
 
 def _record_revocation(dialect: str) -> Insert:
-    """Insert the record, or keep the later of its time and this one (racing
-    revokes, skewed clocks); each dialect spells it its own way, and
-    SQLAlchemy has no common form."""
+    """Insert, or keep the later time (racing revokes, skewed clocks): SQLAlchemy has
+    no dialect-neutral upsert."""
     values: dict[str, Any] = {
         "instance_uuid": bindparam("instance_uuid"),
         "revoked_at_us": bindparam("revoked_at_us"),
@@ -233,31 +199,17 @@ def _record_revocation(dialect: str) -> Insert:
     )
 
 
-def expired_condition(now: datetime, host: str | None) -> ColumnElement[bool]:
-    """``expires_at <= now``, and of ``host`` when given."""
-    expired = _T.c.expires_at_us <= to_microseconds(now)
-    return expired if host is None else expired & (_T.c.host == host)
-
-
 def expired_again(now: datetime) -> ColumnElement[bool]:
-    """The delete's re-check, ``expires_at_us + 0 <= now``: no index can
-    serve it, so only the primary key finds the ids (ARCHITECTURE.md,
-    "Purge deletes by id"). The host is not re-checked: an id reused since
-    the select belongs to a newer row, kept unless it is expired too."""
+    """``+ 0`` so no index serves it, only the primary key (ARCHITECTURE.md, "Purge deletes
+    by id"); an id reused since the select is a newer row, kept unless expired too."""
     return (_T.c.expires_at_us + literal_column("0")) <= to_microseconds(now)
 
 
 def oldest_expired(now: datetime, host: str | None, limit: int) -> Select[tuple[int]]:
-    """The ids of one purge batch, ordered by expiry alone (the order of
-    both expiry indexes, so every dialect reads one in order and stops at
-    ``limit``; a tie-break on ``id`` makes PostgreSQL sort: ARCHITECTURE.md,
-    "Purge deletes by id")."""
-    return (
-        select(_T.c.id)
-        .where(expired_condition(now, host))
-        .order_by(_T.c.expires_at_us)
-        .limit(limit)
-    )
+    """By expiry alone, the expiry indexes' order (ARCHITECTURE.md, "Purge deletes by id")."""
+    expired = _T.c.expires_at_us <= to_microseconds(now)
+    where = expired if host is None else expired & (_T.c.host == host)
+    return select(_T.c.id).where(where).order_by(_T.c.expires_at_us).limit(limit)
 
 
 def _to_row(connection: ConsoleConnection) -> dict[str, Any]:
@@ -300,19 +252,15 @@ def _to_model(row: Sequence[Any]) -> ConsoleConnection:
 
 
 def _unreadable(token_hash: object, problem: str) -> BackendUnavailable:
-    """The store answered with something this release cannot use: for the
-    caller that is a store fault, not an unknown token."""
+    """A store fault for the caller, not an unknown token."""
     logger.error("unreadable console connection row (token hash %.8s): %s", token_hash, problem)
     return BackendUnavailable(f"stored console connection is unreadable: {problem}")
 
 
 @functools.lru_cache(maxsize=1024)
 def _options(text: str) -> object:
-    """Options as this release knows them: keys a newer release added are
-    dropped, as ``ConsoleConnection.from_primitive`` drops newer fields.
-
-    Cached because drivers repeat a few option sets across many rows; safe
-    to share, since validation copies the dict into a new model."""
+    """Keys a newer release added are dropped, as ``from_primitive`` drops newer fields;
+    cached, as a few option sets repeat (validation copies the dict)."""
     data = json.loads(text)
     if isinstance(data, dict):
         return {key: value for key, value in data.items() if key in _OPTION_FIELDS}

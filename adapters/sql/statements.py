@@ -1,11 +1,5 @@
-"""The one way this adapter runs SQL: ``Statements``, one per engine.
-
-Tokens, serial ports, purge and migrations share one error map
-(``mapped_errors``, ``unavailable``), one duplicate-key rule (``on_conflict``),
-one transaction rule (``transaction``) and one retry rule
-(``retry_rolled_back``). Hot statements run compiled on a held connection's
-cursor: the one measured fast path (ARCHITECTURE.md, "The hot path is lean").
-"""
+"""The one way this adapter runs SQL: ``Statements``, one per engine, with one error map,
+duplicate rule, transaction rule and retry rule (ARCHITECTURE.md, "The hot path is lean")."""
 
 from __future__ import annotations
 
@@ -70,8 +64,7 @@ def _identity(params: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _positional(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """The parameters in compiled order; ``itemgetter`` is the cheapest way,
-    but returns a bare value for one name."""
+    """The parameters in compiled order: ``itemgetter``, the cheapest, but not for one name."""
     if len(names) == 1:
         name = names[0]
         return lambda params: (params[name],)
@@ -81,9 +74,8 @@ def _positional(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any
 
 
 class _Held:
-    """Opened through the pool (its listeners set pragmas and bounds), then
-    detached (it takes no pool slot); closed with its last reference, so a
-    call in flight keeps it, and only by the process that opened it."""
+    """Opened through the pool (its listeners set pragmas and bounds), then detached;
+    closed with its last reference (a call in flight keeps it), only by its process."""
 
     __slots__ = ("__weakref__", "cursor", "dbapi")
 
@@ -305,10 +297,8 @@ def _closer(statements: weakref.ref[Statements]) -> Callable[[Engine], None]:
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """A pooled connection inside one transaction, committed at the end.
-
-    An autocommitting connection runs its own BEGIN: switching its isolation
-    level back at check-in would be a round trip outside every error map."""
+    """A pooled connection in one transaction; an autocommitting one runs its own BEGIN,
+    as switching its isolation level back at check-in is a round trip outside every error map."""
     with engine.connect() as connection:
         if not autocommits(connection.dialect, connection.connection.dbapi_connection):
             with connection.begin():
