@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sqlite3
 from contextlib import closing, redirect_stdout
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 
 from bench.cli import main
+from bench.metrics import SERVERS
 from bench.runner import OPERATIONS
+from bench.servers import URL_ENV
 from bench.sqlite import FLOOR_FILE, LIBRARY_FILE
 
 
@@ -137,7 +140,8 @@ def test_the_metrics_run_times_both_sides_of_every_case(
     recorder; a side that did not validate what it was given fails the run."""
     assert main(["--metrics", "--quick", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["cases"]) == {"sqlite_hit", "sqlite_miss", "memory_hit"}
+    servers = {f"{name}_hit" for name in SERVERS if os.environ.get(URL_ENV[name])}
+    assert set(out["cases"]) == {"sqlite_hit", "sqlite_miss", "memory_hit"} | servers
     for figures in out["cases"].values():
         assert _positive(figures["bare_per_s"])
         assert _positive(figures["metered_per_s"])
