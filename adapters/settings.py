@@ -66,6 +66,12 @@ CommaSeparated = Annotated[tuple[_T, ...], NoDecode, BeforeValidator(_comma_list
 """A list, which the environment gives as one comma-separated string."""
 
 
+class _Section(BaseModel):
+    """A table of settings: frozen, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 def default_database_path() -> Path:
     """Under the XDG state directory (for root too), so every process of a user finds one store."""
     state = os.environ.get("XDG_STATE_HOME", "")
@@ -80,10 +86,8 @@ def default_database_url() -> str:
     return f"sqlite:///{default_database_path()}"
 
 
-class DatabaseSettings(BaseModel):
+class DatabaseSettings(_Section):
     """Where the ``database`` backend keeps tokens."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = Field(default_factory=default_database_url, repr=False)
     auto_migrate: bool | None = None
@@ -110,18 +114,14 @@ CELL_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 """Lower case: environment variable names are case-insensitive, so they arrive lower-cased."""
 
 
-class CellSettings(BaseModel):
+class CellSettings(_Section):
     """One cell of a deployment split into cells: its own token database."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
 
-class MemcachedSettings(BaseModel):
+class MemcachedSettings(_Section):
     """Where the ``memcached`` backend keeps tokens; several servers are shards."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     servers: CommaSeparated[str] = ("127.0.0.1:11211",)
     """``host:port`` each."""
@@ -163,10 +163,8 @@ def default_proxy_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class ProxySettings(BaseModel):
+class ProxySettings(_Section):
     """The console proxy (``console-auth proxy``): who may connect, and for how long."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     allowed_origins: CommaSeparated[str] = ()
     """As Nova's ``console_allowed_origins``; checked when the proxy starts."""
@@ -221,10 +219,8 @@ class ProxySettings(BaseModel):
 ProxyClientAddress = Annotated[str, AfterValidator(check_host)]
 
 
-class LibvirtSettings(BaseModel):
+class LibvirtSettings(_Section):
     """The ``libvirt`` console driver: which libvirt, and the address the proxy dials per kind."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     uri: str = Field(default="qemu:///system", min_length=1, max_length=1024)
     """``test:///default`` is libvirt's in-process test driver."""
@@ -241,10 +237,8 @@ class LibvirtSettings(BaseModel):
         return uri
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(_Section):
     """Prometheus metrics (the ``metrics`` extra, prometheus-client)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool | None = None
     """``None``: on in ``console-auth proxy`` if prometheus-client is installed, else off."""
@@ -257,19 +251,15 @@ class MetricsSettings(BaseModel):
     """Clients that may scrape ``path``; anyone else gets a 404, as if it did not exist."""
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(_Section):
     """Audit records on the logger ``console_auth.audit``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = False
     """One record per use case; routing them is the logging configuration's job."""
 
 
-class TracingSettings(BaseModel):
+class TracingSettings(_Section):
     """OpenTelemetry spans (the ``tracing`` extra, opentelemetry-api)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = False
     """One span per use case, through the process's tracer provider (none: a no-op)."""
