@@ -1,15 +1,7 @@
 """``console-auth``: the service's use cases and schema migrations from a shell.
 
-For operators and scripts: every library error becomes one line on stderr
-and exit status 1 (usage errors are argparse's 2), never a traceback; output
-into a closed pipe ends the command quietly with 141, as a shell reports a
-process killed by SIGPIPE. The token ``authorize`` prints is the user's
-output, so it goes to stdout; it is never logged, and a usage error shows
-token-shaped words as ``<redacted>`` (pass tokens on stdin with
-``validate -``: argv is visible to every user of the host). The library's
-log records are dropped unless ``--verbose`` sends them to stderr, except
-the settings' warnings (an unknown ``CONSOLE_AUTH_*`` variable), which are
-always shown.
+A library error is one line on stderr and exit status 1, never a traceback. Log records
+are dropped unless ``--verbose``, but for the settings' warnings; a token is never logged.
 """
 
 from __future__ import annotations
@@ -26,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 from sqlalchemy import Engine
@@ -72,6 +64,7 @@ token: argparse echoes the argv words it refuses."""
 _QUIET = logging.NullHandler()
 
 Command = Callable[[Container, argparse.Namespace], dict[str, Any]]
+_T = TypeVar("_T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,15 +181,29 @@ def _ttl(seconds: int) -> timedelta:
 
 
 def _validate(container: Container, args: argparse.Namespace) -> dict[str, Any]:
-    value = _stdin_line() if args.presented == "-" else args.presented
     service = container.service()
-    if _is_url(value):
-        if args.instance is not None:
-            raise InvalidRequest("--instance goes with a bare token; a URL carries its own uuid")
-        connection = service.validate_url(value)
-    else:
-        connection = service.validate(value, args.instance)
-    return {"connection": _dump(connection)}
+    return {"connection": _dump(_presented(args, service.validate_url, service.validate))}
+
+
+def _explain(container: Container, args: argparse.Namespace) -> dict[str, Any]:
+    """Why the presented token is or is not good: printed, exit status 0
+    either way (the command worked; the verdict is its output)."""
+    service = container.service()
+    return _explained(_presented(args, service.explain_url, service.explain))
+
+
+def _presented(
+    args: argparse.Namespace,
+    by_url: Callable[[str], _T],
+    by_token: Callable[[str, str | None], _T],
+) -> _T:
+    """The answer for the token or access URL given (``-``: on stdin)."""
+    value = _stdin_line() if args.presented == "-" else args.presented
+    if "?" not in value and "://" not in value:  # a bare token
+        return by_token(value, args.instance)
+    if args.instance is not None:
+        raise InvalidRequest("--instance goes with a bare token; a URL carries its own uuid")
+    return by_url(value)
 
 
 def _stdin_line() -> str:
@@ -212,20 +219,6 @@ def _stdin_line() -> str:
         return line.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise InvalidRequest("standard input is not UTF-8 text") from None
-
-
-def _explain(container: Container, args: argparse.Namespace) -> dict[str, Any]:
-    """Why the presented token is or is not good: printed, exit status 0
-    either way (the command worked; the verdict is its output)."""
-    value = _stdin_line() if args.presented == "-" else args.presented
-    service = container.service()
-    if _is_url(value):
-        if args.instance is not None:
-            raise InvalidRequest("--instance goes with a bare token; a URL carries its own uuid")
-        explanation = service.explain_url(value)
-    else:
-        explanation = service.explain(value, args.instance)
-    return _explained(explanation)
 
 
 def _explained(explanation: Explanation) -> dict[str, Any]:
@@ -261,7 +254,7 @@ def _list(container: Container, args: argparse.Namespace) -> dict[str, Any]:
         )
         for stored in page:
             row = _listed(stored)
-            print(json.dumps(row) if args.json else _list_line(row))
+            print(json.dumps(row) if args.json else " ".join(map(_text, row.values())))
         sys.stdout.flush()
         if not page:
             return {}
@@ -291,10 +284,6 @@ def _listed(stored: StoredConnection) -> dict[str, Any]:
 
 def _when(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat()
-
-
-def _list_line(row: dict[str, Any]) -> str:
-    return " ".join(_text(value) for value in row.values())
 
 
 def _purge(container: Container, args: argparse.Namespace) -> dict[str, Any]:
@@ -340,10 +329,8 @@ def _instances(path: Path) -> list[UUID]:
 
 
 def _purge_every(once: Callable[[], int], args: argparse.Namespace) -> dict[str, Any]:
-    """Rounds in a thread until SIGTERM or SIGINT, then a summary; exit 0.
-
-    The signals are blocked before any thread starts (threads inherit the
-    mask) and taken with ``sigwait``, so no handler runs inside a round."""
+    """Rounds in a thread until SIGTERM or SIGINT, then a summary; exit 0. The signals are
+    blocked before any thread starts and taken with ``sigwait``: no handler runs in a round."""
     if not args.verbose:  # each round's line is this command's output, like the proxy's
         rounds = logging.getLogger("console_auth.application.purge")
         rounds.setLevel(logging.INFO)
@@ -389,7 +376,8 @@ def _proxy(container: Container, args: argparse.Namespace) -> dict[str, Any]:
         ) from None
     metrics = MetricsSettings.model_validate(container.config.metrics())
     if metrics.enabled is None:  # on when the metrics extra is installed
-        container.config.metrics.enabled.from_value(_installed("prometheus_client"))
+        installed = importlib.util.find_spec("prometheus_client") is not None
+        container.config.metrics.enabled.from_value(installed)
     config = ProxyConfig.from_settings(
         ProxySettings.model_validate(container.config.proxy()),
         serial_lease_ttl=container.config.serial_lease_ttl(),
@@ -424,10 +412,6 @@ def _proxy(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def _listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPv6]:PORT``; port 0 picks a free one."""
     host, sep, port = text.rpartition(":")
@@ -446,23 +430,16 @@ def _web_dir(text: str) -> Path:
 
 
 def _db(container: Container, args: argparse.Namespace) -> dict[str, Any]:
-    cells: dict[str, Any] = container.config.cells()
-    if cells:
-        return _db_cells(container, args, cells)
-    if args.cell is not None:
-        raise InvalidRequest("--cell needs cells in the settings; none are configured")
-    # No schema check on these engines, so `db` can fix a schema.
-    return {"revision": _migrate(container.migration_engines()[""], args)}
-
-
-def _db_cells(
-    container: Container, args: argparse.Namespace, cells: dict[str, Any]
-) -> dict[str, Any]:
     """Every cell's database in turn (or ``--cell``'s), stopping at the first
     that fails; running the command again skips the cells already done."""
+    cells: dict[str, Any] = container.config.cells()
+    if args.cell is not None and not cells:
+        raise InvalidRequest("--cell needs cells in the settings; none are configured")
     if args.cell is not None and args.cell not in cells:
         raise InvalidRequest(f"no cell is named {args.cell!r}; cells: {', '.join(cells)}")
-    engines = container.migration_engines()
+    engines = container.migration_engines()  # no schema check, so `db` can fix a schema
+    if not cells:
+        return {"revision": _migrate(engines[""], args)}
     revisions: dict[str, str | None] = {}
     for name in cells if args.cell is None else [args.cell]:
         try:
@@ -483,10 +460,6 @@ def _migrate(engine: Engine, args: argparse.Namespace) -> str | None:
 
 def _dump(connection: ConsoleConnection) -> dict[str, Any]:
     return connection.model_dump(mode="json")
-
-
-def _is_url(value: str) -> bool:
-    return "?" in value or "://" in value
 
 
 def _print(result: dict[str, Any], *, as_json: bool) -> None:

@@ -1,24 +1,7 @@
 """The object graph, declared once: which adapter fills which port.
 
-Replaces bootstrap code. Providers are lazy, and an engine connects on its
-first statement, so nothing connects until a service is first used: the
-``memory`` backend never opens an engine, nor does ``memcached`` unless the
-database is its ``fallback``. One provider per backend (``database``,
-``memcached``, ``memory``) gives that backend's ``Store``; ``store`` picks
-the configured one, and ``repository`` pairs it with the ``fallback``
-store while switching. The engines a service uses check the schema on
-their first connection (``guard_schema``); ``migration_engines`` do not,
-for ``console-auth db``. The memcached adapter
-is imported only when chosen, so deployments without the ``memcached`` extra
-(pymemcache) run the others.
-Tests swap one provider with ``container.repository.override(...)`` used as a
-context manager.
-
-``events`` is what the services report to: metrics, audit records and
-spans as the settings ask (each off by default), ``None`` when none is on,
-so the services record nothing. The metrics go to ``metrics_registry``, a
-registry of this container's own; a host service that exposes
-prometheus-client's global ``REGISTRY`` overrides it with that.
+Providers are lazy, so nothing connects until a service is first used, and an adapter
+of an extra (memcached, libvirt, metrics, tracing) is imported only when chosen.
 """
 
 from __future__ import annotations
@@ -113,24 +96,17 @@ class Store:
 
 
 def _database_store(
-    url: str,
-    auto_migrate: bool | None,
+    database: Mapping[str, Any],
     cells: Mapping[str, Mapping[str, Any]],
     cell_map_file: Path | None,
     search_timeout: float,
 ) -> Iterator[Store]:
-    """The ``database`` backend: one database, or one per cell routed by the
-    cell map (serial-port leases in the compute host's cell, never in the
-    unused ``database.url``). Each engine checks its schema on first
-    connection; all are disposed by ``shutdown_resources()``."""
+    """The ``database`` backend: one database, or one per cell routed by the cell map."""
     with ExitStack() as stack:
         if not cells:
-            yield _sql_store(_checked(stack, url, auto_migrate))
+            yield _sql_store(_checked(stack, database))
             return
-        databases = {
-            name: _checked(stack, cell["database"]["url"], cell["database"]["auto_migrate"], name)
-            for name, cell in cells.items()
-        }
+        databases = {name: _checked(stack, cell["database"], name) for name, cell in cells.items()}
         if cell_map_file is None:
             raise InvalidRequest("cells need cell_map_file")
         locator = FileCellLocator(cell_map_file, list(cells))
@@ -160,11 +136,11 @@ def _sql_store(statements: Statements) -> Store:
     )
 
 
-def _checked(stack: ExitStack, url: str, auto_migrate: bool | None, cell: str = "") -> Statements:
+def _checked(stack: ExitStack, database: Mapping[str, Any], cell: str = "") -> Statements:
     """The statements of an engine that checks its schema on first
     connection; both closed with ``stack``."""
-    engine = _opened(stack, url, cell)
-    guard_schema(engine, auto_migrate=auto_migrate)
+    engine = _opened(stack, database["url"], cell)
+    guard_schema(engine, auto_migrate=database["auto_migrate"])
     statements = Statements(engine)
     stack.callback(statements.close)
     return statements
@@ -192,20 +168,8 @@ def _migration_engines(
         yield {name: _opened(stack, cell_url, name) for name, cell_url in urls.items()}
 
 
-def _memcached_store(
-    servers: list[str],
-    connect_timeout: float,
-    timeout: float,
-    max_idle: int,
-    retry_attempts: int,
-    retry_timeout: float,
-    dead_timeout: float,
-    key_prefix: str,
-    expired_retention: int,
-) -> Iterator[Store]:
-    """The ``memcached`` backend: tokens only, on one client (a connection
-    pool per server) that connects on its first command and is closed by
-    ``shutdown_resources()``."""
+def _memcached_store(memcached: Mapping[str, Any]) -> Iterator[Store]:
+    """The ``memcached`` backend: tokens only, on one client (a connection pool per server)."""
     try:
         from console_auth.adapters.memcached import (
             MemcachedClient,
@@ -216,18 +180,20 @@ def _memcached_store(
             "the memcached backend needs pymemcache: install console-auth[memcached]"
         ) from exc
     client = MemcachedClient(
-        servers,
-        connect_timeout=connect_timeout,
-        timeout=timeout,
-        max_idle=max_idle,
-        retry_attempts=retry_attempts,
-        retry_timeout=retry_timeout,
-        dead_timeout=dead_timeout,
+        memcached["servers"],
+        connect_timeout=memcached["connect_timeout"],
+        timeout=memcached["timeout"],
+        max_idle=memcached["max_idle"],
+        retry_attempts=memcached["retry_attempts"],
+        retry_timeout=memcached["retry_timeout"],
+        dead_timeout=memcached["dead_timeout"],
     )
     try:
         yield Store(
             MemcachedConsoleConnectionRepository(
-                client, key_prefix=key_prefix, expired_retention=expired_retention
+                client,
+                key_prefix=memcached["key_prefix"],
+                expired_retention=memcached["expired_retention"],
             ),
             evictions=client.evictions,
         )
@@ -253,30 +219,21 @@ def _tokens(
     return FallbackConsoleConnectionRepository(primary.tokens, stores[fallback]().tokens)
 
 
-def _policy(
-    token_ttl: int,
-    require_instance_uuid: bool,
-    require_token_mac: bool,
-    purge_batch_size: int,
-    purge_grace: int,
-    serial_lease_ttl: int,
-) -> ServicePolicy:
+def _policy(settings: Mapping[str, Any]) -> ServicePolicy:
     return ServicePolicy(
-        default_ttl=timedelta(seconds=token_ttl),
-        require_instance_uuid=require_instance_uuid,
-        require_token_mac=require_token_mac,
-        purge_batch_size=purge_batch_size,
-        purge_grace=timedelta(seconds=purge_grace),
-        lease_ttl=timedelta(seconds=serial_lease_ttl),
+        default_ttl=timedelta(seconds=settings["token_ttl"]),
+        require_instance_uuid=settings["require_instance_uuid"],
+        require_token_mac=settings["require_token_mac"],
+        purge_batch_size=settings["purge_batch_size"],
+        purge_grace=timedelta(seconds=settings["purge_grace"]),
+        lease_ttl=timedelta(seconds=settings["serial_lease_ttl"]),
     )
 
 
 def _ports(
     consoles: ConsoleAuthService, store: Store, lease_ids: LeaseIdSource
 ) -> ConsolePortService:
-    """Serial ports beside the primary backend's tokens. memcached keeps no
-    port leases: an evicted one would let a second client onto a port (Nova
-    bug 1425640)."""
+    """Serial ports beside the primary's tokens; memcached keeps none (Nova bug 1425640)."""
     if store.leases is None or store.reservations is None:
         raise InvalidRequest(SERIAL_NEEDS_DATABASE)
     return ConsolePortService(consoles, store.leases, store.reservations, lease_ids)
@@ -290,9 +247,7 @@ NO_CONSOLE_DRIVER: Final = (
 def _console_endpoints(
     driver: str, libvirt: Mapping[str, Any], static_consoles_file: Path | None
 ) -> Iterator[ConsoleEndpoints | None]:
-    """The configured driver's ``ConsoleEndpoints`` (``None`` for "none").
-    The libvirt adapter is imported only when chosen (the ``libvirt``
-    extra), and its connection closed by ``shutdown_resources()``."""
+    """The configured driver's ``ConsoleEndpoints`` (``None`` for "none")."""
     if driver == "static":
         from console_auth.adapters.static_consoles import StaticConsoleEndpoints
 
@@ -334,8 +289,7 @@ def _instance_consoles(
 
 
 def _metrics_registry() -> Any:
-    """A ``CollectorRegistry`` of the container's own (prometheus-client is
-    imported only when metrics are on)."""
+    """The container's own; a host service may override it with prometheus ``REGISTRY``."""
     from prometheus_client import CollectorRegistry
 
     return CollectorRegistry()
@@ -344,8 +298,7 @@ def _metrics_registry() -> Any:
 def _metrics(
     enabled: bool | None, backend: str, registry: Callable[[], Any], store: Callable[[], Store]
 ) -> Any:
-    """A ``PrometheusConsoleEvents`` when ``metrics.enabled``, else ``None``
-    (and then the store is not opened for it)."""
+    """A ``PrometheusConsoleEvents`` if ``enabled``, else ``None`` (the store stays unopened)."""
     if not enabled:
         return None
     try:
@@ -388,24 +341,12 @@ class Container(containers.DeclarativeContainer):
     # One provider per backend, each returning that backend's ``Store``.
     database = providers.Resource(
         _database_store,
-        url=config.database.url,
-        auto_migrate=config.database.auto_migrate,
+        database=config.database,
         cells=config.cells,
         cell_map_file=config.cell_map_file,
         search_timeout=config.cell_search_timeout,
     )
-    memcached = providers.Resource(
-        _memcached_store,
-        servers=config.memcached.servers,
-        connect_timeout=config.memcached.connect_timeout,
-        timeout=config.memcached.timeout,
-        max_idle=config.memcached.max_idle,
-        retry_attempts=config.memcached.retry_attempts,
-        retry_timeout=config.memcached.retry_timeout,
-        dead_timeout=config.memcached.dead_timeout,
-        key_prefix=config.memcached.key_prefix,
-        expired_retention=config.memcached.expired_retention,
-    )
+    memcached = providers.Resource(_memcached_store, memcached=config.memcached)
     memory = providers.Singleton(_memory_store)
     store = providers.Selector(
         config.console_tokens_backend, database=database, memcached=memcached, memory=memory
@@ -417,15 +358,7 @@ class Container(containers.DeclarativeContainer):
         fallback=config.fallback,
         stores=providers.Dict(database=database.provider, memcached=memcached.provider),
     )
-    policy = providers.Singleton(
-        _policy,
-        token_ttl=config.token_ttl,
-        require_instance_uuid=config.require_instance_uuid,
-        require_token_mac=config.require_token_mac,
-        purge_batch_size=config.purge_batch_size,
-        purge_grace=config.purge_grace,
-        serial_lease_ttl=config.serial_lease_ttl,
-    )
+    policy = providers.Singleton(_policy, settings=config)
     metrics_registry = providers.Singleton(_metrics_registry)
     metrics = providers.Singleton(
         _metrics,
@@ -447,8 +380,7 @@ class Container(containers.DeclarativeContainer):
         events=events,
     )
     ports = providers.Factory(_ports, consoles=service, store=store, lease_ids=lease_ids)
-    # Where instances' consoles listen (``console_driver``); tests override it
-    # with an ``InMemoryConsoleEndpoints``.
+    # Where instances' consoles listen; tests override it with ``InMemoryConsoleEndpoints``.
     console_endpoints = providers.Resource(
         _console_endpoints,
         driver=config.console_driver,
@@ -469,21 +401,13 @@ class Container(containers.DeclarativeContainer):
 
 
 def build_container(settings: Settings | None = None) -> Container:
-    """A container for ``settings`` (default: ``load_settings()``).
-
-    Call ``container.shutdown_resources()`` when done: it disposes the
-    database engine and closes the memcached client, if they were opened.
-    """
+    """A container for ``settings`` (default: ``load_settings()``); end it with
+    ``container.shutdown_resources()``, which closes whatever was opened."""
     container = Container()
     container.config.from_pydantic(load_settings() if settings is None else settings)
     return container
 
 
 def create_service(settings: Settings | None = None) -> ConsoleAuthService:
-    """The one call a host service makes to get a ready ``ConsoleAuthService``.
-
-    Its engine lives as long as the process; a caller that must release it
-    earlier (tests, a CLI) uses ``build_container`` and
-    ``container.shutdown_resources()`` instead.
-    """
+    """A ready ``ConsoleAuthService`` whose engine lives as long as the process."""
     return build_container(settings).service()

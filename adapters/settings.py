@@ -1,10 +1,6 @@
-"""Deployment settings: environment variables over an optional TOML file.
+"""Deployment settings: ``CONSOLE_AUTH_*`` variables (nesting ``__``) over an optional TOML file.
 
-A setting's name is its environment suffix (``token_ttl`` reads
-``CONSOLE_AUTH_TOKEN_TTL``; nesting uses ``__``), so the table in the README,
-the TOML keys and the variables are one vocabulary. ``load_settings`` is the
-way in: it turns every mistake into ``InvalidRequest`` naming the setting,
-never its value, because a database URL may carry a password.
+``load_settings`` names a bad setting, never its value: a database URL may carry a password.
 """
 
 from __future__ import annotations
@@ -17,11 +13,12 @@ import typing
 from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FilePath,
@@ -56,13 +53,27 @@ TEST_ENV_PREFIX: Final = f"{ENV_PREFIX}TEST_"
 MAX_CONFIG_FILE_BYTES: Final = 1 << 20
 DEFAULT_DATABASE_FILE: Final = "console-auth.sqlite3"
 
+_T = TypeVar("_T")
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+CommaSeparated = Annotated[tuple[_T, ...], NoDecode, BeforeValidator(_comma_list)]
+"""A list, which the environment gives as one comma-separated string."""
+
+
+class _Section(BaseModel):
+    """A table of settings: frozen, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
 
 def default_database_path() -> Path:
-    """Where the default SQLite file lives: ``$XDG_STATE_HOME/console-auth/``,
-    else ``~/.local/state/console-auth/`` (the XDG base directory rule, for
-    root too), so every process of a user finds the same store whatever its
-    working directory. The container creates the ``console-auth`` directory
-    (mode 0700) when it first opens the default store."""
+    """Under the XDG state directory (for root too), so every process of a user finds one store."""
     state = os.environ.get("XDG_STATE_HOME", "")
     try:
         base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
@@ -75,17 +86,12 @@ def default_database_url() -> str:
     return f"sqlite:///{default_database_path()}"
 
 
-class DatabaseSettings(BaseModel):
+class DatabaseSettings(_Section):
     """Where the ``database`` backend keeps tokens."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = Field(default_factory=default_database_url, repr=False)
     auto_migrate: bool | None = None
-    """``None``: create the schema in a fresh SQLite file (one that has no
-    tables), and otherwise leave the schema to ``console-auth db upgrade``,
-    run by an operator once per release rather than by every process racing
-    at start-up. ``True``: upgrade on first use. ``False``: never."""
+    """``None``: a fresh SQLite file's only; else ``console-auth db upgrade``, once per release."""
 
     @field_validator("url")
     @classmethod
@@ -105,31 +111,20 @@ class DatabaseSettings(BaseModel):
 
 
 CELL_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-"""Lower case: environment variable names are case-insensitive, so a cell
-named in ``CONSOLE_AUTH_CELLS__<NAME>__DATABASE__URL`` arrives in lower case."""
+"""Lower case: environment variable names are case-insensitive, so they arrive lower-cased."""
 
 
-class CellSettings(BaseModel):
+class CellSettings(_Section):
     """One cell of a deployment split into cells: its own token database."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
 
-class MemcachedSettings(BaseModel):
-    """Where the ``memcached`` backend keeps tokens, and how it treats failures.
+class MemcachedSettings(_Section):
+    """Where the ``memcached`` backend keeps tokens; several servers are shards."""
 
-    Several servers are shards (rendezvous hashing, as pymemcache's
-    ``HashClient`` places keys); a server that fails makes only its own
-    shard's tokens fail, with ``BackendUnavailable``, never re-hashed and
-    never a silent miss.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    servers: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1:11211",)
-    """``host:port`` each; from the environment, comma-separated."""
+    servers: CommaSeparated[str] = ("127.0.0.1:11211",)
+    """``host:port`` each."""
     key_prefix: str = Field(default="console_auth", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
     """Namespace of every key, so deployments (or cells) can share servers."""
     connect_timeout: float = Field(default=1.0, gt=0, le=60)
@@ -144,13 +139,7 @@ class MemcachedSettings(BaseModel):
     dead_timeout: float = Field(default=2.0, ge=0, le=300)
     """Seconds a failed server's shard fails fast before it is tried again."""
     expired_retention: TtlSeconds = 3600
-    """Seconds an expired token stays readable and purgeable before memcached
-    drops it by itself."""
-
-    @field_validator("servers", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return _comma_list(value)
+    """Seconds an expired token stays readable and purgeable before memcached drops it."""
 
     @field_validator("servers")
     @classmethod
@@ -163,17 +152,8 @@ class MemcachedSettings(BaseModel):
         return tuple(names)
 
 
-def _comma_list(value: object) -> object:
-    """A list from the environment arrives as one comma-separated string."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
-
-
 def _server_name(text: str) -> str:
-    """``host:port`` with the default port filled in, or a ``ValueError``;
-    parsed here rather than by the adapter so that checking settings never
-    needs the ``memcached`` extra installed."""
+    """``host:port``, default port filled in; here, so settings need no ``memcached`` extra."""
     host, port = split_address(text, DEFAULT_MEMCACHED_PORT)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -183,46 +163,33 @@ def default_proxy_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class ProxySettings(BaseModel):
-    """The console proxy (``console-auth proxy``): who may connect, and for how long.
+class ProxySettings(_Section):
+    """The console proxy (``console-auth proxy``): who may connect, and for how long."""
 
-    Times are seconds. Lists come from the environment comma-separated.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
-    """Origins (``https://console.example.com``) allowed besides the request's
-    own host, as Nova's ``console_allowed_origins``; checked when the proxy starts."""
-    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
-    """Networks (``10.0.0.0/8``, ``127.0.0.1``) whose ``X-Forwarded-For`` and
-    ``X-Forwarded-Proto`` are believed; from anyone else they are ignored."""
-    console_types: Annotated[tuple[ConsoleType, ...], NoDecode] = tuple(ConsoleType)
+    allowed_origins: CommaSeparated[str] = ()
+    """As Nova's ``console_allowed_origins``; checked when the proxy starts."""
+    trusted_proxies: CommaSeparated[IPv4Network | IPv6Network] = ()
+    """Networks whose ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed."""
+    console_types: CommaSeparated[ConsoleType] = tuple(ConsoleType)
     """Console kinds this proxy serves; tokens of other kinds are refused (403)."""
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
-    """Seconds to reach the console: TCP, the CONNECT handshake for an
-    ``internal_access_path`` and TLS for ``use_tls``, together (504 past it)."""
+    """Seconds to reach the console: TCP, CONNECT and TLS together (504 past it)."""
     tls_ca_file: FilePath | None = None
-    """CA certificates (PEM) the certificates of ``use_tls`` consoles must
-    chain to; none: the system's."""
+    """CA certificates (PEM) of ``use_tls`` consoles; none: the system's."""
     tls_cert_file: FilePath | None = None
     """A client certificate (PEM) the proxy shows consoles that ask for one."""
     tls_key_file: FilePath | None = None
     """Its private key, unencrypted (PEM); none: it is in ``tls_cert_file``."""
     tls_verify_hostname: bool = True
-    """A console's certificate must name its ``host``. Off is weaker: any
-    certificate the CAs signed, for any host, is accepted."""
+    """A console's certificate must name its ``host``."""
     session_max: float | None = Field(default=None, gt=0)
-    """Seconds a live session may last; ``None``: unlimited. Independent of
-    the token TTL, which is only the window to connect."""
+    """Seconds a live session may last; the token TTL is only the window to connect."""
     idle_timeout: float | None = Field(default=None, gt=0)
     """Seconds without a byte either way before a session is closed; ``None``: never."""
     session_recheck: float = Field(default=5.0, ge=0.05, le=3600)
-    """Seconds between asks of the store whether a live session's instance
-    was revoked (``revoke_instance``): the bound on how long it runs on."""
+    """Seconds a live session of a revoked instance may run on."""
     drain_timeout: float = Field(default=10.0, ge=0, le=3600)
-    """Seconds live sessions get to end by themselves after SIGTERM before
-    they are closed."""
+    """Seconds live sessions get to end by themselves after SIGTERM."""
     ping_interval: float | None = Field(default=30.0, gt=0, le=3600)
     """Seconds between WebSocket pings, so a vanished browser is noticed."""
     max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
@@ -232,13 +199,7 @@ class ProxySettings(BaseModel):
     proxy_id: ProxyId = Field(default_factory=default_proxy_id)
     """Names this process in serial-port leases (``console-auth ports``)."""
     rfb_refusals: bool = False
-    """Refuse a WebSocket request inside RFB, after the upgrade, so noVNC shows
-    why (it cannot see an HTTP status); needs ``console_types`` = novnc only."""
-
-    @field_validator("allowed_origins", "trusted_proxies", "console_types", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return _comma_list(value)
+    """Refuse inside RFB, so noVNC shows why (it cannot see an HTTP status)."""
 
     @field_validator("tls_key_file")
     @classmethod
@@ -258,13 +219,8 @@ class ProxySettings(BaseModel):
 ProxyClientAddress = Annotated[str, AfterValidator(check_host)]
 
 
-class LibvirtSettings(BaseModel):
-    """The ``libvirt`` console driver: which libvirt to ask, and the address
-    the console proxy dials for each device (Nova's
-    ``server_proxyclient_address`` per console kind): the compute host as
-    the proxy reaches it, not QEMU's ``listen`` address in the domain XML."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class LibvirtSettings(_Section):
+    """The ``libvirt`` console driver: which libvirt, and the address the proxy dials per kind."""
 
     uri: str = Field(default="qemu:///system", min_length=1, max_length=1024)
     """``test:///default`` is libvirt's in-process test driver."""
@@ -281,48 +237,32 @@ class LibvirtSettings(BaseModel):
         return uri
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(_Section):
     """Prometheus metrics (the ``metrics`` extra, prometheus-client)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     enabled: bool | None = None
-    """``None``: on in ``console-auth proxy`` when prometheus-client is
-    installed, off in a service the library builds (``create_service``)."""
+    """``None``: on in ``console-auth proxy`` if prometheus-client is installed, else off."""
     path: str = Field(default="/metrics", pattern=r"^/[A-Za-z0-9._~/-]{0,200}$")
     """Where ``console-auth proxy`` answers scrapes, on its console listener."""
-    allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = (
+    allowed_networks: CommaSeparated[IPv4Network | IPv6Network] = (
         IPv4Network("127.0.0.0/8"),
         IPv6Network("::1/128"),
     )
-    """Clients that may scrape ``path`` (the client as the proxy resolves it,
-    through ``proxy.trusted_proxies``); anyone else gets a 404 there, as if
-    it did not exist. Empty: nobody (metrics are then only in-process)."""
-
-    @field_validator("allowed_networks", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return _comma_list(value)
+    """Clients that may scrape ``path``; anyone else gets a 404, as if it did not exist."""
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(_Section):
     """Audit records on the logger ``console_auth.audit``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     enabled: bool = False
-    """One record per issue, validate, refusal, revoke, purge, port claim and
-    proxy session; routing them is the logging configuration's job."""
+    """One record per use case; routing them is the logging configuration's job."""
 
 
-class TracingSettings(BaseModel):
+class TracingSettings(_Section):
     """OpenTelemetry spans (the ``tracing`` extra, opentelemetry-api)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     enabled: bool = False
-    """One span per use case, through the process's tracer provider (none
-    set up: the API's no-op)."""
+    """One span per use case, through the process's tracer provider (none: a no-op)."""
 
 
 class Settings(BaseSettings):
@@ -337,48 +277,34 @@ class Settings(BaseSettings):
     """Seconds an issued token stays valid unless ``authorize`` is given a ttl."""
     require_instance_uuid: bool = False
     require_token_mac: bool = False
-    """Refuse stored connections written before tamper evidence (no MAC);
-    set once every token issued before the upgrade has expired."""
+    """Refuse stored connections without a MAC (written before tamper evidence)."""
     purge_batch_size: int = Field(default=1000, ge=1, le=MAX_PURGE_BATCH_SIZE)
     purge_grace: int = Field(default=int(DEFAULT_PURGE_GRACE.total_seconds()), ge=0, le=86_400)
-    """Seconds after expiry before purge deletes a token: validity is decided
-    at ``validate``, so a purger whose clock runs ahead deletes no live token."""
+    """So a purger whose clock runs ahead deletes no live token."""
     serial_lease_ttl: int = Field(default=60, ge=1, le=86_400)
-    """Seconds a proxy's serial-port lease lasts without a heartbeat: a dead
-    proxy's port is free again after this long."""
+    """Seconds until a dead proxy's serial port is free again."""
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     memcached: MemcachedSettings = Field(default_factory=MemcachedSettings)
     fallback: Literal["none", "database", "memcached"] = "none"
-    """During a backend switch, the store validation asks when the primary
-    (``console_tokens_backend``) does not know a token; authorize writes only
-    to the primary, revoke and purge apply to both."""
+    """While switching backends: the old store, asked when the primary does not know a token."""
     cells: dict[Annotated[str, Field(pattern=CELL_NAME_PATTERN)], CellSettings] = Field(
         default_factory=dict
     )
-    """Empty: one database, ``database``. Otherwise the ``database`` backend
-    is split over these cells, each with its own database; ``database`` is
-    then used neither for tokens nor for serial-port leases."""
+    """With cells, ``database`` is used neither for tokens nor for serial-port leases."""
     cell_map_file: Path | None = Field(default=None, validate_default=True)
-    """TOML file saying which cell holds each instance and compute host
-    (``adapters/cells.py``); required with ``cells``, re-read when it changes."""
+    """Which cell holds each instance and compute host (``adapters/cells.py``)."""
     cell_search_timeout: float = Field(default=2.0, gt=0, le=60)
-    """Seconds a token presented without its instance uuid may take to be
-    searched for in every cell (``require_instance_uuid = false``)."""
+    """Seconds to search every cell for a token presented without its instance uuid."""
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     console_driver: Literal["none", "libvirt", "static"] = "none"
-    """Where ``console-auth console`` (``InstanceConsoleService``) finds an
-    instance's console: nowhere, the domain XML of ``libvirt``, or
-    ``static_consoles_file``."""
+    """Where ``InstanceConsoleService`` finds an instance's console."""
     libvirt: LibvirtSettings = Field(default_factory=LibvirtSettings)
     access_url_bases: dict[ConsoleType, Annotated[str, AfterValidator(check_base_url)]] = Field(
         default_factory=dict
     )
-    """The access URL base of each console kind, for an ``authorize_console``
-    given none (Nova's ``novncproxy_base_url``, ``html5proxy_base_url``, ...)."""
+    """For an ``authorize_console`` given none (Nova's ``novncproxy_base_url``, ...)."""
     static_consoles_file: Path | None = Field(default=None, validate_default=True)
-    """TOML file of console endpoints by instance and kind
-    (``adapters/static_consoles.py``); required by the ``static`` driver,
-    re-read when it changes."""
+    """Console endpoints by instance and kind (``adapters/static_consoles.py``)."""
 
     @field_validator("static_consoles_file")
     @classmethod
@@ -409,7 +335,9 @@ class Settings(BaseSettings):
 def load_settings(config_file: str | Path | None = None) -> Settings:
     """Settings from the environment over ``config_file`` (or the file named
     by ``CONSOLE_AUTH_CONFIG_FILE``), checked whole before anything uses them."""
-    path = _config_path(config_file)
+    if config_file is None:
+        config_file = os.environ.get(CONFIG_FILE_ENV) or None
+    path = None if config_file is None else Path(config_file)
     _warn_unknown_variables(os.environ)
     data: dict[str, Any] = {}
     if path is not None:
@@ -435,19 +363,9 @@ def safe_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-def _config_path(config_file: str | Path | None) -> Path | None:
-    if config_file is None:
-        config_file = os.environ.get(CONFIG_FILE_ENV) or None
-    return None if config_file is None else Path(config_file)
-
-
 def _sourced(file_data: Mapping[str, Any], *, with_env: bool) -> type[Settings]:
-    """``Settings`` reading the file's data, under the environment if asked.
-
-    pydantic-settings chooses sources per class (``model_validate`` reads the
-    environment too), so the data rides on a throwaway subclass rather than
-    on global state; ``load_settings`` hands back a plain ``Settings``.
-    """
+    """``Settings`` reading the file's data, under the environment if asked: pydantic-settings
+    picks sources per class, so the data rides on a throwaway subclass, not global state."""
 
     class _Sourced(Settings):
         @classmethod
