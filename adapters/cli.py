@@ -39,6 +39,7 @@ from console_auth.domain import (
     InvalidRequest,
     IssuedConsole,
 )
+from console_auth.domain.hosts import join_address
 from console_auth.domain.model import parse_instance_uuid
 from console_auth.domain.tokens import HASH_PREFIX_LENGTH
 from console_auth.domain.types import MAX_PORT, MAX_TTL_SECONDS
@@ -268,8 +269,7 @@ def _listed(stored: StoredConnection) -> dict[str, Any]:
     """A connection as an operator sees it: a hash prefix, never the whole
     hash (the store's key) and never a token (no store holds one)."""
     connection, cell = stored
-    host = connection.host
-    target = f"[{host}]:{connection.port}" if ":" in host else f"{host}:{connection.port}"
+    target = join_address(connection.host, connection.port)
     values = (
         connection.token_hash[:HASH_PREFIX_LENGTH],
         str(connection.instance_uuid),

@@ -40,7 +40,12 @@ from sqlalchemy.exc import ArgumentError
 from console_auth.adapters.toml_files import read_toml
 from console_auth.application import DEFAULT_PURGE_GRACE, MAX_PURGE_BATCH_SIZE
 from console_auth.domain import ConsoleType, InvalidRequest
-from console_auth.domain.hosts import DEFAULT_MEMCACHED_PORT, check_host, split_address
+from console_auth.domain.hosts import (
+    DEFAULT_MEMCACHED_PORT,
+    check_host,
+    join_address,
+    split_address,
+)
 from console_auth.domain.types import ProxyId, TtlSeconds
 from console_auth.domain.urls import check_base_url
 
@@ -154,8 +159,7 @@ class MemcachedSettings(_Section):
 
 def _server_name(text: str) -> str:
     """``host:port``, default port filled in; here, so settings need no ``memcached`` extra."""
-    host, port = split_address(text, DEFAULT_MEMCACHED_PORT)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_address(*split_address(text, DEFAULT_MEMCACHED_PORT))
 
 
 def default_proxy_id() -> str:

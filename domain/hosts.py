@@ -46,6 +46,11 @@ def check_host(host: str) -> str:
     return host
 
 
+def join_address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 literal in brackets: ``split_address``'s inverse."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def split_address(text: str, default_port: int) -> tuple[str, int]:
     """``host:port``, ``[v6]:port``, or a bare host or IPv6 literal (then
     ``default_port``): the host as written and the port; ``ValueError``

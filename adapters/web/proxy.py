@@ -80,6 +80,7 @@ from console_auth.domain import (
     check_token,
     hash_token,
 )
+from console_auth.domain.hosts import join_address
 
 from . import rfb
 from .dial import Dialer, TargetTLS, target_port
@@ -404,7 +405,7 @@ class _Proxy:
         connection, lease = await self._admit(asked)
         log.instance = connection.instance_uuid
         log.kind = connection.console_type.value
-        log.target = _address(connection.host, target_port(connection))
+        log.target = join_address(connection.host, target_port(connection))
         try:
             reader, writer = await self._dialer.dial(connection)
             try:
@@ -520,7 +521,9 @@ class _Proxy:
                 raise SessionEnded(Outcome.LEASE_LOST) from None
             except BackendUnavailable as exc:  # the lease outlives a short outage
                 logger.warning(
-                    "serial port %s: lease not renewed: %s", _address(lease.host, lease.port), exc
+                    "serial port %s: lease not renewed: %s",
+                    join_address(lease.host, lease.port),
+                    exc,
                 )
 
     async def _release(self, lease: PortLease) -> None:
@@ -529,7 +532,7 @@ class _Proxy:
             await self._in_store_thread(self._ports.disconnect, lease)
         except ConsoleAuthError as exc:  # it expires by itself after serial_lease_ttl
             logger.warning(
-                "serial port %s: lease not released: %s", _address(lease.host, lease.port), exc
+                "serial port %s: lease not released: %s", join_address(lease.host, lease.port), exc
             )
 
     async def _in_store_thread(self, call: Callable[..., _T], *args: object) -> _T:
@@ -586,7 +589,3 @@ def _uuid_or_none(text: str | None) -> UUID | None:
         return None if text is None else UUID(text)
     except ValueError:
         return None
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

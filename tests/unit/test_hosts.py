@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from console_auth.domain.hosts import split_address
+from console_auth.domain.hosts import join_address, split_address
 from console_auth.domain.types import MAX_PORT, MIN_PORT
 
 names = st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,30}[a-z0-9])?", fullmatch=True)
@@ -35,3 +35,16 @@ def test_bad_addresses_name_the_problem_not_the_text(text: str) -> None:
     with pytest.raises(ValueError, match="server") as caught:
         split_address(text, 7)
     assert not text.strip() or text.strip() not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "joined"),
+    [
+        ("compute-1", 5900, "compute-1:5900"),
+        ("::1", 11211, "[::1]:11211"),
+        ("10.0.0.1", 1, "10.0.0.1:1"),
+    ],
+)
+def test_join_address_is_split_address_inverse(host: str, port: int, joined: str) -> None:
+    assert join_address(host, port) == joined
+    assert split_address(joined, 1) == (host, port)
