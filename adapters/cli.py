@@ -557,21 +557,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _ttl_option(console)
 
-    validate = _command(commands, "validate", "print what a token or URL grants", _validate)
-    validate.add_argument(
-        "presented",
-        metavar="TOKEN_OR_URL",
-        help="a token, an access URL, or - for stdin; put -- before a token that starts with -",
-    )
-    validate.add_argument("--instance", metavar="UUID", help="instance the token must be for")
-
-    explain = _command(commands, "explain", "say why a token or URL is or is not good", _explain)
-    explain.add_argument(
-        "presented",
-        metavar="TOKEN_OR_URL",
-        help="a token, an access URL, or - for stdin; put -- before a token that starts with -",
-    )
-    explain.add_argument("--instance", metavar="UUID", help="instance the token is presented for")
+    for name, summary, run in (
+        ("validate", "print what a token or URL grants", _validate),
+        ("explain", "say why a token or URL is or is not good", _explain),
+    ):
+        presented = _command(commands, name, summary, run)
+        presented.add_argument(
+            "presented",
+            metavar="TOKEN_OR_URL",
+            help="a token, an access URL, or - for stdin; -- before a token starting with -",
+        )
+        presented.add_argument("--instance", metavar="UUID", help="instance the token is for")
 
     revoke = _command(
         commands, "revoke", "delete every token of an instance, or one token", _revoke
