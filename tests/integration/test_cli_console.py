@@ -10,12 +10,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import pytest
 
-from console_auth.adapters import cli
 from console_auth.domain import ConsoleOptions, ConsoleType, SerialMode
 from console_auth.domain.endpoints import ConsoleEndpoint
 from tests.console_drivers import (
@@ -29,20 +27,14 @@ from tests.console_drivers import (
     vnc,
     write_console_map,
 )
+from tests.integration.test_cli import (  # the autouse fixture: a private SQLite file
+    database,  # noqa: F401
+    run,
+    run_json,
+)
 
 BASE = "https://console.example.com/vnc_lite.html"
 INSTANCE = UUID("6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f")
-
-
-@pytest.fixture(autouse=True)
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private SQLite file, and no CONSOLE_AUTH_* variable from outside."""
-    for name in list(os.environ):
-        if name.startswith("CONSOLE_AUTH_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "cli.sqlite3"
-    monkeypatch.setenv("CONSOLE_AUTH_DATABASE__URL", f"sqlite:///{path}")
-    return path
 
 
 @pytest.fixture
@@ -74,19 +66,6 @@ def libvirt(
     monkeypatch.setenv("CONSOLE_AUTH_LIBVIRT__SPICE_PROXYCLIENT_ADDRESS", SPICE_HOST)
     monkeypatch.setenv("CONSOLE_AUTH_LIBVIRT__SERIAL_PROXYCLIENT_ADDRESS", SERIAL_HOST)
     return libvirt_test_driver
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    code, out, err = run(capsys, "--json", *argv)
-    assert (code, err) == (0, "")
-    result: dict[str, Any] = json.loads(out)
-    return result
 
 
 def console(instance: UUID, kind: str) -> list[str]:

@@ -40,9 +40,11 @@ from tests.integration.test_memcached import raw_client
 from tests.integration.test_proxy import (
     CONFIG,
     INSTANCE,
-    SCRIPT,
+    cli_token,
     client,
     console_uri,
+    proxy_env,
+    proxy_process,
     refusal,
 )
 
@@ -179,32 +181,10 @@ async def test_metrics_are_a_404_to_clients_outside_the_allowed_networks() -> No
 async def test_the_console_auth_proxy_command_serves_metrics(tmp_path: Path) -> None:
     """``console-auth proxy`` with the extra installed: metrics on by default,
     moving with a session and a refusal, with no token or uuid in them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSOLE_AUTH_")}
-    env |= {
-        "CONSOLE_AUTH_DATABASE__URL": f"sqlite:///{tmp_path / 'proxy.sqlite3'}",
-        "CONSOLE_AUTH_PROXY__DRAIN_TIMEOUT": "1",
-    }
+    env = proxy_env(tmp_path)
     async with target("rfb") as console:
-        issue = await asyncio.create_subprocess_exec(
-            SCRIPT, "authorize", "--instance", INSTANCE, "--host", "127.0.0.1",
-            "--port", str(console.port), "--type", "novnc",
-            env=env, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = await issue.communicate()
-        assert issue.returncode == 0
-        token = next(
-            line.split(": ", 1)[1]
-            for line in out.decode().splitlines()
-            if line.startswith("token")
-        )
-        server = await asyncio.create_subprocess_exec(
-            SCRIPT, "proxy", "--listen", "127.0.0.1:0",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            assert server.stdout is not None
-            ready = await asyncio.wait_for(server.stdout.readline(), 30)
-            port = int(ready.decode().rsplit(":", 1)[1])
+        token = await cli_token(env, console.port)
+        async with proxy_process(env) as (server, port):
             assert sample(await scrape(port), "console_auth_proxy_live_sessions") == 0
             async with client(console_uri(port, token), port) as ws:
                 assert await ws.recv() == RFB_VERSION
@@ -221,10 +201,6 @@ async def test_the_console_auth_proxy_command_serves_metrics(tmp_path: Path) -> 
             text = await scrape(port)
             server.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(server.wait(), 10) == 0
-        finally:
-            if server.returncode is None:
-                server.kill()
-                await server.wait()
     assert sample(text, "console_auth_proxy_live_sessions") == 0
     assert sample(text, "console_auth_tokens_refused_total", reason="unknown_token") == 1
     assert_no_secret(text, token, "B" * 43)

@@ -509,6 +509,51 @@ async def test_web_dir_serves_files_beside_the_websocket(tmp_path: Path) -> None
             assert await ws.recv() == RFB_VERSION
 
 
+def proxy_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a ``console-auth`` process on a SQLite file in
+    ``tmp_path``, none of the caller's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSOLE_AUTH_")}
+    return env | {
+        "CONSOLE_AUTH_DATABASE__URL": f"sqlite:///{tmp_path / 'proxy.sqlite3'}",
+        "CONSOLE_AUTH_PROXY__DRAIN_TIMEOUT": "1",
+    }
+
+
+async def cli_token(env: dict[str, str], console_port: int) -> str:
+    """A noVNC token for the console on ``console_port``, from ``console-auth authorize``."""
+    issue = await asyncio.create_subprocess_exec(
+        SCRIPT, "authorize", "--instance", INSTANCE, "--host", "127.0.0.1",
+        "--port", str(console_port), "--type", "novnc",
+        env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await issue.communicate()
+    assert issue.returncode == 0
+    return next(
+        line.split(": ", 1)[1] for line in out.decode().splitlines() if line.startswith("token")
+    )
+
+
+@contextlib.asynccontextmanager
+async def proxy_process(
+    env: dict[str, str],
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """``console-auth proxy`` on a free loopback port, and that port; killed
+    at the end if it has not exited."""
+    server = await asyncio.create_subprocess_exec(
+        SCRIPT, "proxy", "--listen", "127.0.0.1:0",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready = (await asyncio.wait_for(server.stdout.readline(), 30)).decode()
+        assert ready.startswith("listening: 127.0.0.1:")
+        yield server, int(ready.rsplit(":", 1)[1])
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("backend", ["database", "memcached"])
 async def test_the_console_auth_proxy_command(
@@ -517,11 +562,7 @@ async def test_the_console_auth_proxy_command(
     """``console-auth proxy`` on a SQLite file, or on memcached serving every
     kind but serial: a token from ``authorize`` reaches the console; SIGTERM
     drains, closes, and exits 0; no token logged."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSOLE_AUTH_")}
-    env |= {
-        "CONSOLE_AUTH_DATABASE__URL": f"sqlite:///{tmp_path / 'proxy.sqlite3'}",
-        "CONSOLE_AUTH_PROXY__DRAIN_TIMEOUT": "1",
-    }
+    env = proxy_env(tmp_path)
     if backend == "memcached":  # it keeps no serial port leases
         env |= {
             "CONSOLE_AUTH_CONSOLE_TOKENS_BACKEND": "memcached",
@@ -532,28 +573,8 @@ async def test_the_console_auth_proxy_command(
             ),
         }
     async with target("rfb") as console:
-        issue = await asyncio.create_subprocess_exec(
-            SCRIPT, "authorize", "--instance", INSTANCE, "--host", "127.0.0.1",
-            "--port", str(console.port), "--type", "novnc",
-            env=env, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = await issue.communicate()
-        assert issue.returncode == 0
-        token = next(
-            line.split(": ", 1)[1]
-            for line in out.decode().splitlines()
-            if line.startswith("token")
-        )
-        server = await asyncio.create_subprocess_exec(
-            SCRIPT, "proxy", "--listen", "127.0.0.1:0",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            assert server.stdout is not None
-            assert server.stderr is not None
-            ready = await asyncio.wait_for(server.stdout.readline(), 30)
-            assert ready.decode().startswith("listening: 127.0.0.1:")
-            port = int(ready.decode().rsplit(":", 1)[1])
+        token = await cli_token(env, console.port)
+        async with proxy_process(env) as (server, port):
             async with client(console_uri(port, token), port) as ws:
                 assert await ws.recv() == RFB_VERSION
                 await ws.send(b"hello")
@@ -563,10 +584,7 @@ async def test_the_console_auth_proxy_command(
                 ended = await closed(ws, within=10)
             status = await asyncio.wait_for(server.wait(), 10)
             took = time.monotonic() - started
-        finally:
-            if server.returncode is None:
-                server.kill()
-                await server.wait()
+        assert server.stderr is not None
         log = (await server.stderr.read()).decode()
     assert status == 0
     assert 0.9 < took < 3.5  # the drain, not aiohttp's 5 s wait for a frozen close
