@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import delete
 
 from console_auth.adapters.sql import (
     SqlPortLeaseRepository,
@@ -18,12 +18,9 @@ from console_auth.application.ports import PortLeaseRepository, PortReservationR
 
 @contextmanager
 def fresh_sql_ports(
-    engine: Engine,
+    statements: Statements,
 ) -> Iterator[tuple[PortLeaseRepository, PortReservationRepository]]:
-    with engine.begin() as conn:
+    with statements.engine.begin() as conn:
         conn.execute(delete(PORT_LEASES))
         conn.execute(delete(PORT_RESERVATIONS))
-    yield (
-        SqlPortLeaseRepository(Statements(engine)),
-        SqlPortReservationRepository(Statements(engine)),
-    )
+    yield SqlPortLeaseRepository(statements), SqlPortReservationRepository(statements)

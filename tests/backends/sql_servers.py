@@ -127,6 +127,7 @@ class SqlServerBackend:
             self.url = stack.enter_context(database(name))
             self.engine: Engine = open_engine(self.url, auto_migrate=True)
             stack.callback(self.engine.dispose)
+            self.statements = Statements(self.engine)  # one per engine, as the container keeps
             self._resources = stack.pop_all()  # kept until close()
 
     @contextmanager
@@ -134,12 +135,12 @@ class SqlServerBackend:
         with self.engine.begin() as conn:
             conn.execute(delete(CONSOLE_CONNECTIONS))
             conn.execute(delete(REVOCATIONS))
-        yield SqlConsoleConnectionRepository(Statements(self.engine))
+        yield SqlConsoleConnectionRepository(self.statements)
 
     def fresh_ports(
         self,
     ) -> AbstractContextManager[tuple[PortLeaseRepository, PortReservationRepository]]:
-        return fresh_sql_ports(self.engine)
+        return fresh_sql_ports(self.statements)
 
     def close(self) -> None:
         self._resources.close()  # dispose the engine, then drop the database

@@ -22,18 +22,19 @@ class SqliteBackend:
 
     def __init__(self, workdir: str) -> None:
         self.engine = open_engine(f"sqlite:///{workdir}/tokens.sqlite3", auto_migrate=True)
+        self.statements = Statements(self.engine)  # one per engine, as the container keeps
 
     @contextmanager
     def fresh(self) -> Iterator[ConsoleConnectionRepository]:
         with self.engine.begin() as conn:
             conn.execute(delete(CONSOLE_CONNECTIONS))
             conn.execute(delete(REVOCATIONS))
-        yield SqlConsoleConnectionRepository(Statements(self.engine))
+        yield SqlConsoleConnectionRepository(self.statements)
 
     def fresh_ports(
         self,
     ) -> AbstractContextManager[tuple[PortLeaseRepository, PortReservationRepository]]:
-        return fresh_sql_ports(self.engine)
+        return fresh_sql_ports(self.statements)
 
     def close(self) -> None:
         self.engine.dispose()
