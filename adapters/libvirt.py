@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import xml.etree.ElementTree as ET
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, Final, TypeVar
 from uuid import UUID
 
 import libvirt
@@ -36,6 +39,11 @@ MAX_DOMAIN_XML_CHARS: Final = 4 << 20
 KEEPALIVE_INTERVAL: Final = 5
 KEEPALIVE_COUNT: Final = 3
 """A remote libvirtd that stops answering is dropped after about 20 seconds."""
+CALL_TIMEOUT: Final = 20.0
+"""Seconds a caller waits for libvirt: its client waits for ever on a hung libvirtd."""
+MAX_CALLS: Final = 16
+"""libvirt calls in flight at most (stuck ones included); past it, a call is an outage."""
+_T = TypeVar("_T")
 _NOT_ALLOCATED: Final = "-1"
 _DEVICES: Final = {
     ConsoleType.NOVNC: "vnc",
@@ -57,8 +65,17 @@ class LibvirtConsoleEndpoints:
     """``*_host``: the address the proxy dials per device. Thread-safe, as libvirt
     connections are; one is opened under a lock, and again after it dies."""
 
-    def __init__(self, uri: str, *, vnc_host: str, spice_host: str, serial_host: str) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        vnc_host: str,
+        spice_host: str,
+        serial_host: str,
+        timeout: float = CALL_TIMEOUT,
+    ) -> None:
         self._uri = uri
+        self._timeout = timeout
         self._hosts = {
             "vnc": parse_host(vnc_host),
             "spice": parse_host(spice_host),
@@ -66,24 +83,58 @@ class LibvirtConsoleEndpoints:
         }
         self._connection: Any = None
         self._opening = threading.Lock()
+        self._threads = _Daemons()
 
     def endpoint(self, instance_uuid: UUID, console_type: ConsoleType) -> ConsoleEndpoint:
         device = _DEVICES.get(console_type)
         if device is None:
             raise ConsoleTypeUnavailable(f"libvirt domains have no {console_type.value} console")
-        return endpoint_from_xml(
-            self._domain_xml(instance_uuid), instance_uuid, device, self._hosts[device]
-        )
+        xml = self._bounded(self._domain_xml, instance_uuid)
+        return endpoint_from_xml(xml, instance_uuid, device, self._hosts[device])
 
     def close(self) -> None:
         """Close the connection, if open; the next lookup opens a new one."""
-        with self._opening:
+        try:
+            self._bounded(self._close)
+        except (libvirt.libvirtError, BackendUnavailable) as exc:
+            logger.warning("closing libvirt connection %s: %s", self._uri, exc)
+
+    def _close(self) -> None:
+        with self._locked():
             connection, self._connection = self._connection, None
         if connection is not None:
+            connection.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """``_opening``, waited for ``timeout`` at most: an open may hang holding it."""
+        if not self._opening.acquire(timeout=self._timeout):
+            raise self._no_answer()
+        try:
+            yield
+        finally:
+            self._opening.release()
+
+    def _no_answer(self) -> BackendUnavailable:
+        return BackendUnavailable(f"libvirt {self._uri} gave no answer in {self._timeout:g} s")
+
+    def _bounded(self, call: Callable[..., _T], *args: object) -> _T:
+        """``call`` in a daemon thread, waited for ``timeout`` seconds at most (a stuck
+        one is left behind: libvirt's client cannot be interrupted)."""
+        future: Future[_T] = Future()
+
+        def run() -> None:
             try:
-                connection.close()
-            except libvirt.libvirtError as exc:
-                logger.warning("closing libvirt connection %s: %s", self._uri, exc)
+                future.set_result(call(*args))
+            except BaseException as exc:  # the caller's to raise
+                future.set_exception(exc)
+
+        if not self._threads.submit(run):
+            raise BackendUnavailable(f"libvirt {self._uri}: {MAX_CALLS} calls are still waiting")
+        try:
+            return future.result(self._timeout)
+        except TimeoutError:
+            raise self._no_answer() from None
 
     def _domain_xml(self, instance_uuid: UUID) -> str:
         connection = self._connected()
@@ -99,7 +150,7 @@ class LibvirtConsoleEndpoints:
         return xml
 
     def _connected(self) -> Any:
-        with self._opening:
+        with self._locked():
             if self._connection is None:
                 try:
                     connection = libvirt.open(self._uri)
@@ -125,6 +176,40 @@ class LibvirtConsoleEndpoints:
             with contextlib.suppress(libvirt.libvirtError):  # calls under way keep their own ref
                 connection.close()
             logger.warning("libvirt connection %s lost; it is opened again on next use", self._uri)
+
+
+class _Daemons:
+    """Daemon threads for libvirt calls, one more when none is idle: a stuck call keeps
+    its thread, and a daemon does not hold the process at exit."""
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Whether ``job`` was taken (not past ``MAX_CALLS`` threads)."""
+        with self._lock:
+            spawn = self._idle == 0
+            if spawn and self._threads == MAX_CALLS:
+                return False
+            self._idle -= not spawn
+            self._threads += spawn
+        if spawn:
+            threading.Thread(
+                target=self._serve, args=(job,), name="console-auth-libvirt", daemon=True
+            ).start()
+        else:
+            self._work.put(job)
+        return True
+
+    def _serve(self, job: Callable[[], None]) -> None:
+        while True:
+            job()
+            with self._lock:
+                self._idle += 1
+            job = self._work.get()
 
 
 def _message(exc: libvirt.libvirtError) -> str:

@@ -3,6 +3,10 @@ real domains defined and started from XML, read back through the adapter."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from pathlib import Path
 from typing import NoReturn
 from uuid import UUID
 
@@ -219,3 +223,57 @@ def test_proxy_client_addresses_are_checked() -> None:
         LibvirtConsoleEndpoints(
             "test:///default", vnc_host="not a host", spice_host="h", serial_host="h"
         )
+
+
+def test_a_libvirtd_that_never_answers_is_an_outage_within_the_timeout(tmp_path: Path) -> None:
+    """libvirt's client waits for ever on a daemon that accepts and stays
+    silent (a hung libvirtd); the adapter's caller, and its close, must not."""
+    libvirt_or_skip()
+    from console_auth.adapters.libvirt import LibvirtConsoleEndpoints
+
+    path = tmp_path / "libvirt-sock"
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(path))
+        silent.listen(8)  # the kernel accepts; nothing ever answers
+        adapter = LibvirtConsoleEndpoints(
+            f"qemu+unix:///system?socket={path}",
+            vnc_host=VNC_HOST,
+            spice_host=SPICE_HOST,
+            serial_host=SERIAL_HOST,
+            timeout=0.5,
+        )
+        for _ in range(2):  # the first call's stuck open does not hold the next one
+            started_at = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="no answer"):
+                adapter.endpoint(new_instance(), ConsoleType.NOVNC)
+            assert time.monotonic() - started_at < 3
+        started_at = time.monotonic()
+        adapter.close()
+        assert time.monotonic() - started_at < 3
+
+
+def test_stuck_libvirt_calls_hold_a_bounded_number_of_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    libvirt_or_skip()
+    from console_auth.adapters import libvirt as module
+
+    monkeypatch.setattr(module, "MAX_CALLS", 1)
+    path = tmp_path / "libvirt-sock"
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(path))
+        silent.listen(8)
+        adapter = module.LibvirtConsoleEndpoints(
+            f"qemu+unix:///system?socket={path}",
+            vnc_host=VNC_HOST,
+            spice_host=SPICE_HOST,
+            serial_host=SERIAL_HOST,
+            timeout=0.5,
+        )
+        with pytest.raises(BackendUnavailable, match="no answer"):
+            adapter.endpoint(new_instance(), ConsoleType.NOVNC)  # its thread stays stuck
+        threads = threading.active_count()
+        for _ in range(3):
+            with pytest.raises(BackendUnavailable, match="1 calls are still waiting"):
+                adapter.endpoint(new_instance(), ConsoleType.NOVNC)
+        assert threading.active_count() == threads

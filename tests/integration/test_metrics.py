@@ -178,6 +178,25 @@ async def test_metrics_are_a_404_to_clients_outside_the_allowed_networks() -> No
 
 
 @pytest.mark.asyncio
+async def test_behind_a_trusted_proxy_metrics_go_by_the_forwarded_client() -> None:
+    """A reverse proxy on loopback, listed in trusted_proxies: a browser it
+    forwards is 404 even when it forges a loopback hop; a local scraper it
+    forwards is served."""
+    rules = replace(CONFIG.rules, trusted_proxies=(IPv4Network("127.0.0.0/8"),))
+    async with (
+        metered_proxy(Metered(), replace(CONFIG, rules=rules)) as port,
+        ClientSession() as http,
+    ):
+        url = f"http://127.0.0.1:{port}/metrics"
+        for forwarded in ("203.0.113.7", "127.0.0.1, 203.0.113.7", "not-an-address"):
+            async with http.get(url, headers={"X-Forwarded-For": forwarded}) as answer:
+                assert answer.status == 404, forwarded
+        async with http.get(url, headers={"X-Forwarded-For": "127.0.0.1"}) as answer:
+            assert answer.status == 200
+            assert "console_auth_tokens_issued_total" in await answer.text()
+
+
+@pytest.mark.asyncio
 async def test_the_console_auth_proxy_command_serves_metrics(tmp_path: Path) -> None:
     """``console-auth proxy`` with the extra installed: metrics on by default,
     moving with a session and a refusal, with no token or uuid in them."""
