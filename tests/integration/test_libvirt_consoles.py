@@ -183,7 +183,12 @@ class _DeadConnection:
         self.closed = False
 
     def lookupByUUIDString(self, uuid: str) -> NoReturn:  # noqa: N802 - libvirt's name
-        raise self._libvirt.libvirtError("End of file while reading data: Input/output error")
+        lv = self._libvirt
+        message = "End of file while reading data: Input/output error"
+        error = lv.libvirtError(message)
+        # libvirtError reads the calling thread's last error; pin the one a lost peer gives
+        error.err = (lv.VIR_ERR_SYSTEM_ERROR, lv.VIR_FROM_RPC, message, lv.VIR_ERR_ERROR)
+        raise error
 
     def isAlive(self) -> int:  # noqa: N802
         return 0
