@@ -27,6 +27,7 @@ from console_auth.adapters import settings as settings_module
 from console_auth.adapters.container import Container, build_container
 from console_auth.adapters.settings import MetricsSettings, ProxySettings, load_settings
 from console_auth.adapters.sql import current_revision, downgrade, upgrade
+from console_auth.adapters.toml_files import read_small_file
 from console_auth.application.ports import StoredConnection
 from console_auth.application.purge import MAX_INTERVAL, PeriodicPurge
 from console_auth.application.service import ConsoleAuthService, Explanation
@@ -304,13 +305,7 @@ def _purge_round(service: ConsoleAuthService, args: argparse.Namespace) -> Calla
 
 def _instances(path: Path) -> list[UUID]:
     """One uuid a line; blank lines and ``#`` comments are skipped."""
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_INSTANCES_FILE + 1)
-    except OSError as exc:
-        raise InvalidRequest(f"--instances-from {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_INSTANCES_FILE:
-        raise InvalidRequest(f"--instances-from {path}: longer than {MAX_INSTANCES_FILE} bytes")
+    _, data = read_small_file(path, "--instances-from", MAX_INSTANCES_FILE)
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:

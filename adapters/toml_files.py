@@ -22,8 +22,8 @@ DEFAULT_RELOAD_INTERVAL: Final = 1.0
 """Seconds between looks at a file: one ``stat`` per second at most, however many lookups."""
 
 
-def read_toml(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, dict[str, Any]]:
-    """A small TOML file's ``stat`` and data, every failure an ``InvalidRequest``
+def read_small_file(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, bytes]:
+    """A small regular file's ``stat`` and bytes, every failure an ``InvalidRequest``
     naming ``what`` and ``path``: a FIFO or device is refused without
     blocking on it, and at most ``max_bytes`` are read."""
     try:
@@ -38,6 +38,12 @@ def read_toml(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, di
         raise InvalidRequest(f"{what} {path} cannot be read: {exc.strerror}") from None
     if len(raw) > max_bytes:
         raise InvalidRequest(f"{what} {path} is larger than {max_bytes} bytes")
+    return status, raw
+
+
+def read_toml(path: Path, what: str, max_bytes: int) -> tuple[os.stat_result, dict[str, Any]]:
+    """``read_small_file``, parsed as TOML."""
+    status, raw = read_small_file(path, what, max_bytes)
     try:
         return status, tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -179,6 +179,22 @@ def test_purge_every_is_bounded(capsys: pytest.CaptureFixture[str], every: str) 
     assert "expected 1 to 86400 seconds" in err
 
 
+def test_instances_from_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """The file is read as the cell map is: a FIFO with no writer is no hang."""
+    fifo = tmp_path / "instances"
+    os.mkfifo(fifo)
+    script = Path(sys.executable).parent / "console-auth"
+    done = subprocess.run(
+        [str(script), "purge", "--instances-from", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "is not a regular file" in done.stderr
+
+
 def purge_process(*argv: str) -> subprocess.Popen[str]:
     script = Path(sys.executable).parent / "console-auth"
     return subprocess.Popen(
