@@ -39,7 +39,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Final
 
-from console_auth.application.events import FIELDS, ConsoleEvent
+from console_auth.application.events import FIELDS, ConsoleEvent, validated_event
+from console_auth.domain import ConsoleConnection
 
 AUDIT_LOGGER: Final = "console_auth.audit"
 AUDIT_FIELDS: Final = ("event", *FIELDS[1:])
@@ -53,6 +54,9 @@ class LoggingConsoleEvents:
         self._logger = logger or logging.getLogger(AUDIT_LOGGER)
 
     around: Final = None  # no span: the use case runs unwrapped
+
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
+        self.record(validated_event(connection, duration))
 
     def record(self, event: ConsoleEvent) -> None:
         if not self._logger.isEnabledFor(logging.INFO):

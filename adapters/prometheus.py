@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from console_auth.application.events import ConsoleEvent, EventName, UseCase
-from console_auth.domain import ConsoleType
+from console_auth.domain import ConsoleConnection, ConsoleType
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +55,14 @@ every call in the first bucket."""
 
 
 EVICTIONS: Final = "console_auth_memcached_evictions"
-_VALIDATED: Final = EventName.VALIDATED
 
 # The validate path's per-thread slots: a count per console kind, then the
 # buckets (the last: +Inf) and the sum, for valid then refused validates.
 _KIND_SLOT: Final = {kind.value: n for n, kind in enumerate(ConsoleType)}
 _BUCKETS: Final = len(VALIDATE_BUCKETS) + 1
 _VALID: Final = len(_KIND_SLOT)
-_VALID_SUM: Final = _VALID + _BUCKETS
-_REFUSED: Final = _VALID_SUM + 1
-_REFUSED_SUM: Final = _REFUSED + _BUCKETS
-_SLOTS: Final = _REFUSED_SUM + 1
+_REFUSED: Final = _VALID + _BUCKETS + 1
+_SLOTS: Final = _REFUSED + _BUCKETS + 1
 
 
 class PrometheusConsoleEvents:
@@ -131,6 +128,7 @@ class PrometheusConsoleEvents:
             registry.register(_Evictions(evictions))
         self._on: dict[EventName, Callable[[ConsoleEvent], None]] = {
             EventName.ISSUED: self._on_issued,
+            EventName.VALIDATED: self._on_validated,
             EventName.REFUSED: self._on_refused,
             EventName.FAILED: self._on_failed,
             EventName.REVOKED: self._on_revoked,
@@ -143,19 +141,17 @@ class PrometheusConsoleEvents:
 
     around: Final = None  # no span: the use case runs unwrapped
 
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
+        # ``_ValidateMetrics.timed`` inline: the hot path (ARCHITECTURE.md, observability)
+        try:
+            slots: list[float] = self._local.slots
+        except AttributeError:
+            slots = self._validate.new_slots()
+        slots[_KIND_SLOT[connection.console_type]] += 1
+        slots[_VALID + bisect_left(VALIDATE_BUCKETS, duration)] += 1
+        slots[_VALID + _BUCKETS] += duration
+
     def record(self, event: ConsoleEvent) -> None:
-        if event.name is _VALIDATED:  # the hot path: inline, no lock, no dispatch
-            try:
-                slots: list[float] = self._local.slots
-            except AttributeError:
-                slots = self._validate.new_slots()
-            connection = event.connection
-            kind = event.kind if connection is None else connection.console_type
-            slots[_KIND_SLOT[kind or ""]] += 1
-            duration = event.duration or 0.0
-            slots[_VALID + bisect_left(VALIDATE_BUCKETS, duration)] += 1
-            slots[_VALID_SUM] += duration
-            return
         on = self._on.get(event.name)
         if on is not None:
             on(event)
@@ -170,6 +166,9 @@ class PrometheusConsoleEvents:
     def _on_issued(self, event: ConsoleEvent) -> None:
         self._issued[event.kind or ""].inc()
 
+    def _on_validated(self, event: ConsoleEvent) -> None:  # recorded as an event, not the hot path
+        self._validate.timed(_VALID, event.duration, event.kind)
+
     def _on_refused(self, event: ConsoleEvent) -> None:
         reason = event.reason or ""
         child = self._refused_by.get(reason)
@@ -177,7 +176,7 @@ class PrometheusConsoleEvents:
             child = self._refused_by[reason] = self._refused.labels(self._backend, reason)
         child.inc()
         if event.use_case is UseCase.VALIDATE:
-            self._validate.refused(event.duration)
+            self._validate.timed(_REFUSED, event.duration)
 
     def _on_failed(self, event: ConsoleEvent) -> None:
         self._failures.labels(self._backend, event.use_case.value, event.reason or "").inc()
@@ -251,14 +250,18 @@ class _ValidateMetrics(Collector):
         self._live: list[list[float]] = []
         self._retired = [0.0] * _SLOTS
 
-    def refused(self, duration: float | None) -> None:
+    def timed(self, outcome: int, duration: float | None, kind: str | None = None) -> None:
+        """One validate, valid (counted by ``kind``) or refused: into this
+        thread's own slots, with no lock."""
         try:
             slots: list[float] = self.local.slots
         except AttributeError:
             slots = self.new_slots()
         duration = duration or 0.0
-        slots[_REFUSED + bisect_left(VALIDATE_BUCKETS, duration)] += 1
-        slots[_REFUSED_SUM] += duration
+        if kind is not None:
+            slots[_KIND_SLOT[kind]] += 1
+        slots[outcome + bisect_left(VALIDATE_BUCKETS, duration)] += 1
+        slots[outcome + _BUCKETS] += duration
 
     def new_slots(self) -> list[float]:
         slots = [0.0] * _SLOTS

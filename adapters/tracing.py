@@ -17,7 +17,8 @@ from typing import Final
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from console_auth.application.events import ConsoleEvent, EventName, UseCase
+from console_auth.application.events import ConsoleEvent, EventName, UseCase, validated_event
+from console_auth.domain import ConsoleConnection
 
 TRACER_NAME: Final = "console_auth"
 _ERRORS: Final = frozenset({EventName.REFUSED, EventName.FAILED, EventName.SESSION_REFUSED})
@@ -36,6 +37,9 @@ class OpenTelemetryConsoleEvents:
             record_exception=False,
             set_status_on_exception=False,
         )
+
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
+        self.record(validated_event(connection, duration))
 
     def record(self, event: ConsoleEvent) -> None:
         span = trace.get_current_span()

@@ -6,8 +6,10 @@ with no ``ConsoleEvents`` wired the decorator only checks ``None`` and
 calls through, so nothing is built or timed; with one, the run is timed,
 wrapped in the recorder's ``around`` when it has one (a tracer's span), and
 ends in one ``ConsoleEvent``: the use case's success event, or its failure
-with the error's reason code. An event's fields hold no token and no full
-token hash: a hash prefix of 8 hex, as the logs.
+with the error's reason code; a validate that succeeds, the hot path, is
+given to the recorder's ``validated`` without building one. An event's
+fields hold no token and no full token hash: a hash prefix of 8 hex, as
+the logs.
 """
 
 from __future__ import annotations
@@ -281,12 +283,28 @@ def _result_fields(result: object) -> EventFields:
     return {}
 
 
+def validated_event(connection: ConsoleConnection, duration: float) -> ConsoleEvent:
+    """The event of a validate that opened ``connection``, for a recorder
+    that wants one (``ConsoleEvents.validated`` is given it without)."""
+    return ConsoleEvent(EventName.VALIDATED, UseCase.VALIDATE, duration, connection)
+
+
 def record_safely(events: ConsoleEvents, event: ConsoleEvent) -> None:
     """Record; a recorder's fault is logged, never the use case's failure."""
     try:
         events.record(event)
     except Exception:
         logger.exception("console event %s not recorded", event.name)
+
+
+def validated_safely(
+    events: ConsoleEvents, connection: ConsoleConnection, duration: float
+) -> None:
+    """``record_safely`` for a validate that opened ``connection``."""
+    try:
+        events.validated(connection, duration)
+    except Exception:
+        logger.exception("console event %s not recorded", EventName.VALIDATED)
 
 
 class Observable(Protocol):
@@ -327,31 +345,35 @@ def observed(
             if events is None:  # the hot path when nobody listens: nothing built
                 return method(self, *args, **kwargs)
             around = events.around
-            if around is None:  # a recorder without spans (metrics): nothing to enter
+            if around is not None:
+                with around(use_case):
+                    return reported(events, self, args, kwargs)
+            if not validating:
                 return reported(events, self, args, kwargs)
-            with around(use_case):
-                return reported(events, self, args, kwargs)
+            started = perf_counter()  # validate without spans (metrics): inline, the hot path
+            try:
+                result = method(self, *args, **kwargs)
+            except Exception as exc:
+                failed(events, exc, perf_counter() - started, args, kwargs)
+                raise
+            try:  # validated_safely, inline
+                events.validated(result, perf_counter() - started)  # type: ignore[arg-type]
+            except Exception:
+                logger.exception("console event %s not recorded", success)
+            return result
 
         def reported(events: ConsoleEvents, service: _S, args: Any, kwargs: Any) -> _R:
             started = perf_counter()
             try:
                 result = method(service, *args, **kwargs)
             except Exception as exc:
-                duration = perf_counter() - started
-                fields = asked(*args, **kwargs)
-                fields["reason"] = (
-                    exc.code if isinstance(exc, ConsoleAuthError) else "internal_error"
-                )
-                failed = tuple.__new__(ConsoleEvent, (failure, use_case, duration, None, fields))
-                try:
-                    events.record(failed)
-                except Exception:
-                    logger.exception("console event %s not recorded", failed.name)
+                failed(events, exc, perf_counter() - started, args, kwargs)
                 raise
             duration = perf_counter() - started
-            if validating:  # the one hot path; tuple.__new__: the named tuple's is Python
-                event = tuple.__new__(ConsoleEvent, (success, use_case, duration, result, None))
-            elif isinstance(result, ConsoleConnection):
+            if validating:  # no event built: the recorder's own choice
+                validated_safely(events, result, duration)  # type: ignore[arg-type]
+                return result
+            if isinstance(result, ConsoleConnection):
                 event = ConsoleEvent(success, use_case, duration, result)
             elif isinstance(result, IssuedConsole):
                 event = ConsoleEvent(success, use_case, duration, result.connection)
@@ -365,6 +387,13 @@ def observed(
             except Exception:
                 logger.exception("console event %s not recorded", event.name)
             return result
+
+        def failed(
+            events: ConsoleEvents, exc: Exception, duration: float, args: Any, kwargs: Any
+        ) -> None:
+            fields = asked(*args, **kwargs)
+            fields["reason"] = exc.code if isinstance(exc, ConsoleAuthError) else "internal_error"
+            record_safely(events, ConsoleEvent(failure, use_case, duration, None, fields))
 
         return run
 
@@ -389,6 +418,10 @@ class FanOutConsoleEvents:
     def record(self, event: ConsoleEvent) -> None:
         for recorder in self._recorders:
             record_safely(recorder, event)
+
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
+        for recorder in self._recorders:
+            validated_safely(recorder, connection, duration)
 
 
 @contextlib.contextmanager

@@ -260,3 +260,8 @@ class ConsoleEvents(Protocol):
     def record(self, event: ConsoleEvent) -> None:
         """One use case's outcome (or a proxy session's step)."""
         ...
+
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
+        """A validate that opened ``connection`` in ``duration`` seconds: the
+        hot path, so no event is built for it (``events.validated_event``)."""
+        ...

@@ -11,7 +11,7 @@ from typing import Final, NoReturn
 from uuid import UUID
 
 from console_auth.adapters.memory import InMemoryConsoleConnectionRepository
-from console_auth.application.events import ConsoleEvent, UseCase
+from console_auth.application.events import ConsoleEvent, UseCase, validated_event
 from console_auth.application.ports import StoredConnection
 from console_auth.domain import TOKEN_LENGTH, BackendUnavailable, ConsoleConnection
 
@@ -168,3 +168,6 @@ class RecordingEvents:
     def record(self, event: ConsoleEvent) -> None:
         self.events.append(event)
         self.recorded_inside.append(self.running[-1] if self.running else None)
+
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
+        self.record(validated_event(connection, duration))

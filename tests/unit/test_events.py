@@ -26,6 +26,7 @@ from console_auth.application.events import (
 from console_auth.domain import (
     BackendUnavailable,
     ConsoleAuthError,
+    ConsoleConnection,
     InstanceMismatch,
     InvalidRequest,
     InvalidToken,
@@ -262,6 +263,9 @@ class Broken:
         return contextlib.nullcontext()  # a span that works, a record that fails
 
     def record(self, event: ConsoleEvent) -> None:
+        raise RuntimeError("recorder bug")
+
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
         raise RuntimeError("recorder bug")
 
 
