@@ -61,7 +61,7 @@ from console_auth.application.ports import (
     PortLeaseRepository,
     PortReservationRepository,
 )
-from console_auth.domain import BackendUnavailable, ConsoleAuthError, ConsoleType, InvalidRequest
+from console_auth.domain import BackendUnavailable, ConsoleAuthError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -179,14 +179,9 @@ def _memcached_store(memcached: Mapping[str, Any]) -> Iterator[Store]:
             MemcachedClient,
             MemcachedConsoleConnectionRepository,
         )
+    # The section's fields are the client's arguments, but for the repository's two.
     client = MemcachedClient(
-        memcached["servers"],
-        connect_timeout=memcached["connect_timeout"],
-        timeout=memcached["timeout"],
-        max_idle=memcached["max_idle"],
-        retry_attempts=memcached["retry_attempts"],
-        retry_timeout=memcached["retry_timeout"],
-        dead_timeout=memcached["dead_timeout"],
+        **{k: v for k, v in memcached.items() if k not in ("key_prefix", "expired_retention")}
     )
     with closing(client):
         yield Store(
@@ -199,14 +194,11 @@ def _memcached_store(memcached: Mapping[str, Any]) -> Iterator[Store]:
         )
 
 
-def _tokens(
-    primary: Store, fallback: str, stores: Mapping[str, Callable[[], Store]]
-) -> ConsoleConnectionRepository:
-    """The primary's tokens, paired with the ``fallback`` backend's while
-    switching (that store is opened only then)."""
-    if fallback == "none":
+def _tokens(primary: Store, fallback: Store | None) -> ConsoleConnectionRepository:
+    """The primary's tokens, paired with the ``fallback`` backend's while switching."""
+    if fallback is None:
         return primary.tokens
-    return FallbackConsoleConnectionRepository(primary.tokens, stores[fallback]().tokens)
+    return FallbackConsoleConnectionRepository(primary.tokens, fallback.tokens)
 
 
 def _policy(settings: Mapping[str, Any]) -> ServicePolicy:
@@ -231,10 +223,12 @@ def _ports(
 
 def _console_endpoints(
     driver: str, libvirt: Mapping[str, Any], static_consoles_file: Path
-) -> Iterator[ConsoleEndpoints | None]:
-    """The configured driver's ``ConsoleEndpoints`` (``None`` for "none")."""
-    if driver != "libvirt":
-        yield StaticConsoleEndpoints(static_consoles_file) if driver == "static" else None
+) -> Iterator[ConsoleEndpoints]:
+    """The configured driver's ``ConsoleEndpoints``."""
+    if driver == "none":
+        raise InvalidRequest(NO_CONSOLE_DRIVER)
+    if driver == "static":
+        yield StaticConsoleEndpoints(static_consoles_file)
         return
     with _extra("the libvirt console driver needs libvirt-python", "libvirt"):
         from console_auth.adapters.libvirt import LibvirtConsoleEndpoints
@@ -246,18 +240,6 @@ def _console_endpoints(
     )
     with closing(endpoints):
         yield endpoints
-
-
-def _instance_consoles(
-    consoles: ConsoleAuthService,
-    endpoints: ConsoleEndpoints | None,
-    serial_ports: Callable[[], ConsolePortService],
-    access_url_bases: Mapping[str, str],
-) -> InstanceConsoleService:
-    if endpoints is None:
-        raise InvalidRequest(NO_CONSOLE_DRIVER)
-    bases = {ConsoleType(kind): base for kind, base in access_url_bases.items()}
-    return InstanceConsoleService(consoles, endpoints, serial_ports, bases)
 
 
 def _metrics_registry() -> Any:
@@ -316,12 +298,13 @@ class Container(containers.DeclarativeContainer):
     store = providers.Selector(
         config.console_tokens_backend, database=database, memcached=memcached, memory=memory
     )
-    # ``fallback`` other than "none" only while switching backends.
+    # ``fallback`` other than "none" only while switching backends: its store opens only then.
     repository = providers.Singleton(
         _tokens,
         primary=store,
-        fallback=config.fallback,
-        stores=providers.Dict(database=database.provider, memcached=memcached.provider),
+        fallback=providers.Selector(
+            config.fallback, none=providers.Object(None), database=database, memcached=memcached
+        ),
     )
     policy = providers.Singleton(_policy, settings=config)
     metrics_registry = providers.Singleton(_metrics_registry)
@@ -353,7 +336,7 @@ class Container(containers.DeclarativeContainer):
         static_consoles_file=config.static_consoles_file,
     )
     consoles = providers.Factory(
-        _instance_consoles,
+        InstanceConsoleService,
         consoles=service,
         endpoints=console_endpoints,
         serial_ports=ports.provider,
