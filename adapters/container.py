@@ -180,18 +180,12 @@ def _memcached_store(memcached: Mapping[str, Any]) -> Iterator[Store]:
             MemcachedConsoleConnectionRepository,
         )
     # The section's fields are the client's arguments, but for the repository's two.
-    client = MemcachedClient(
-        **{k: v for k, v in memcached.items() if k not in ("key_prefix", "expired_retention")}
-    )
+    client_settings = dict(memcached)
+    repository = {k: client_settings.pop(k) for k in ("key_prefix", "expired_retention")}
+    client = MemcachedClient(**client_settings)
     with closing(client):
-        yield Store(
-            MemcachedConsoleConnectionRepository(
-                client,
-                key_prefix=memcached["key_prefix"],
-                expired_retention=memcached["expired_retention"],
-            ),
-            evictions=client.evictions,
-        )
+        tokens = MemcachedConsoleConnectionRepository(client, **repository)
+        yield Store(tokens, evictions=client.evictions)
 
 
 def _tokens(primary: Store, fallback: Store | None) -> ConsoleConnectionRepository:

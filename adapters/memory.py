@@ -257,10 +257,13 @@ class InMemoryConsoleEndpoints:
             self._endpoints.pop(parse_instance_uuid(instance_uuid), None)
 
     def endpoint(self, instance_uuid: UUID, console_type: ConsoleType) -> ConsoleEndpoint:
-        consoles = self._endpoints.get(instance_uuid)  # reads need no lock, as get_by_hash's
-        if consoles is None:
-            raise InstanceNotFound(f"no console endpoints are known for instance {instance_uuid}")
-        endpoint = consoles.get(console_type)
+        with self._lock:
+            consoles = self._endpoints.get(instance_uuid)
+            if consoles is None:
+                raise InstanceNotFound(
+                    f"no console endpoints are known for instance {instance_uuid}"
+                )
+            endpoint = consoles.get(console_type)
         if endpoint is None:
             raise ConsoleTypeUnavailable(
                 f"instance {instance_uuid} has no {console_type.value} console"
