@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from uuid import UUID
 
 from console_auth.adapters.toml_files import DEFAULT_RELOAD_INTERVAL, ReloadingTomlFile
@@ -17,9 +17,8 @@ from console_auth.domain import InvalidRequest, UnknownCell
 from console_auth.domain.model import parse_host, parse_instance_uuid
 
 logger = logging.getLogger(__name__)
-_K = TypeVar("_K", str, UUID)
 
-_KEYS: Final = frozenset({"hosts", "instances"})
+_KEYS: Final = {"hosts": parse_host, "instances": parse_instance_uuid}
 MAX_CELL_MAP_BYTES: Final = 64 << 20
 """About 1.5 million instances; a larger file is refused rather than read."""
 
@@ -69,27 +68,17 @@ class FileCellLocator:
 
 
 def _parse(data: Mapping[str, Any], cells: Sequence[str]) -> _CellMap:
-    instances: dict[UUID, str] = {}
-    hosts: dict[str, str] = {}
+    found: dict[str, dict[Any, str]] = {key: {} for key in _KEYS}
     for cell, entry in data.items():
         if cell not in cells:
             raise InvalidRequest(f"[{cell}] is not a configured cell")
-        if not isinstance(entry, dict) or not set(entry) <= _KEYS:
+        if not isinstance(entry, dict) or not entry.keys() <= _KEYS.keys():
             raise InvalidRequest(f"[{cell}] must be a table of hosts and instances")
-        for host in _listed(entry, "hosts", cell):
-            _place(hosts, parse_host(host), cell)
-        for instance in _listed(entry, "instances", cell):
-            _place(instances, parse_instance_uuid(instance), cell)
-    return _CellMap(instances, hosts)
-
-
-def _listed(entry: Mapping[str, Any], key: str, cell: str) -> list[Any]:
-    values = entry.get(key, [])
-    if not isinstance(values, list):
-        raise InvalidRequest(f"[{cell}] {key} must be a list")
-    return values
-
-
-def _place(found: dict[_K, str], name: _K, cell: str) -> None:
-    if found.setdefault(name, cell) != cell:
-        raise InvalidRequest(f"{name} is in cells {found[name]} and {cell}")
+        for key, parse in _KEYS.items():
+            names = entry.get(key, [])
+            if not isinstance(names, list):
+                raise InvalidRequest(f"[{cell}] {key} must be a list")
+            for name in map(parse, names):
+                if found[key].setdefault(name, cell) != cell:
+                    raise InvalidRequest(f"{name} is in cells {found[key][name]} and {cell}")
+    return _CellMap(found["instances"], found["hosts"])

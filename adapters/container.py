@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any, Final
 from dependency_injector import containers, providers
 from sqlalchemy import Engine
 
+from console_auth.adapters.audit import LoggingConsoleEvents
 from console_auth.adapters.cells import FileCellLocator
 from console_auth.adapters.memory import (
     InMemoryConsoleConnectionRepository,
@@ -37,6 +38,7 @@ from console_auth.adapters.sql import (
     guard_schema,
     open_engine,
 )
+from console_auth.adapters.static_consoles import StaticConsoleEndpoints
 from console_auth.adapters.system import SecretsLeaseIdSource, SecretsTokenSource, SystemClock
 from console_auth.application import (
     CellRoutedConsoleConnectionRepository,
@@ -59,7 +61,7 @@ from console_auth.application.ports import (
     PortLeaseRepository,
     PortReservationRepository,
 )
-from console_auth.domain import BackendUnavailable, ConsoleType, InvalidRequest
+from console_auth.domain import BackendUnavailable, ConsoleAuthError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +69,18 @@ SERIAL_NEEDS_DATABASE: Final = (
     'serial consoles need the database backend (console_tokens_backend = "database"): '
     "memcached may evict a port lease"
 )
+NO_CONSOLE_DRIVER: Final = (
+    'no console driver is configured: set console_driver to "libvirt" or "static"'
+)
 
 
-def _open(url: str) -> Engine:
-    """``open_engine``, creating the default SQLite file's directory (0700:
-    it holds the token store), and with every bad URL option typed."""
-    if url == default_database_url():
-        default_database_path().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+@contextmanager
+def _extra(needs: str, extra: str) -> Iterator[None]:
+    """Around the import of an extra's adapter: if it is missing, say what to install."""
     try:
-        engine = open_engine(url)
-    except (ValueError, TypeError):  # a driver argument create_engine cannot convert
-        raise InvalidRequest("database URL has an invalid option in its query") from None
-    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        logger.info("token store: SQLite file %s", Path(engine.url.database).absolute())
-    return engine
+        yield
+    except ImportError as exc:
+        raise InvalidRequest(f"{needs}: install console-auth[{extra}]") from exc
 
 
 @dataclass(frozen=True)
@@ -95,20 +95,35 @@ class Store:
     """Items the store's servers evicted, by server (memcached), for metrics."""
 
 
+def _databases(
+    database: Mapping[str, Any], cells: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """The database settings by cell (``""``: the one database, without cells)."""
+    return {name: cell["database"] for name, cell in cells.items()} if cells else {"": database}
+
+
 def _database_store(
     database: Mapping[str, Any],
     cells: Mapping[str, Mapping[str, Any]],
-    cell_map_file: Path | None,
+    cell_map_file: Path,
     search_timeout: float,
 ) -> Iterator[Store]:
-    """The ``database`` backend: one database, or one per cell routed by the cell map."""
+    """The ``database`` backend: one database, or one per cell routed by the cell map; each
+    engine checks its schema on first connection, and it and its statements close at shutdown."""
     with ExitStack() as stack:
+        databases: dict[str, Statements] = {}
+        for name, settings in _databases(database, cells).items():
+            engine = _opened(stack, settings["url"], name)
+            guard_schema(engine, auto_migrate=settings["auto_migrate"])
+            databases[name] = stack.enter_context(closing(Statements(engine)))
         if not cells:
-            yield _sql_store(_checked(stack, database))
+            db = databases[""]
+            yield Store(
+                SqlConsoleConnectionRepository(db),
+                SqlPortLeaseRepository(db),
+                SqlPortReservationRepository(db),
+            )
             return
-        databases = {name: _checked(stack, cell["database"], name) for name, cell in cells.items()}
-        if cell_map_file is None:
-            raise InvalidRequest("cells need cell_map_file")
         locator = FileCellLocator(cell_map_file, list(cells))
         tokens = CellRoutedConsoleConnectionRepository(
             {name: SqlConsoleConnectionRepository(db) for name, db in databases.items()},
@@ -128,95 +143,56 @@ def _database_store(
         )
 
 
-def _sql_store(statements: Statements) -> Store:
-    return Store(
-        SqlConsoleConnectionRepository(statements),
-        SqlPortLeaseRepository(statements),
-        SqlPortReservationRepository(statements),
-    )
-
-
-def _checked(stack: ExitStack, database: Mapping[str, Any], cell: str = "") -> Statements:
-    """The statements of an engine that checks its schema on first
-    connection; both closed with ``stack``."""
-    engine = _opened(stack, database["url"], cell)
-    guard_schema(engine, auto_migrate=database["auto_migrate"])
-    statements = Statements(engine)
-    stack.callback(statements.close)
-    return statements
-
-
-def _opened(stack: ExitStack, url: str, cell: str = "") -> Engine:
-    """An engine disposed with ``stack``; an error names the cell, if any."""
+def _opened(stack: ExitStack, url: str, cell: str) -> Engine:
+    """``open_engine``, disposed with ``stack``, every bad URL option typed and an error
+    naming the cell, if any; the default SQLite file's directory made 0700 (the token store)."""
+    if url == default_database_url():
+        default_database_path().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        engine = _open(url)
-    except (BackendUnavailable, InvalidRequest) as exc:
-        if not cell:
-            raise
-        raise type(exc)(f"cell {cell}: {exc}") from (exc.__cause__ or exc)
+        engine = open_engine(url)
+    except (BackendUnavailable, ValueError, TypeError) as exc:
+        if not isinstance(exc, ConsoleAuthError):  # a driver argument create_engine cannot convert
+            exc = InvalidRequest("database URL has an invalid option in its query")
+        raise type(exc)(f"cell {cell}: {exc}" if cell else str(exc)) from exc.__cause__
     stack.callback(engine.dispose)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        logger.info("token store: SQLite file %s", Path(engine.url.database).absolute())
     return engine
 
 
 def _migration_engines(
-    url: str, cells: Mapping[str, Mapping[str, Any]]
+    database: Mapping[str, Any], cells: Mapping[str, Mapping[str, Any]]
 ) -> Iterator[dict[str, Engine]]:
-    """The databases ``console-auth db`` migrates, by cell (``""``: the one
-    database), with no schema check, so that it can fix a schema."""
-    urls = {name: cell["database"]["url"] for name, cell in cells.items()} if cells else {"": url}
+    """The databases ``console-auth db`` migrates, by cell, with no schema
+    check, so that it can fix a schema."""
     with ExitStack() as stack:
-        yield {name: _opened(stack, cell_url, name) for name, cell_url in urls.items()}
+        yield {
+            name: _opened(stack, db["url"], name)
+            for name, db in _databases(database, cells).items()
+        }
 
 
 def _memcached_store(memcached: Mapping[str, Any]) -> Iterator[Store]:
     """The ``memcached`` backend: tokens only, on one client (a connection pool per server)."""
-    try:
+    with _extra("the memcached backend needs pymemcache", "memcached"):
         from console_auth.adapters.memcached import (
             MemcachedClient,
             MemcachedConsoleConnectionRepository,
         )
-    except ImportError as exc:
-        raise InvalidRequest(
-            "the memcached backend needs pymemcache: install console-auth[memcached]"
-        ) from exc
-    client = MemcachedClient(
-        memcached["servers"],
-        connect_timeout=memcached["connect_timeout"],
-        timeout=memcached["timeout"],
-        max_idle=memcached["max_idle"],
-        retry_attempts=memcached["retry_attempts"],
-        retry_timeout=memcached["retry_timeout"],
-        dead_timeout=memcached["dead_timeout"],
-    )
-    try:
-        yield Store(
-            MemcachedConsoleConnectionRepository(
-                client,
-                key_prefix=memcached["key_prefix"],
-                expired_retention=memcached["expired_retention"],
-            ),
-            evictions=client.evictions,
-        )
-    finally:
-        client.close()
+    # The section's fields are the client's arguments, but for the repository's two.
+    client_settings = dict(memcached)
+    repository = {k: client_settings.pop(k) for k in ("key_prefix", "expired_retention")}
+    client = MemcachedClient(**client_settings)
+    with closing(client):
+        tokens = MemcachedConsoleConnectionRepository(client, **repository)
+        yield Store(tokens, evictions=client.evictions)
 
 
-def _memory_store() -> Store:
-    return Store(
-        InMemoryConsoleConnectionRepository(),
-        InMemoryPortLeaseRepository(),
-        InMemoryPortReservationRepository(),
-    )
-
-
-def _tokens(
-    primary: Store, fallback: str, stores: Mapping[str, Callable[[], Store]]
-) -> ConsoleConnectionRepository:
-    """The primary's tokens, paired with the ``fallback`` backend's while
-    switching (that store is opened only then)."""
-    if fallback == "none":
+def _tokens(primary: Store, fallback: Store | None) -> ConsoleConnectionRepository:
+    """The primary's tokens, paired with the ``fallback`` backend's while switching."""
+    if fallback is None:
         return primary.tokens
-    return FallbackConsoleConnectionRepository(primary.tokens, stores[fallback]().tokens)
+    return FallbackConsoleConnectionRepository(primary.tokens, fallback.tokens)
 
 
 def _policy(settings: Mapping[str, Any]) -> ServicePolicy:
@@ -239,53 +215,25 @@ def _ports(
     return ConsolePortService(consoles, store.leases, store.reservations, lease_ids)
 
 
-NO_CONSOLE_DRIVER: Final = (
-    'no console driver is configured: set console_driver to "libvirt" or "static"'
-)
-
-
 def _console_endpoints(
-    driver: str, libvirt: Mapping[str, Any], static_consoles_file: Path | None
-) -> Iterator[ConsoleEndpoints | None]:
-    """The configured driver's ``ConsoleEndpoints`` (``None`` for "none")."""
+    driver: str, libvirt: Mapping[str, Any], static_consoles_file: Path
+) -> Iterator[ConsoleEndpoints]:
+    """The configured driver's ``ConsoleEndpoints``."""
+    if driver == "none":
+        raise InvalidRequest(NO_CONSOLE_DRIVER)
     if driver == "static":
-        from console_auth.adapters.static_consoles import StaticConsoleEndpoints
-
-        if static_consoles_file is None:
-            raise InvalidRequest("the static console driver needs static_consoles_file")
         yield StaticConsoleEndpoints(static_consoles_file)
         return
-    if driver != "libvirt":
-        yield None
-        return
-    try:
+    with _extra("the libvirt console driver needs libvirt-python", "libvirt"):
         from console_auth.adapters.libvirt import LibvirtConsoleEndpoints
-    except ImportError as exc:
-        raise InvalidRequest(
-            "the libvirt console driver needs libvirt-python: install console-auth[libvirt]"
-        ) from exc
     endpoints = LibvirtConsoleEndpoints(
         libvirt["uri"],
         vnc_host=libvirt["vnc_proxyclient_address"],
         spice_host=libvirt["spice_proxyclient_address"],
         serial_host=libvirt["serial_proxyclient_address"],
     )
-    try:
+    with closing(endpoints):
         yield endpoints
-    finally:
-        endpoints.close()
-
-
-def _instance_consoles(
-    consoles: ConsoleAuthService,
-    endpoints: ConsoleEndpoints | None,
-    serial_ports: Callable[[], ConsolePortService],
-    access_url_bases: Mapping[str, str],
-) -> InstanceConsoleService:
-    if endpoints is None:
-        raise InvalidRequest(NO_CONSOLE_DRIVER)
-    bases = {ConsoleType(kind): base for kind, base in access_url_bases.items()}
-    return InstanceConsoleService(consoles, endpoints, serial_ports, bases)
 
 
 def _metrics_registry() -> Any:
@@ -301,32 +249,20 @@ def _metrics(
     """A ``PrometheusConsoleEvents`` if ``enabled``, else ``None`` (the store stays unopened)."""
     if not enabled:
         return None
-    try:
+    with _extra("metrics need prometheus-client", "metrics"):
         from console_auth.adapters.prometheus import PrometheusConsoleEvents
-    except ImportError as exc:
-        raise InvalidRequest(
-            "metrics need prometheus-client: install console-auth[metrics]"
-        ) from exc
     return PrometheusConsoleEvents(registry(), backend=backend, evictions=store().evictions)
 
 
 def _audit(enabled: bool) -> ConsoleEvents | None:
-    if not enabled:
-        return None
-    from console_auth.adapters.audit import LoggingConsoleEvents
-
-    return LoggingConsoleEvents()
+    return LoggingConsoleEvents() if enabled else None
 
 
 def _tracing(enabled: bool) -> ConsoleEvents | None:
     if not enabled:
         return None
-    try:
+    with _extra("tracing needs opentelemetry-api", "tracing"):
         from console_auth.adapters.tracing import OpenTelemetryConsoleEvents
-    except ImportError as exc:
-        raise InvalidRequest(
-            "tracing needs opentelemetry-api: install console-auth[tracing]"
-        ) from exc
     return OpenTelemetryConsoleEvents()
 
 
@@ -347,16 +283,22 @@ class Container(containers.DeclarativeContainer):
         search_timeout=config.cell_search_timeout,
     )
     memcached = providers.Resource(_memcached_store, memcached=config.memcached)
-    memory = providers.Singleton(_memory_store)
+    memory = providers.Singleton(
+        Store,
+        providers.Factory(InMemoryConsoleConnectionRepository),
+        providers.Factory(InMemoryPortLeaseRepository),
+        providers.Factory(InMemoryPortReservationRepository),
+    )
     store = providers.Selector(
         config.console_tokens_backend, database=database, memcached=memcached, memory=memory
     )
-    # ``fallback`` other than "none" only while switching backends.
+    # ``fallback`` other than "none" only while switching backends: its store opens only then.
     repository = providers.Singleton(
         _tokens,
         primary=store,
-        fallback=config.fallback,
-        stores=providers.Dict(database=database.provider, memcached=memcached.provider),
+        fallback=providers.Selector(
+            config.fallback, none=providers.Object(None), database=database, memcached=memcached
+        ),
     )
     policy = providers.Singleton(_policy, settings=config)
     metrics_registry = providers.Singleton(_metrics_registry)
@@ -388,7 +330,7 @@ class Container(containers.DeclarativeContainer):
         static_consoles_file=config.static_consoles_file,
     )
     consoles = providers.Factory(
-        _instance_consoles,
+        InstanceConsoleService,
         consoles=service,
         endpoints=console_endpoints,
         serial_ports=ports.provider,
@@ -396,7 +338,7 @@ class Container(containers.DeclarativeContainer):
     )
     # ``console-auth db``: the databases without the services' schema check.
     migration_engines = providers.Resource(
-        _migration_engines, url=config.database.url, cells=config.cells
+        _migration_engines, database=config.database, cells=config.cells
     )
 
 

@@ -4,21 +4,25 @@ deployments and tests."""
 
 from __future__ import annotations
 
-import functools
 import heapq
+import itertools
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import TypeVar
 from uuid import UUID
 
 from console_auth.application.ports import StoredConnection
-from console_auth.application.service import in_batches, is_listed, purge_in_batches
+from console_auth.application.service import is_listed, purge_in_batches
 from console_auth.domain import ConsoleConnection, ConsoleType, InvalidRequest, UnknownCell
 from console_auth.domain.endpoints import ConsoleEndpoint
 from console_auth.domain.errors import ConsoleTypeUnavailable, InstanceNotFound
 from console_auth.domain.leases import PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
 from console_auth.domain.types import from_microseconds, to_microseconds
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class InMemoryConsoleConnectionRepository:
@@ -42,12 +46,10 @@ class InMemoryConsoleConnectionRepository:
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
         with self._lock:
-            doomed = [h for h, c in self._by_hash.items() if c.instance_uuid == instance_uuid]
-            for token_hash in doomed:
-                del self._by_hash[token_hash]
+            deleted = _delete(self._by_hash, lambda c: c.instance_uuid == instance_uuid)
             at = from_microseconds(to_microseconds(revoked_at))  # UTC; a naive time is refused
             self._revoked[instance_uuid] = max(at, self._revoked.get(instance_uuid, at))
-        return len(doomed)
+        return deleted
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         with self._lock:
@@ -55,34 +57,23 @@ class InMemoryConsoleConnectionRepository:
 
     def delete_revocations(self, before: datetime) -> int:
         with self._lock:
-            doomed = [u for u, at in self._revoked.items() if at < before]
-            for instance_uuid in doomed:
-                del self._revoked[instance_uuid]
-        return len(doomed)
+            return _delete(self._revoked, lambda at: at < before)
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
         return purge_in_batches(self, now, host, batch_size)
 
     def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        return self._delete_expired(now, limit, lambda c: host is None or c.host == host)
+        with self._lock:
+            return _delete(self._by_hash, _expired(now, host), limit)
 
     def purge_instances(
         self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
     ) -> int:
         wanted = frozenset(instance_uuids)
-        of = functools.partial(
-            self._delete_expired, now, where=lambda c: c.instance_uuid in wanted
-        )
-        return in_batches(of, batch_size)
-
-    def _delete_expired(
-        self, now: datetime, limit: int, where: Callable[[ConsoleConnection], bool]
-    ) -> int:
-        with self._lock:
-            doomed = [h for h, c in self._by_hash.items() if c.expires_at <= now and where(c)]
-            for token_hash in doomed[:limit]:
-                del self._by_hash[token_hash]
-        return min(len(doomed), limit)
+        with self._lock:  # one pass: a dict has no transaction to keep short
+            return _delete(
+                self._by_hash, lambda c: c.expires_at <= now and c.instance_uuid in wanted
+            )
 
     def connections(
         self,
@@ -160,24 +151,24 @@ class InMemoryPortLeaseRepository:
 
     def delete_by_instance(self, instance_uuid: UUID) -> int:
         with self._lock:
-            doomed = [k for k, v in self._leases.items() if v.instance_uuid == instance_uuid]
-            for key in doomed:
-                del self._leases[key]
-        return len(doomed)
+            return _delete(self._leases, lambda lease: lease.instance_uuid == instance_uuid)
 
     def purge_expired(self, now: datetime, host: str | None, batch_size: int) -> int:
-        return in_batches(functools.partial(self.delete_expired, now, host), batch_size)
+        with self._lock:  # one pass: a dict has no transaction to keep short
+            return _delete(self._leases, _expired(now, host))
 
-    def delete_expired(self, now: datetime, host: str | None, limit: int) -> int:
-        with self._lock:
-            doomed = [
-                k
-                for k, v in self._leases.items()
-                if v.expires_at <= now and (host is None or v.host == host)
-            ][:limit]
-            for key in doomed:
-                del self._leases[key]
-        return len(doomed)
+
+def _delete(items: dict[_K, _V], doomed: Callable[[_V], bool], limit: int | None = None) -> int:
+    """Delete what ``doomed`` picks (the first ``limit``), under the caller's lock; how many."""
+    keys = list(itertools.islice((k for k, v in items.items() if doomed(v)), limit))
+    for key in keys:
+        del items[key]
+    return len(keys)
+
+
+def _expired(now: datetime, host: str | None) -> Callable[[ConsoleConnection | PortLease], bool]:
+    """What a purge of ``host`` (``None``: every host) deletes at ``now``."""
+    return lambda item: item.expires_at <= now and (host is None or item.host == host)
 
 
 class InMemoryPortReservationRepository:
@@ -189,17 +180,15 @@ class InMemoryPortReservationRepository:
 
     def reserve(self, host: str, port: int) -> bool:
         with self._lock:
-            if (host, port) in self._reserved:
-                return False
+            free = (host, port) not in self._reserved
             self._reserved.add((host, port))
-        return True
+        return free
 
     def release(self, host: str, port: int) -> bool:
         with self._lock:
-            if (host, port) not in self._reserved:
-                return False
-            self._reserved.remove((host, port))
-        return True
+            held = (host, port) in self._reserved
+            self._reserved.discard((host, port))
+        return held
 
     def reserved(self, host: str, first: int, last: int) -> set[int]:
         with self._lock:
@@ -224,14 +213,12 @@ class InMemoryCellLocator:
         stray = sorted(set(named) - set(self._cells))
         if stray:
             raise InvalidRequest(f"the cell map names cells it does not list: {', '.join(stray)}")
-        self._lock = threading.Lock()
 
     def place(self, instance_uuid: UUID | str, cell: str) -> None:
         """Record (or move) an instance's cell."""
         if cell not in self._cells:
             raise InvalidRequest(f"no cell is named {cell!r}")
-        with self._lock:
-            self._instances[parse_instance_uuid(instance_uuid)] = cell
+        self._instances[parse_instance_uuid(instance_uuid)] = cell  # one atomic store
 
     def cell_of(self, instance_uuid: UUID) -> str:
         try:

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CONSOLE_MAP_BYTES: Final = 64 << 20
 """Some hundred thousand instances; a larger file is refused rather than read."""
-_KINDS: Final = ", ".join(kind.value for kind in ConsoleType)
+_KINDS: Final = [kind.value for kind in ConsoleType]
 
 _ConsoleMap = Mapping[UUID, Mapping[ConsoleType, ConsoleEndpoint]]
 
@@ -64,24 +64,16 @@ def _parse(data: Mapping[str, Any]) -> _ConsoleMap:
             raise InvalidRequest(f"instance {instance} is named twice")
         if not isinstance(consoles, dict):
             raise InvalidRequest(f"[{instance}] must be a table of console kinds")
-        found[instance] = {
-            _kind(kind, instance): _endpoint(fields, instance, kind)
-            for kind, fields in consoles.items()
-        }
+        found[instance] = {}
+        for kind, fields in consoles.items():
+            if kind not in _KINDS:  # the key is not echoed: a file may hold anything
+                raise InvalidRequest(
+                    f"[{instance}] console kinds must be among {', '.join(_KINDS)}"
+                )
+            if not isinstance(fields, dict):
+                raise InvalidRequest(f'["{instance}".{kind}] must be a table')
+            try:
+                found[instance][ConsoleType(kind)] = ConsoleEndpoint.build(**fields)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f'["{instance}".{kind}]: {exc}') from None
     return found
-
-
-def _kind(name: str, instance: UUID) -> ConsoleType:
-    try:
-        return ConsoleType(name)
-    except ValueError:  # the key is not echoed: a file may hold anything
-        raise InvalidRequest(f"[{instance}] console kinds must be among {_KINDS}") from None
-
-
-def _endpoint(fields: object, instance: UUID, kind: str) -> ConsoleEndpoint:
-    if not isinstance(fields, dict):
-        raise InvalidRequest(f'["{instance}".{kind}] must be a table')
-    try:
-        return ConsoleEndpoint.build(**fields)
-    except InvalidRequest as exc:
-        raise InvalidRequest(f'["{instance}".{kind}]: {exc}') from None

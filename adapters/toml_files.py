@@ -102,11 +102,13 @@ class ReloadingTomlFile(Generic[_T]):
 
     def _reload_if_changed(self) -> bool:
         self._checked = time.monotonic()
-        stamp = None
         try:
-            stamp = self._stat()
-            if stamp == self._stamp:
-                return False
+            stamp: tuple[int, int, int] | None = _stamp_of(self._path.stat())
+        except OSError:  # the read below says why
+            stamp = None
+        if stamp == self._stamp:
+            return False
+        try:
             self._stamp, self._value = self._read()
         except InvalidRequest as exc:
             self._log.error("keeping the previous %s: %s", self._what, exc)
@@ -122,14 +124,6 @@ class ReloadingTomlFile(Generic[_T]):
             return _stamp_of(status), self._parse(data)
         except InvalidRequest as exc:
             raise InvalidRequest(f"{self._what} {self._path}: {exc}") from None
-
-    def _stat(self) -> tuple[int, int, int]:
-        try:
-            return _stamp_of(self._path.stat())
-        except OSError as exc:
-            raise InvalidRequest(
-                f"{self._what} {self._path} cannot be read: {exc.strerror}"
-            ) from None
 
 
 def _stamp_of(status: os.stat_result) -> tuple[int, int, int]:
