@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
@@ -274,21 +274,16 @@ def _listed(stored: StoredConnection) -> dict[str, Any]:
     """A connection as an operator sees it: a hash prefix, never the whole
     hash (the store's key) and never a token (no store holds one)."""
     connection, cell = stored
-    target = join_address(connection.host, connection.port)
     values = (
         connection.token_hash[:HASH_PREFIX_LENGTH],
         str(connection.instance_uuid),
         connection.console_type.value,
-        target,
-        _when(connection.issued_at),
-        _when(connection.expires_at),
+        join_address(connection.host, connection.port),
+        None if connection.issued_at is None else connection.issued_at.isoformat(),
+        connection.expires_at.isoformat(),
         cell,
     )
     return dict(zip(_LIST_COLUMNS, values, strict=True))
-
-
-def _when(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat()
 
 
 def _purge(container: Container, args: argparse.Namespace) -> dict[str, Any]:
