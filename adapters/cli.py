@@ -99,15 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _StderrWarnings(logging.Handler):
     """``console-auth: warning: ...`` on whatever ``sys.stderr`` is now."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
-
     def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record), file=sys.stderr)
+        print(f"{PROG}: warning: {record.getMessage()}", file=sys.stderr)
 
 
-_WARNINGS = _StderrWarnings()
+_WARNINGS = _StderrWarnings(logging.WARNING)
 _SESSIONS = logging.StreamHandler(sys.stderr)
 _SESSIONS.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
