@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
@@ -30,11 +30,10 @@ from console_auth.adapters.sql import current_revision, downgrade, upgrade
 from console_auth.adapters.toml_files import read_small_file
 from console_auth.application.ports import StoredConnection
 from console_auth.application.purge import MAX_INTERVAL, PeriodicPurge
-from console_auth.application.service import ConsoleAuthService, Explanation
+from console_auth.application.service import Explanation
 from console_auth.domain import (
     TOKEN_LENGTH,
     ConsoleAuthError,
-    ConsoleConnection,
     ConsoleOptions,
     ConsoleType,
     InvalidRequest,
@@ -72,16 +71,9 @@ _T = TypeVar("_T")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the process exit status."""
     try:
-        return _main(argv)
-    except BrokenPipeError:
-        _silence_stdout()
-        return BROKEN_PIPE_STATUS
-
-
-def _main(argv: Sequence[str] | None) -> int:
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
+        args = _parser().parse_args(
+            argv, argparse.Namespace(config=None, json=False, verbose=False)
+        )
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
     _log_to_stderr(verbose=args.verbose)
@@ -91,28 +83,27 @@ def _main(argv: Sequence[str] | None) -> int:
             result = args.run(container, args)
         finally:
             container.shutdown_resources()
+        _print(result, as_json=args.json)
+        sys.stdout.flush()  # a closed pipe shows here, inside main, not at exit
     except ConsoleAuthError as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    _print(result, as_json=args.json)
-    sys.stdout.flush()  # a closed pipe shows here, inside main, not at exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
     return 0
 
 
 class _StderrWarnings(logging.Handler):
     """``console-auth: warning: ...`` on whatever ``sys.stderr`` is now."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
-
     def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record), file=sys.stderr)
+        print(f"{PROG}: warning: {record.getMessage()}", file=sys.stderr)
 
 
-_WARNINGS = _StderrWarnings()
+_WARNINGS = _StderrWarnings(logging.WARNING)
 _SESSIONS = logging.StreamHandler(sys.stderr)
 _SESSIONS.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
@@ -128,6 +119,14 @@ def _log_to_stderr(*, verbose: bool) -> None:
         )
     else:
         settings_logger.addHandler(_WARNINGS)
+
+
+def _log_sessions(name: str, args: argparse.Namespace) -> None:
+    """The logger's INFO lines are the command's output, like an access log."""
+    if not args.verbose:  # else they already go to stderr
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(_SESSIONS)
 
 
 def _silence_stdout() -> None:
@@ -171,7 +170,7 @@ def _issued(issued: IssuedConsole) -> dict[str, Any]:
     return {
         "token": issued.token.get_secret_value(),
         "access_url": issued.access_url,
-        "connection": _dump(issued.connection),
+        "connection": issued.connection.model_dump(mode="json"),
     }
 
 
@@ -184,7 +183,8 @@ def _ttl(seconds: int) -> timedelta:
 
 def _validate(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     service = container.service()
-    return {"connection": _dump(_presented(args, service.validate_url, service.validate))}
+    connection = _presented(args, service.validate_url, service.validate)
+    return {"connection": connection.model_dump(mode="json")}
 
 
 def _explain(container: Container, args: argparse.Namespace) -> dict[str, Any]:
@@ -270,37 +270,29 @@ def _listed(stored: StoredConnection) -> dict[str, Any]:
     """A connection as an operator sees it: a hash prefix, never the whole
     hash (the store's key) and never a token (no store holds one)."""
     connection, cell = stored
-    target = join_address(connection.host, connection.port)
     values = (
         connection.token_hash[:HASH_PREFIX_LENGTH],
         str(connection.instance_uuid),
         connection.console_type.value,
-        target,
-        _when(connection.issued_at),
-        _when(connection.expires_at),
+        join_address(connection.host, connection.port),
+        None if connection.issued_at is None else connection.issued_at.isoformat(),
+        connection.expires_at.isoformat(),
         cell,
     )
     return dict(zip(_LIST_COLUMNS, values, strict=True))
 
 
-def _when(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat()
-
-
 def _purge(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     service = container.service()
-    once = _purge_round(service, args)
-    if args.every is None:
-        return {"count": once()}
-    return _purge_every(once, args)
 
+    def once() -> int:
+        """Of the instances the file lists (read again each round: the host
+        service rewrites it), of a host, or of everything."""
+        if args.instances_from is None:
+            return service.purge_expired(args.host)
+        return service.purge_instances(_instances(args.instances_from))
 
-def _purge_round(service: ConsoleAuthService, args: argparse.Namespace) -> Callable[[], int]:
-    """One purge: of the instances the file lists (read again each round: the
-    host service rewrites it), of a host, or of everything."""
-    if args.instances_from is None:
-        return lambda: service.purge_expired(args.host)
-    return lambda: service.purge_instances(_instances(args.instances_from))
+    return {"count": once()} if args.every is None else _purge_every(once, args)
 
 
 def _instances(path: Path) -> list[UUID]:
@@ -326,10 +318,7 @@ def _instances(path: Path) -> list[UUID]:
 def _purge_every(once: Callable[[], int], args: argparse.Namespace) -> dict[str, Any]:
     """Rounds in a thread until SIGTERM or SIGINT, then a summary; exit 0. The signals are
     blocked before any thread starts and taken with ``sigwait``: no handler runs in a round."""
-    if not args.verbose:  # each round's line is this command's output, like the proxy's
-        rounds = logging.getLogger("console_auth.application.purge")
-        rounds.setLevel(logging.INFO)
-        rounds.addHandler(_SESSIONS)
+    _log_sessions("console_auth.application.purge", args)  # like the proxy's sessions
     ending = {signal.SIGTERM, signal.SIGINT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, ending)
     loop = PeriodicPurge(once, args.every)
@@ -393,10 +382,7 @@ def _proxy(container: Container, args: argparse.Namespace) -> dict[str, Any]:
     host, port = args.listen
 
     def ready(address: str) -> None:
-        if not args.verbose:  # the session lines are the proxy's output, like an access log
-            sessions = logging.getLogger("console_auth.adapters.web")
-            sessions.setLevel(logging.INFO)
-            sessions.addHandler(_SESSIONS)
+        _log_sessions("console_auth.adapters.web", args)
         _print({"listening": address}, as_json=args.json)
         sys.stdout.flush()
 
@@ -453,10 +439,6 @@ def _migrate(engine: Engine, args: argparse.Namespace) -> str | None:
     return current_revision(engine)
 
 
-def _dump(connection: ConsoleConnection) -> dict[str, Any]:
-    return connection.model_dump(mode="json")
-
-
 def _print(result: dict[str, Any], *, as_json: bool) -> None:
     if not result:  # a command that printed as it went (proxy)
         return
@@ -496,17 +478,6 @@ def _option(text: str) -> tuple[str, Any]:
     return key, value if value is None or isinstance(value, bool | int | float | str) else raw
 
 
-def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    """Options accepted before or after a command. A command's parser adds
-    them with SUPPRESS defaults so it never resets one given before it."""
-    unset: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML settings file (the environment wins)", **unset
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object", **unset)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr", **unset)
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors with token-shaped words redacted; subcommands inherit it."""
 
@@ -514,20 +485,35 @@ class _Parser(argparse.ArgumentParser):
         super().error(_TOKEN_SHAPED.sub("<redacted>", message))
 
 
+# Options accepted before or after a command. Unset, they set nothing, so a command's
+# parser never resets one given before it; ``main`` gives their defaults.
+_GLOBAL = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
+_GLOBAL.add_argument("--config", metavar="FILE", help="TOML settings file (the environment wins)")
+_GLOBAL.add_argument("--json", action="store_true", help="print one JSON object")
+_GLOBAL.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+_CONSOLE_TYPE: dict[str, Any] = {
+    "required": True,
+    "dest": "console_type",
+    "choices": [kind.value for kind in ConsoleType],
+}
+_TTL: dict[str, Any] = {
+    "type": int,
+    "metavar": "SECONDS",
+    "help": "lifetime (default: the token_ttl setting)",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Issue and check console tokens.")
-    _global_options(parser, top=True)
+    parser = _Parser(prog=PROG, description="Issue and check console tokens.", parents=[_GLOBAL])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     authorize = _command(commands, "authorize", "issue a token for one console", _authorize)
     authorize.add_argument("--instance", required=True, metavar="UUID")
     authorize.add_argument("--host", required=True, help="compute host the proxy dials")
     authorize.add_argument("--port", required=True, type=int)
-    authorize.add_argument(
-        "--type", required=True, dest="console_type", choices=[kind.value for kind in ConsoleType]
-    )
+    authorize.add_argument("--type", **_CONSOLE_TYPE)
     authorize.add_argument("--base", metavar="URL", help="access URL base given to the user")
-    _ttl_option(authorize)
+    authorize.add_argument("--ttl", **_TTL)
     authorize.add_argument(
         "--option",
         type=_option,
@@ -544,13 +530,11 @@ def _parser() -> argparse.ArgumentParser:
         _console,
     )
     console.add_argument("--instance", required=True, metavar="UUID")
-    console.add_argument(
-        "--type", required=True, dest="console_type", choices=[kind.value for kind in ConsoleType]
-    )
+    console.add_argument("--type", **_CONSOLE_TYPE)
     console.add_argument(
         "--base", metavar="URL", help="access URL base (default: the kind's access_url_bases)"
     )
-    _ttl_option(console)
+    console.add_argument("--ttl", **_TTL)
 
     for name, summary, run in (
         ("validate", "print what a token or URL grants", _validate),
@@ -620,20 +604,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ttl_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--ttl", type=int, metavar="SECONDS", help="lifetime (default: the token_ttl setting)"
-    )
-
-
 def _command(
     group: argparse._SubParsersAction[_Parser],
     name: str,
     summary: str,
     run: Command | None = None,
 ) -> _Parser:
-    parser = group.add_parser(name, help=summary, description=summary)
-    _global_options(parser, top=False)
+    parser = group.add_parser(name, help=summary, description=summary, parents=[_GLOBAL])
     if run is not None:
         parser.set_defaults(run=run)
     return parser

@@ -151,20 +151,11 @@ class MemcachedSettings(_Section):
     def _addresses(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
         if not servers:
             raise ValueError("must name at least one server")
-        names = [_server_name(server) for server in servers]
+        # ``host:port``, default port filled in; here, so settings need no ``memcached`` extra
+        names = [join_address(*split_address(text, DEFAULT_MEMCACHED_PORT)) for text in servers]
         if len(set(names)) != len(names):
             raise ValueError("must not name a server twice")
         return tuple(names)
-
-
-def _server_name(text: str) -> str:
-    """``host:port``, default port filled in; here, so settings need no ``memcached`` extra."""
-    return join_address(*split_address(text, DEFAULT_MEMCACHED_PORT))
-
-
-def default_proxy_id() -> str:
-    """``host:pid``: tells an operator which proxy process holds a serial port."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ProxySettings(_Section):
@@ -200,8 +191,8 @@ class ProxySettings(_Section):
     """Largest WebSocket message accepted from a client."""
     store_threads: int = Field(default=8, ge=1, le=256)
     """Threads that run the blocking store calls (validate, serial leases)."""
-    proxy_id: ProxyId = Field(default_factory=default_proxy_id)
-    """Names this process in serial-port leases (``console-auth ports``)."""
+    proxy_id: ProxyId = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    """Names this process in serial-port leases (``console-auth ports``): ``host:pid``."""
     rfb_refusals: bool = False
     """Refuse inside RFB, so noVNC shows why (it cannot see an HTTP status)."""
 
@@ -391,30 +382,16 @@ def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
     """A mistyped variable (``CONSOLE_AUTH_DATABASE_URL``, one underscore) is
     otherwise ignored in silence; its value is never logged."""
     known = sorted(_variable_names(Settings, ENV_PREFIX))
+    tables = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}.difference(known)
+    named = {CONFIG_FILE_ENV, *known, *tables}
+    # below a table (nested model or dict), pydantic-settings refuses an unknown key itself
+    below = (TEST_ENV_PREFIX, *(f"{table}__" for table in tables))
     for name in environ:
         upper = name.upper()
-        if (
-            upper.startswith(ENV_PREFIX)
-            and not upper.startswith(TEST_ENV_PREFIX)
-            and upper != CONFIG_FILE_ENV
-            and not _is_setting(upper.removeprefix(ENV_PREFIX).split("__"))
-        ):
+        if upper.startswith(ENV_PREFIX) and upper not in named and not upper.startswith(below):
             close = difflib.get_close_matches(upper, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             logger.warning("ignoring %s: no setting has that name%s", name, hint)
-
-
-def _is_setting(parts: list[str]) -> bool:
-    """Whether ``parts`` (``DATABASE``, ``URL``) name a setting; below a
-    nested model or dict, pydantic-settings refuses an unknown key itself."""
-    field = Settings.model_fields.get(parts[0].lower())
-    if field is None:
-        return False
-    annotation = field.annotation
-    nested = typing.get_origin(annotation) is dict or (
-        isinstance(annotation, type) and issubclass(annotation, BaseModel)
-    )
-    return nested or len(parts) == 1
 
 
 def _variable_names(model: type[BaseModel], prefix: str) -> Iterator[str]:
@@ -428,21 +405,15 @@ def _variable_names(model: type[BaseModel], prefix: str) -> Iterator[str]:
 
 
 def _invalid(exc: ValidationError, where: str) -> InvalidRequest:
-    problems = "; ".join(
-        f"{_describe(error['loc'])}: "
-        + ("unknown setting" if error["type"] == "extra_forbidden" else _message(error["msg"]))
-        for error in exc.errors(include_url=False, include_input=False, include_context=False)
-    )
-    return InvalidRequest(f"invalid configuration{where}: {problems}")
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        unknown = error["type"] == "extra_forbidden"
+        message = "unknown setting" if unknown else error["msg"].removeprefix("Value error, ")
+        problems.append(f"{_describe(error['loc'])}: {message}")
+    return InvalidRequest(f"invalid configuration{where}: {'; '.join(problems)}")
 
 
 def _describe(loc: tuple[int | str, ...]) -> str:
     """``database.url (CONSOLE_AUTH_DATABASE__URL)``: both names an operator may have used."""
     parts = [str(part) for part in loc]
-    if not parts:
-        return "settings"
-    return f"{'.'.join(parts)} ({ENV_PREFIX}{'__'.join(parts).upper()})"
-
-
-def _message(msg: str) -> str:
-    return msg.removeprefix("Value error, ")
+    return f"{'.'.join(parts)} ({ENV_PREFIX}{'__'.join(parts).upper()})" if parts else "settings"
