@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
 
@@ -81,13 +81,15 @@ def open_engine(
     ``engine_options`` go to ``create_engine`` and win over the defaults chosen here.
     """
     parsed = _parse(url)
-    backend, driver = parsed.get_backend_name(), _driver_name(parsed)
-    options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
+    given = engine_options.get("connect_args", {})
+    if parsed.get_backend_name() == "sqlite":
+        defaults = _sqlite_defaults(parsed, given)
+    elif (parsed.get_backend_name(), _driver_name(parsed)) in _SERVER_DRIVERS:
+        defaults = _server_defaults(parsed, given, connect_timeout, io_timeout)
+    else:
+        defaults = {"pool_pre_ping": True, "connect_args": given}
+    options = {**defaults, **engine_options, "connect_args": defaults["connect_args"]}
     options["hide_parameters"] = True  # else bound values reach error texts and echo logs
-    if backend == "sqlite":
-        options.update(_sqlite_options(parsed, engine_options))
-    elif (backend, driver) in _SERVER_DRIVERS:
-        options.update(_server_options(parsed, engine_options, connect_timeout, io_timeout))
     try:
         engine = create_engine(parsed, **options)
     except sa_exc.NoSuchModuleError:
@@ -96,10 +98,7 @@ def open_engine(
         raise InvalidRequest(f"database driver {exc.name!r} is not installed") from None
     except sa_exc.ArgumentError as exc:  # names options, never the URL
         raise InvalidRequest(f"invalid engine options: {exc}") from None
-    if backend == "sqlite":
-        _listen_sqlite(engine, parsed)
-    elif (backend, driver) in _SERVER_DRIVERS:
-        _listen_server(engine, options, io_timeout)
+    _listen(engine, parsed, options, io_timeout)
     if auto_migrate:
         from .migrate import upgrade  # Alembic is imported only by those who migrate
 
@@ -111,19 +110,27 @@ def open_engine(
     return engine
 
 
-def _listen_sqlite(engine: Engine, url: URL) -> None:
-    """Pragmas on every connection; a new database file created 0600."""
-    event.listen(engine, "connect", _pragma_setter(memory=_is_memory(url)))
-    if not _is_memory(url) and not url.query.get("uri"):
-        event.listen(engine, "do_connect", _private_file(url.database or ""))
-
-
-def _listen_server(engine: Engine, options: dict[str, Any], io_timeout: float | None) -> None:
-    """MariaDB's session bounds, and the socket poll instead of a pre-ping."""
-    if engine.dialect.name != "postgresql" and io_timeout is not None:
+def _listen(engine: Engine, url: URL, options: dict[str, Any], io_timeout: float | None) -> None:
+    """SQLite's pragmas and 0600 file; a server's session bounds and socket poll."""
+    dialect = engine.dialect
+    if dialect.name == "sqlite":
+        event.listen(engine, "connect", _pragma_setter(memory=_is_memory(url)))
+        if not _is_memory(url) and not url.query.get("uri"):
+            event.listen(engine, "do_connect", _private_file(url.database or ""))
+        return
+    if (dialect.name, dialect.driver) not in _SERVER_DRIVERS:
+        return
+    if dialect.name != "postgresql" and io_timeout is not None:
         event.listen(engine, "connect", _mysql_bounds(io_timeout))
     if not options["pool_pre_ping"]:
-        event.listen(engine, "checkout", _liveness_check(engine.dialect))
+
+        def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
+            # InvalidatePoolError: SQLAlchemy's documented way to drop this and
+            # every older connection and hand out a fresh one
+            if not connection_alive(dialect, dbapi_connection):
+                raise sa_exc.InvalidatePoolError("the server closed the pooled connection")
+
+        event.listen(engine, "checkout", check)
         if options["isolation_level"] == "AUTOCOMMIT":
             engine.update_execution_options(**{HOLDABLE: True})
 
@@ -136,18 +143,26 @@ def _parse(url: str) -> URL:
         raise InvalidRequest("database URL is not a valid SQLAlchemy URL") from None
 
 
-def _sqlite_options(url: URL, requested: dict[str, Any]) -> dict[str, Any]:
+def _driver_name(url: URL) -> str:
+    """The URL's driver, or the dialect's default one; empty for an unknown dialect
+    (``create_engine`` then says so)."""
+    try:
+        return url.get_driver_name()
+    except sa_exc.NoSuchModuleError:
+        return ""
+
+
+def _sqlite_defaults(url: URL, given: dict[str, Any]) -> dict[str, Any]:
     """No pre-ping: a file cannot drop a connection. An in-memory database dies
     with its connection, so every thread shares one (for tests and tools)."""
-    options: dict[str, Any] = {"pool_pre_ping": requested.get("pool_pre_ping", False)}
     if _is_memory(url):
-        options["poolclass"] = requested.get("poolclass", StaticPool)
-        options["connect_args"] = {"check_same_thread": False, **requested.get("connect_args", {})}
-    elif not url.query.get("uri"):
+        connect_args = {"check_same_thread": False, **given}
+        return {"pool_pre_ping": False, "poolclass": StaticPool, "connect_args": connect_args}
+    if not url.query.get("uri"):
         directory = os.path.dirname(os.path.abspath(url.database or ""))
         if not os.path.isdir(directory):  # a typo must not start an empty store elsewhere
             raise BackendUnavailable(f"SQLite database directory {directory} does not exist")
-    return options
+    return {"pool_pre_ping": False, "connect_args": given}
 
 
 def _private_file(path: str) -> Callable[..., None]:
@@ -160,72 +175,39 @@ def _private_file(path: str) -> Callable[..., None]:
     return create
 
 
-def _driver_name(url: URL) -> str:
-    """The URL's driver, or the dialect's default one; empty for an unknown dialect
-    (``create_engine`` then says so)."""
-    try:
-        return url.get_driver_name()
-    except sa_exc.NoSuchModuleError:
-        return ""
-
-
-def _server_options(
-    url: URL, requested: dict[str, Any], connect_timeout: float, io_timeout: float | None
+def _server_defaults(
+    url: URL, given: dict[str, Any], connect_timeout: float, io_timeout: float | None
 ) -> dict[str, Any]:
     """Autocommit, bounded waits, and the socket poll instead of a pre-ping. The URL's
-    query and ``connect_args`` win; a PostgreSQL ``options`` there is appended."""
-    if url.get_backend_name() == "postgresql":
-        defaults = _postgresql_defaults(connect_timeout, io_timeout)
+    query and ``given`` connect_args win; a PostgreSQL ``options`` there is appended."""
+    postgresql = url.get_backend_name() == "postgresql"
+    driver: dict[str, Any]
+    if postgresql:  # libpq takes whole seconds, and treats anything under 2 as 2
+        driver = {"connect_timeout": max(2, round(connect_timeout)), **POSTGRESQL_KEEPALIVES}
+        if io_timeout is not None:
+            driver["tcp_user_timeout"] = round(io_timeout * 1000)
+            driver["cursor_factory"] = _bounded_cursor(io_timeout + CLIENT_GRACE_S)
     else:
-        defaults = _mysql_defaults(connect_timeout, io_timeout)
-    connect_args = {k: v for k, v in defaults.items() if k not in url.query}
-    connect_args.update(requested.get("connect_args", {}))
-    if url.get_backend_name() == "postgresql" and io_timeout is not None:
-        given = connect_args.get("options", url.query.get("options", ()))
-        connect_args["options"] = " ".join(
-            [_postgresql_bounds(io_timeout), *([given] if isinstance(given, str) else given)]
-        )
+        driver = {"connect_timeout": connect_timeout, "charset": "utf8mb4"}
+        driver["init_command"] = MYSQL_SESSION_ISOLATION
+        if io_timeout is not None:
+            driver["read_timeout"] = driver["write_timeout"] = io_timeout + CLIENT_GRACE_S
+    connect_args = {k: v for k, v in driver.items() if k not in url.query} | given
+    if postgresql and io_timeout is not None:  # the server ends statements and lock waits
+        ms = max(1, round(io_timeout * 1000))
+        own = connect_args.get("options", url.query.get("options", ()))
+        bounds = [f"-c statement_timeout={ms} -c lock_timeout={ms}"]
+        connect_args["options"] = " ".join(bounds + ([own] if isinstance(own, str) else list(own)))
     return {
         "connect_args": connect_args,
-        "pool_pre_ping": requested.get("pool_pre_ping", False),
-        "pool_timeout": requested.get("pool_timeout", DEFAULT_POOL_TIMEOUT),
+        "pool_pre_ping": False,
+        "pool_timeout": DEFAULT_POOL_TIMEOUT,
         # the most recently used connection first: the hot one stays hot (its
         # server process cached, its statements prepared), the spare ones idle
-        "pool_use_lifo": requested.get("pool_use_lifo", True),
-        "isolation_level": requested.get("isolation_level", "AUTOCOMMIT"),
-        "skip_autocommit_rollback": requested.get("skip_autocommit_rollback", True),
+        "pool_use_lifo": True,
+        "isolation_level": "AUTOCOMMIT",
+        "skip_autocommit_rollback": True,
     }
-
-
-def _postgresql_defaults(connect_timeout: float, io_timeout: float | None) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        # libpq takes whole seconds, and treats anything under 2 as 2
-        "connect_timeout": max(2, round(connect_timeout)),
-        **POSTGRESQL_KEEPALIVES,
-    }
-    if io_timeout is not None:
-        defaults["tcp_user_timeout"] = round(io_timeout * 1000)
-        defaults["cursor_factory"] = _bounded_cursor(io_timeout + CLIENT_GRACE_S)
-    return defaults
-
-
-def _mysql_defaults(connect_timeout: float, io_timeout: float | None) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        "connect_timeout": connect_timeout,
-        "charset": "utf8mb4",
-        "init_command": MYSQL_SESSION_ISOLATION,
-    }
-    if io_timeout is not None:
-        client_timeout = io_timeout + CLIENT_GRACE_S
-        defaults.update(read_timeout=client_timeout, write_timeout=client_timeout)
-    return defaults
-
-
-def _postgresql_bounds(io_timeout: float) -> str:
-    """libpq ``options``: the server cancels a statement, or a lock wait,
-    that takes longer than ``io_timeout``."""
-    ms = max(1, round(io_timeout * 1000))
-    return f"-c statement_timeout={ms} -c lock_timeout={ms}"
 
 
 def _mysql_bounds(io_timeout: float) -> Callable[[Any, ConnectionPoolEntry], None]:
@@ -256,19 +238,6 @@ def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:
         if not dialect.is_disconnect(exc, dbapi_connection, None):
             raise
         return False
-
-
-def _liveness_check(
-    dialect: Dialect,
-) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
-    """A pool ``checkout`` listener; ``InvalidatePoolError`` is SQLAlchemy's documented
-    way to drop this and every older connection and hand out a fresh one."""
-
-    def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
-        if not connection_alive(dialect, dbapi_connection):
-            raise sa_exc.InvalidatePoolError("the server closed the pooled connection")
-
-    return check
 
 
 def _socket_of(dbapi_connection: Any) -> int | None:
