@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, create_engine, event
@@ -303,14 +303,11 @@ class _Watchdog:
         self._deadlines: weakref.WeakSet[_Deadline] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def watch(self, deadline: _Deadline) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child has no thread
-                self._pid, self._thread = os.getpid(), None
             self._deadlines.add(deadline)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # a forked child has none
                 self._thread = threading.Thread(
                     target=self._run, name="console-auth-sql-watchdog", daemon=True
                 )
@@ -320,7 +317,7 @@ class _Watchdog:
         while True:
             time.sleep(WATCHDOG_TICK_S)
             with self._lock:
-                deadlines: Iterable[_Deadline] = list(self._deadlines)
+                deadlines = list(self._deadlines)
                 if not deadlines:
                     self._thread = None
                     return
@@ -338,19 +335,12 @@ def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
     """A psycopg cursor class whose statements the watchdog cuts off after ``bound``
     seconds; as every connection's ``cursor_factory``, it bounds every path."""
     import psycopg
-    from psycopg.abc import Params, Query
-    from psycopg.rows import RowFactory
 
     class BoundedCursor(psycopg.Cursor[Any]):
         __slots__ = ("_deadline",)
 
-        def __init__(
-            self,
-            connection: psycopg.Connection[Any],
-            *,
-            row_factory: RowFactory[Any] | None = None,
-        ) -> None:
-            super().__init__(connection, row_factory=row_factory or connection.row_factory)
+        def __init__(self, connection: psycopg.Connection[Any], **options: Any) -> None:
+            super().__init__(connection, **options)
             deadline = getattr(connection, _DEADLINE, None)
             if deadline is None:
                 deadline = _Deadline(connection, bound)
@@ -358,26 +348,17 @@ def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
                 _WATCHDOG.watch(deadline)
             self._deadline: _Deadline = deadline
 
-        def execute(
-            self,
-            query: Query,
-            params: Params | None = None,
-            *,
-            prepare: bool | None = None,
-            binary: bool | None = None,
-        ) -> BoundedCursor:
+        def execute(self, *args: Any, **kwargs: Any) -> BoundedCursor:
             self._deadline.arm()
             try:
-                return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc, arg-type]
+                return super().execute(*args, **kwargs)
             finally:
                 self._deadline.disarm()
 
-        def executemany(
-            self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
-        ) -> None:
+        def executemany(self, *args: Any, **kwargs: Any) -> None:
             self._deadline.arm()
             try:
-                super().executemany(query, params_seq, returning=returning)
+                super().executemany(*args, **kwargs)
             finally:
                 self._deadline.disarm()
 
