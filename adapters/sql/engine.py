@@ -114,14 +114,16 @@ def _listen(engine: Engine, url: URL, options: dict[str, Any], io_timeout: float
     """SQLite's pragmas and 0600 file; a server's session bounds and socket poll."""
     dialect = engine.dialect
     if dialect.name == "sqlite":
-        event.listen(engine, "connect", _pragma_setter(memory=_is_memory(url)))
-        if not _is_memory(url) and not url.query.get("uri"):
+        memory = _is_memory(url)
+        pragmas = [p for p in SQLITE_PRAGMAS if not (memory and p == JOURNAL_MODE_PRAGMA)]
+        event.listen(engine, "connect", _session_setup(pragmas))
+        if not memory and not url.query.get("uri"):
             event.listen(engine, "do_connect", _private_file(url.database or ""))
         return
     if (dialect.name, dialect.driver) not in _SERVER_DRIVERS:
         return
     if dialect.name != "postgresql" and io_timeout is not None:
-        event.listen(engine, "connect", _mysql_bounds(io_timeout))
+        event.listen(engine, "connect", _session_setup([_mysql_bounds(io_timeout)]))
     if not options["pool_pre_ping"]:
 
         def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
@@ -210,20 +212,28 @@ def _server_defaults(
     }
 
 
-def _mysql_bounds(io_timeout: float) -> Callable[[Any, ConnectionPoolEntry], None]:
-    """A pool ``connect`` listener: the server ends statements and lock waits past
-    ``io_timeout``. Only MariaDB runs ``/*M! */``: MySQL lacks ``max_statement_time``."""
+def _mysql_bounds(io_timeout: float) -> str:
+    """The server ends statements and lock waits past ``io_timeout``. Only MariaDB
+    runs ``/*M! */``: MySQL lacks ``max_statement_time``."""
     seconds = max(1, math.ceil(io_timeout))
-    sql = (
+    return (
         f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
         f" /*M! , max_statement_time = {io_timeout:.3f} */"
     )
 
-    def set_bounds(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        with contextlib.closing(dbapi_connection.cursor()) as cursor:
-            cursor.execute(sql)
 
-    return set_bounds
+def _session_setup(statements: list[str]) -> Callable[[Any, ConnectionPoolEntry], None]:
+    """A pool ``connect`` listener: ``statements`` run on each new connection, in order."""
+
+    def set_up(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
+            for sql in statements:
+                cursor.execute(sql)
+                mode = cursor.fetchone() if sql == JOURNAL_MODE_PRAGMA else None
+                if mode and str(mode[0]).lower() != "wal":
+                    logger.warning("SQLite kept journal mode %s instead of WAL", mode[0])
+
+    return set_up
 
 
 def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:
@@ -372,16 +382,3 @@ def _is_memory(url: URL) -> bool:
         or database.startswith("file::memory:")
         or (url.query.get("mode") == "memory")
     )
-
-
-def _pragma_setter(*, memory: bool) -> Callable[[Any, ConnectionPoolEntry], None]:
-    pragmas = [p for p in SQLITE_PRAGMAS if not (memory and p == JOURNAL_MODE_PRAGMA)]
-
-    def set_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        with contextlib.closing(dbapi_connection.cursor()) as cursor:
-            for pragma in pragmas:
-                result = cursor.execute(pragma).fetchone()
-                if pragma == JOURNAL_MODE_PRAGMA and result and str(result[0]).lower() != "wal":
-                    logger.warning("SQLite kept journal mode %s instead of WAL", result[0])
-
-    return set_pragmas
