@@ -82,9 +82,11 @@ def open_engine(
     """
     parsed = _parse(url)
     given = engine_options.get("connect_args", {})
-    if parsed.get_backend_name() == "sqlite":
+    sqlite = parsed.get_backend_name() == "sqlite"
+    server = (parsed.get_backend_name(), _driver_name(parsed)) in _SERVER_DRIVERS
+    if sqlite:
         defaults = _sqlite_defaults(parsed, given)
-    elif (parsed.get_backend_name(), _driver_name(parsed)) in _SERVER_DRIVERS:
+    elif server:
         defaults = _server_defaults(parsed, given, connect_timeout, io_timeout)
     else:
         defaults = {"pool_pre_ping": True, "connect_args": given}
@@ -98,7 +100,10 @@ def open_engine(
         raise InvalidRequest(f"database driver {exc.name!r} is not installed") from None
     except sa_exc.ArgumentError as exc:  # names options, never the URL
         raise InvalidRequest(f"invalid engine options: {exc}") from None
-    _listen(engine, parsed, options, io_timeout)
+    if sqlite:
+        _listen_sqlite(engine, parsed)
+    elif server:
+        _listen_server(engine, options, io_timeout)
     if auto_migrate:
         from .migrate import upgrade  # Alembic is imported only by those who migrate
 
@@ -110,20 +115,32 @@ def open_engine(
     return engine
 
 
-def _listen(engine: Engine, url: URL, options: dict[str, Any], io_timeout: float | None) -> None:
-    """SQLite's pragmas and 0600 file; a server's session bounds and socket poll."""
+def _listen_sqlite(engine: Engine, url: URL) -> None:
+    """Pragmas on every connection; a new database file created 0600."""
+    memory = _is_memory(url)
+    pragmas = [p for p in SQLITE_PRAGMAS if not (memory and p == JOURNAL_MODE_PRAGMA)]
+    event.listen(engine, "connect", _session_setup(pragmas))
+    if not memory and not url.query.get("uri"):
+        path = url.database or ""
+
+        def create(*_args: Any) -> None:  # a missing file 0600, not the umask's mode
+            with contextlib.suppress(OSError):  # it exists; or sqlite3 will say why it cannot
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+        event.listen(engine, "do_connect", create)
+
+
+def _listen_server(engine: Engine, options: dict[str, Any], io_timeout: float | None) -> None:
+    """MariaDB's session bounds, and the socket poll instead of a pre-ping."""
     dialect = engine.dialect
-    if dialect.name == "sqlite":
-        memory = _is_memory(url)
-        pragmas = [p for p in SQLITE_PRAGMAS if not (memory and p == JOURNAL_MODE_PRAGMA)]
-        event.listen(engine, "connect", _session_setup(pragmas))
-        if not memory and not url.query.get("uri"):
-            event.listen(engine, "do_connect", _private_file(url.database or ""))
-        return
-    if (dialect.name, dialect.driver) not in _SERVER_DRIVERS:
-        return
     if dialect.name != "postgresql" and io_timeout is not None:
-        event.listen(engine, "connect", _session_setup([_mysql_bounds(io_timeout)]))
+        # only MariaDB runs /*M! */: MySQL lacks max_statement_time
+        seconds = max(1, math.ceil(io_timeout))
+        bounds = (
+            f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+            f" /*M! , max_statement_time = {io_timeout:.3f} */"
+        )
+        event.listen(engine, "connect", _session_setup([bounds]))
     if not options["pool_pre_ping"]:
 
         def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
@@ -167,16 +184,6 @@ def _sqlite_defaults(url: URL, given: dict[str, Any]) -> dict[str, Any]:
     return {"pool_pre_ping": False, "connect_args": given}
 
 
-def _private_file(path: str) -> Callable[..., None]:
-    """A ``do_connect`` listener: a missing file is created 0600, not with the umask's mode."""
-
-    def create(*_args: Any) -> None:
-        with contextlib.suppress(OSError):  # it exists; or sqlite3 will say why it cannot
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-    return create
-
-
 def _server_defaults(
     url: URL, given: dict[str, Any], connect_timeout: float, io_timeout: float | None
 ) -> dict[str, Any]:
@@ -210,16 +217,6 @@ def _server_defaults(
         "isolation_level": "AUTOCOMMIT",
         "skip_autocommit_rollback": True,
     }
-
-
-def _mysql_bounds(io_timeout: float) -> str:
-    """The server ends statements and lock waits past ``io_timeout``. Only MariaDB
-    runs ``/*M! */``: MySQL lacks ``max_statement_time``."""
-    seconds = max(1, math.ceil(io_timeout))
-    return (
-        f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
-        f" /*M! , max_statement_time = {io_timeout:.3f} */"
-    )
 
 
 def _session_setup(statements: list[str]) -> Callable[[Any, ConnectionPoolEntry], None]:

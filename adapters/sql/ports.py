@@ -124,22 +124,18 @@ class SqlPortReservationRepository:
         return _insert(self._statements, _R, row)
 
     def release(self, host: str, port: int) -> bool:
-        return (
-            _write(self._statements, delete(_R).where(_R.c.host == host, _R.c.port == port)) == 1
-        )
+        one = delete(_R).where(_R.c.host == host, _R.c.port == port)
+        return _write(self._statements, one) == 1
 
     def reserved(self, host: str, first: int, last: int) -> set[int]:
         query = select(_R.c.port).where(_R.c.host == host, _R.c.port.between(first, last))
         return self._statements.run(lambda conn: set(conn.scalars(query).all()))
 
 
-_TAKEN: Final = "taken"
-
-
 def _insert(statements: Statements, table: Table, row: Mapping[str, Any]) -> bool:
     """Insert one row; ``False`` when its unique key is already taken."""
     try:
-        statements.run(lambda conn: conn.execute(insert(table), dict(row)), on_conflict=_TAKEN)
+        statements.run(lambda conn: conn.execute(insert(table), dict(row)), on_conflict="taken")
     except InvalidRequest:
         return False
     return True

@@ -33,7 +33,7 @@ from console_auth.domain import BackendUnavailable, ConsoleConnection, ConsoleOp
 from console_auth.domain.model import invalid_request
 from console_auth.domain.types import from_microseconds, to_microseconds
 
-from .statements import DUPLICATE_HASH, Statements
+from .statements import DUPLICATE_HASH, Prepared, Statements
 from .tables import CONSOLE_CONNECTIONS, REVOCATIONS
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class SqlConsoleConnectionRepository:
 
     def __init__(self, statements: Statements) -> None:
         self._statements = statements
-        prepare = statements.prepare
+        prepare = functools.partial(Prepared, statements.engine)
         self._insert = prepare(_INSERT)
         self._by_hash = prepare(_BY_HASH)
         self._by_instance = prepare(_BY_INSTANCE)

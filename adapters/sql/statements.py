@@ -149,9 +149,6 @@ class Statements:
     def holds_connections(self) -> bool:
         return self._holder is not None
 
-    def prepare(self, statement: ClauseElement) -> Prepared:
-        return Prepared(self.engine, statement)
-
     def fetch_one(self, statement: Prepared, params: Mapping[str, Any]) -> Sequence[Any] | None:
         return cast(Sequence[Any] | None, self._call(statement, params, None, read=True))
 
