@@ -342,6 +342,7 @@ def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
     """A psycopg cursor class whose statements the watchdog cuts off after ``bound``
     seconds; as every connection's ``cursor_factory``, it bounds every path."""
     import psycopg
+    from psycopg.abc import Params, Query
 
     class BoundedCursor(psycopg.Cursor[Any]):
         __slots__ = ("_deadline",)
@@ -355,10 +356,17 @@ def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
                 _WATCHDOG.watch(deadline)
             self._deadline: _Deadline = deadline
 
-        def execute(self, *args: Any, **kwargs: Any) -> BoundedCursor:
+        def execute(
+            self,
+            query: Query,
+            params: Params | None = None,
+            *,
+            prepare: bool | None = None,
+            binary: bool | None = None,
+        ) -> BoundedCursor:  # the hot path's signature spelled out: no args tuple or dict
             self._deadline.arm()
             try:
-                return super().execute(*args, **kwargs)
+                return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc, arg-type]
             finally:
                 self._deadline.disarm()
 

@@ -94,9 +94,8 @@ def current_revision(engine: Engine) -> str | None:
 def _known_revisions() -> set[str]:
     from alembic.script import ScriptDirectory
 
-    return {
-        script.revision for script in ScriptDirectory.from_config(script_config()).walk_revisions()
-    }
+    scripts = ScriptDirectory.from_config(script_config())
+    return {script.revision for script in scripts.walk_revisions()}
 
 
 def upgrade_script(url: str, revision: str = "head") -> str:

@@ -298,19 +298,13 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             yield connection
             connection.exec_driver_sql("COMMIT")
         except BaseException:
-            _roll_back(connection)
+            if not connection.invalidated:  # the pool does not roll back an autocommitting one
+                try:
+                    connection.exec_driver_sql("ROLLBACK")
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        connection.invalidate()
             raise
-
-
-def _roll_back(connection: Connection) -> None:
-    """The pool does not roll back an autocommitting connection."""
-    if connection.invalidated:
-        return
-    try:
-        connection.exec_driver_sql("ROLLBACK")
-    except Exception:
-        with contextlib.suppress(Exception):
-            connection.invalidate()
 
 
 def autocommits(dialect: Dialect, dbapi_connection: Any) -> bool:
@@ -374,11 +368,11 @@ def _code(orig: BaseException) -> object:
 
 def retry_rolled_back(write: Callable[[], _R]) -> _R:
     """Not a lost connection: an insert may have committed before the answer was lost."""
-    for attempt in range(1, WRITE_ATTEMPTS + 1):
+    for attempt in range(1, WRITE_ATTEMPTS):
         try:
             return write()
         except BackendUnavailable as exc:
-            if attempt == WRITE_ATTEMPTS or not is_retryable(exc.__cause__):
+            if not is_retryable(exc.__cause__):
                 raise
             pause = RETRY_PAUSE_S * 2 ** (attempt - 1) * (0.5 + random.random())  # noqa: S311
             logger.warning(
@@ -389,4 +383,4 @@ def retry_rolled_back(write: Callable[[], _R]) -> _R:
                 pause * 1000,
             )
             time.sleep(pause)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return write()  # the last run: its fault is the caller's
