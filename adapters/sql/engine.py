@@ -16,13 +16,13 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from console_auth.domain import BackendUnavailable, InvalidRequest
 
@@ -81,13 +81,17 @@ def open_engine(
     ``engine_options`` go to ``create_engine`` and win over the defaults chosen here.
     """
     parsed = _parse(url)
-    backend, driver = parsed.get_backend_name(), _driver_name(parsed)
-    options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
+    given = engine_options.get("connect_args", {})
+    sqlite = parsed.get_backend_name() == "sqlite"
+    server = (parsed.get_backend_name(), _driver_name(parsed)) in _SERVER_DRIVERS
+    if sqlite:
+        defaults = _sqlite_defaults(parsed, given)
+    elif server:
+        defaults = _server_defaults(parsed, given, connect_timeout, io_timeout)
+    else:
+        defaults = {"pool_pre_ping": True, "connect_args": given}
+    options = {**defaults, **engine_options, "connect_args": defaults["connect_args"]}
     options["hide_parameters"] = True  # else bound values reach error texts and echo logs
-    if backend == "sqlite":
-        options.update(_sqlite_options(parsed, engine_options))
-    elif (backend, driver) in _SERVER_DRIVERS:
-        options.update(_server_options(parsed, engine_options, connect_timeout, io_timeout))
     try:
         engine = create_engine(parsed, **options)
     except sa_exc.NoSuchModuleError:
@@ -96,9 +100,9 @@ def open_engine(
         raise InvalidRequest(f"database driver {exc.name!r} is not installed") from None
     except sa_exc.ArgumentError as exc:  # names options, never the URL
         raise InvalidRequest(f"invalid engine options: {exc}") from None
-    if backend == "sqlite":
+    if sqlite:
         _listen_sqlite(engine, parsed)
-    elif (backend, driver) in _SERVER_DRIVERS:
+    elif server:
         _listen_server(engine, options, io_timeout)
     if auto_migrate:
         from .migrate import upgrade  # Alembic is imported only by those who migrate
@@ -113,17 +117,39 @@ def open_engine(
 
 def _listen_sqlite(engine: Engine, url: URL) -> None:
     """Pragmas on every connection; a new database file created 0600."""
-    event.listen(engine, "connect", _pragma_setter(memory=_is_memory(url)))
-    if not _is_memory(url) and not url.query.get("uri"):
-        event.listen(engine, "do_connect", _private_file(url.database or ""))
+    memory = _is_memory(url)
+    pragmas = [p for p in SQLITE_PRAGMAS if not (memory and p == JOURNAL_MODE_PRAGMA)]
+    event.listen(engine, "connect", _session_setup(pragmas))
+    if not memory and not url.query.get("uri"):
+        path = url.database or ""
+
+        def create(*_args: Any) -> None:  # a missing file 0600, not the umask's mode
+            with contextlib.suppress(OSError):  # it exists; or sqlite3 will say why it cannot
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+        event.listen(engine, "do_connect", create)
 
 
 def _listen_server(engine: Engine, options: dict[str, Any], io_timeout: float | None) -> None:
     """MariaDB's session bounds, and the socket poll instead of a pre-ping."""
-    if engine.dialect.name != "postgresql" and io_timeout is not None:
-        event.listen(engine, "connect", _mysql_bounds(io_timeout))
+    dialect = engine.dialect
+    if dialect.name != "postgresql" and io_timeout is not None:
+        # only MariaDB runs /*M! */: MySQL lacks max_statement_time
+        seconds = max(1, math.ceil(io_timeout))
+        bounds = (
+            f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+            f" /*M! , max_statement_time = {io_timeout:.3f} */"
+        )
+        event.listen(engine, "connect", _session_setup([bounds]))
     if not options["pool_pre_ping"]:
-        event.listen(engine, "checkout", _liveness_check(engine.dialect))
+
+        def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
+            # InvalidatePoolError: SQLAlchemy's documented way to drop this and
+            # every older connection and hand out a fresh one
+            if not connection_alive(dialect, dbapi_connection):
+                raise sa_exc.InvalidatePoolError("the server closed the pooled connection")
+
+        event.listen(engine, "checkout", check)
         if options["isolation_level"] == "AUTOCOMMIT":
             engine.update_execution_options(**{HOLDABLE: True})
 
@@ -136,30 +162,6 @@ def _parse(url: str) -> URL:
         raise InvalidRequest("database URL is not a valid SQLAlchemy URL") from None
 
 
-def _sqlite_options(url: URL, requested: dict[str, Any]) -> dict[str, Any]:
-    """No pre-ping: a file cannot drop a connection. An in-memory database dies
-    with its connection, so every thread shares one (for tests and tools)."""
-    options: dict[str, Any] = {"pool_pre_ping": requested.get("pool_pre_ping", False)}
-    if _is_memory(url):
-        options["poolclass"] = requested.get("poolclass", StaticPool)
-        options["connect_args"] = {"check_same_thread": False, **requested.get("connect_args", {})}
-    elif not url.query.get("uri"):
-        directory = os.path.dirname(os.path.abspath(url.database or ""))
-        if not os.path.isdir(directory):  # a typo must not start an empty store elsewhere
-            raise BackendUnavailable(f"SQLite database directory {directory} does not exist")
-    return options
-
-
-def _private_file(path: str) -> Callable[..., None]:
-    """A ``do_connect`` listener: a missing file is created 0600, not with the umask's mode."""
-
-    def create(*_args: Any) -> None:
-        with contextlib.suppress(OSError):  # it exists; or sqlite3 will say why it cannot
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-    return create
-
-
 def _driver_name(url: URL) -> str:
     """The URL's driver, or the dialect's default one; empty for an unknown dialect
     (``create_engine`` then says so)."""
@@ -169,79 +171,66 @@ def _driver_name(url: URL) -> str:
         return ""
 
 
-def _server_options(
-    url: URL, requested: dict[str, Any], connect_timeout: float, io_timeout: float | None
+def _sqlite_defaults(url: URL, given: dict[str, Any]) -> dict[str, Any]:
+    """No pre-ping: a file cannot drop a connection. An in-memory database dies
+    with its connection, so every thread shares one (for tests and tools)."""
+    if _is_memory(url):
+        connect_args = {"check_same_thread": False, **given}
+        return {"pool_pre_ping": False, "poolclass": StaticPool, "connect_args": connect_args}
+    if not url.query.get("uri"):
+        directory = os.path.dirname(os.path.abspath(url.database or ""))
+        if not os.path.isdir(directory):  # a typo must not start an empty store elsewhere
+            raise BackendUnavailable(f"SQLite database directory {directory} does not exist")
+    return {"pool_pre_ping": False, "connect_args": given}
+
+
+def _server_defaults(
+    url: URL, given: dict[str, Any], connect_timeout: float, io_timeout: float | None
 ) -> dict[str, Any]:
     """Autocommit, bounded waits, and the socket poll instead of a pre-ping. The URL's
-    query and ``connect_args`` win; a PostgreSQL ``options`` there is appended."""
-    if url.get_backend_name() == "postgresql":
-        defaults = _postgresql_defaults(connect_timeout, io_timeout)
+    query and ``given`` connect_args win; a PostgreSQL ``options`` there is appended."""
+    postgresql = url.get_backend_name() == "postgresql"
+    driver: dict[str, Any]
+    if postgresql:  # libpq takes whole seconds, and treats anything under 2 as 2
+        driver = {"connect_timeout": max(2, round(connect_timeout)), **POSTGRESQL_KEEPALIVES}
+        if io_timeout is not None:
+            driver["tcp_user_timeout"] = round(io_timeout * 1000)
+            driver["cursor_factory"] = _bounded_cursor(io_timeout + CLIENT_GRACE_S)
     else:
-        defaults = _mysql_defaults(connect_timeout, io_timeout)
-    connect_args = {k: v for k, v in defaults.items() if k not in url.query}
-    connect_args.update(requested.get("connect_args", {}))
-    if url.get_backend_name() == "postgresql" and io_timeout is not None:
-        given = connect_args.get("options", url.query.get("options", ()))
-        connect_args["options"] = " ".join(
-            [_postgresql_bounds(io_timeout), *([given] if isinstance(given, str) else given)]
-        )
+        driver = {"connect_timeout": connect_timeout, "charset": "utf8mb4"}
+        driver["init_command"] = MYSQL_SESSION_ISOLATION
+        if io_timeout is not None:
+            driver["read_timeout"] = driver["write_timeout"] = io_timeout + CLIENT_GRACE_S
+    connect_args = {k: v for k, v in driver.items() if k not in url.query} | given
+    if postgresql and io_timeout is not None:  # the server ends statements and lock waits
+        ms = max(1, round(io_timeout * 1000))
+        own = connect_args.get("options", url.query.get("options", ()))
+        bounds = [f"-c statement_timeout={ms} -c lock_timeout={ms}"]
+        connect_args["options"] = " ".join(bounds + ([own] if isinstance(own, str) else list(own)))
     return {
         "connect_args": connect_args,
-        "pool_pre_ping": requested.get("pool_pre_ping", False),
-        "pool_timeout": requested.get("pool_timeout", DEFAULT_POOL_TIMEOUT),
+        "pool_pre_ping": False,
+        "pool_timeout": DEFAULT_POOL_TIMEOUT,
         # the most recently used connection first: the hot one stays hot (its
         # server process cached, its statements prepared), the spare ones idle
-        "pool_use_lifo": requested.get("pool_use_lifo", True),
-        "isolation_level": requested.get("isolation_level", "AUTOCOMMIT"),
-        "skip_autocommit_rollback": requested.get("skip_autocommit_rollback", True),
+        "pool_use_lifo": True,
+        "isolation_level": "AUTOCOMMIT",
+        "skip_autocommit_rollback": True,
     }
 
 
-def _postgresql_defaults(connect_timeout: float, io_timeout: float | None) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        # libpq takes whole seconds, and treats anything under 2 as 2
-        "connect_timeout": max(2, round(connect_timeout)),
-        **POSTGRESQL_KEEPALIVES,
-    }
-    if io_timeout is not None:
-        defaults["tcp_user_timeout"] = round(io_timeout * 1000)
-        defaults["cursor_factory"] = _bounded_cursor(io_timeout + CLIENT_GRACE_S)
-    return defaults
+def _session_setup(statements: list[str]) -> Callable[[Any, ConnectionPoolEntry], None]:
+    """A pool ``connect`` listener: ``statements`` run on each new connection, in order."""
 
-
-def _mysql_defaults(connect_timeout: float, io_timeout: float | None) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        "connect_timeout": connect_timeout,
-        "charset": "utf8mb4",
-        "init_command": MYSQL_SESSION_ISOLATION,
-    }
-    if io_timeout is not None:
-        client_timeout = io_timeout + CLIENT_GRACE_S
-        defaults.update(read_timeout=client_timeout, write_timeout=client_timeout)
-    return defaults
-
-
-def _postgresql_bounds(io_timeout: float) -> str:
-    """libpq ``options``: the server cancels a statement, or a lock wait,
-    that takes longer than ``io_timeout``."""
-    ms = max(1, round(io_timeout * 1000))
-    return f"-c statement_timeout={ms} -c lock_timeout={ms}"
-
-
-def _mysql_bounds(io_timeout: float) -> Callable[[Any, ConnectionPoolEntry], None]:
-    """A pool ``connect`` listener: the server ends statements and lock waits past
-    ``io_timeout``. Only MariaDB runs ``/*M! */``: MySQL lacks ``max_statement_time``."""
-    seconds = max(1, math.ceil(io_timeout))
-    sql = (
-        f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
-        f" /*M! , max_statement_time = {io_timeout:.3f} */"
-    )
-
-    def set_bounds(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    def set_up(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         with contextlib.closing(dbapi_connection.cursor()) as cursor:
-            cursor.execute(sql)
+            for sql in statements:
+                cursor.execute(sql)
+                mode = cursor.fetchone() if sql == JOURNAL_MODE_PRAGMA else None
+                if mode and str(mode[0]).lower() != "wal":
+                    logger.warning("SQLite kept journal mode %s instead of WAL", mode[0])
 
-    return set_bounds
+    return set_up
 
 
 def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:
@@ -256,19 +245,6 @@ def connection_alive(dialect: Dialect, dbapi_connection: Any) -> bool:
         if not dialect.is_disconnect(exc, dbapi_connection, None):
             raise
         return False
-
-
-def _liveness_check(
-    dialect: Dialect,
-) -> Callable[[Any, ConnectionPoolEntry, PoolProxiedConnection], None]:
-    """A pool ``checkout`` listener; ``InvalidatePoolError`` is SQLAlchemy's documented
-    way to drop this and every older connection and hand out a fresh one."""
-
-    def check(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
-        if not connection_alive(dialect, dbapi_connection):
-            raise sa_exc.InvalidatePoolError("the server closed the pooled connection")
-
-    return check
 
 
 def _socket_of(dbapi_connection: Any) -> int | None:
@@ -334,14 +310,11 @@ class _Watchdog:
         self._deadlines: weakref.WeakSet[_Deadline] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def watch(self, deadline: _Deadline) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child has no thread
-                self._pid, self._thread = os.getpid(), None
             self._deadlines.add(deadline)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # a forked child has none
                 self._thread = threading.Thread(
                     target=self._run, name="console-auth-sql-watchdog", daemon=True
                 )
@@ -351,7 +324,7 @@ class _Watchdog:
         while True:
             time.sleep(WATCHDOG_TICK_S)
             with self._lock:
-                deadlines: Iterable[_Deadline] = list(self._deadlines)
+                deadlines = list(self._deadlines)
                 if not deadlines:
                     self._thread = None
                     return
@@ -370,18 +343,12 @@ def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
     seconds; as every connection's ``cursor_factory``, it bounds every path."""
     import psycopg
     from psycopg.abc import Params, Query
-    from psycopg.rows import RowFactory
 
     class BoundedCursor(psycopg.Cursor[Any]):
         __slots__ = ("_deadline",)
 
-        def __init__(
-            self,
-            connection: psycopg.Connection[Any],
-            *,
-            row_factory: RowFactory[Any] | None = None,
-        ) -> None:
-            super().__init__(connection, row_factory=row_factory or connection.row_factory)
+        def __init__(self, connection: psycopg.Connection[Any], **options: Any) -> None:
+            super().__init__(connection, **options)
             deadline = getattr(connection, _DEADLINE, None)
             if deadline is None:
                 deadline = _Deadline(connection, bound)
@@ -396,19 +363,17 @@ def _bounded_cursor(bound: float) -> type[psycopg.Cursor[Any]]:
             *,
             prepare: bool | None = None,
             binary: bool | None = None,
-        ) -> BoundedCursor:
+        ) -> BoundedCursor:  # the hot path's signature spelled out: no args tuple or dict
             self._deadline.arm()
             try:
                 return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc, arg-type]
             finally:
                 self._deadline.disarm()
 
-        def executemany(
-            self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
-        ) -> None:
+        def executemany(self, *args: Any, **kwargs: Any) -> None:
             self._deadline.arm()
             try:
-                super().executemany(query, params_seq, returning=returning)
+                super().executemany(*args, **kwargs)
             finally:
                 self._deadline.disarm()
 
@@ -422,16 +387,3 @@ def _is_memory(url: URL) -> bool:
         or database.startswith("file::memory:")
         or (url.query.get("mode") == "memory")
     )
-
-
-def _pragma_setter(*, memory: bool) -> Callable[[Any, ConnectionPoolEntry], None]:
-    pragmas = [p for p in SQLITE_PRAGMAS if not (memory and p == JOURNAL_MODE_PRAGMA)]
-
-    def set_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        with contextlib.closing(dbapi_connection.cursor()) as cursor:
-            for pragma in pragmas:
-                result = cursor.execute(pragma).fetchone()
-                if pragma == JOURNAL_MODE_PRAGMA and result and str(result[0]).lower() != "wal":
-                    logger.warning("SQLite kept journal mode %s instead of WAL", result[0])
-
-    return set_pragmas

@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import Connection, Engine, String, column, event, inspect, select, table
 from sqlalchemy.pool import StaticPool
@@ -38,18 +36,12 @@ two threads must never migrate at once."""
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema up to ``revision``; a no-op when it is there already."""
-    from alembic import command
-
-    with _migrating(engine, revision) as config:
-        command.upgrade(config, revision)
+    _migrate(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Take the schema down to ``revision`` (``"base"``: drop everything)."""
-    from alembic import command
-
-    with _migrating(engine, revision) as config:
-        command.downgrade(config, revision)
+    _migrate(engine, "downgrade", revision)
 
 
 def guard_schema(engine: Engine, *, auto_migrate: bool | None) -> None:
@@ -102,9 +94,8 @@ def current_revision(engine: Engine) -> str | None:
 def _known_revisions() -> set[str]:
     from alembic.script import ScriptDirectory
 
-    return {
-        script.revision for script in ScriptDirectory.from_config(script_config()).walk_revisions()
-    }
+    scripts = ScriptDirectory.from_config(script_config())
+    return {script.revision for script in scripts.walk_revisions()}
 
 
 def upgrade_script(url: str, revision: str = "head") -> str:
@@ -133,10 +124,10 @@ MIGRATION_LOCK_WAIT_MS: Final = 60_000
 is migrating the same SQLite file (on a loaded host that can take seconds)."""
 
 
-@contextmanager
-def _migrating(engine: Engine, revision: str) -> Iterator[Config]:
+def _migrate(engine: Engine, direction: Literal["upgrade", "downgrade"], revision: str) -> None:
     """One transaction around the whole run, handed to ``env.py``; on SQLite
     ``BEGIN IMMEDIATE``, else its driver autocommits each DDL statement."""
+    from alembic import command
     from alembic.util import CommandError
 
     if not revision.strip():  # Alembic would fail an assertion
@@ -150,9 +141,15 @@ def _migrating(engine: Engine, revision: str) -> Iterator[Config]:
         try:
             config = script_config()
             config.attributes["connection"] = connection
-            _check_known(_current(connection))
+            current = _current(connection)
+            if current is not None and current not in _known_revisions():
+                # a schema written by a newer release: refuse to guess how to move it
+                raise UnsupportedVersion(
+                    f"the database schema is at revision {current}, newer than this release "
+                    f"of console-auth knows (its head is {HEAD})"
+                )
             try:
-                yield config
+                getattr(command, direction)(config, revision)
             except CommandError as exc:  # e.g. an unknown target revision
                 raise InvalidRequest(f"cannot migrate the console-auth schema: {exc}") from exc
         finally:
@@ -169,12 +166,3 @@ def _current(connection: Connection) -> str | None:
     if len(revisions) > 1:
         raise InvalidRequest(f"the database schema has several heads: {', '.join(revisions)}")
     return revisions[0] if revisions else None
-
-
-def _check_known(current: str | None) -> None:
-    """A schema written by a newer release: refuse to guess how to move it."""
-    if current is not None and current not in _known_revisions():
-        raise UnsupportedVersion(
-            f"the database schema is at revision {current}, newer than this release "
-            f"of console-auth knows (its head is {HEAD})"
-        )

@@ -11,7 +11,7 @@ from typing import Any, Final
 from uuid import UUID
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, RowMapping, Table, delete, insert, select, update
+from sqlalchemy import RowMapping, Table, delete, insert, select, update
 
 from console_auth.application.service import in_batches
 from console_auth.domain import BackendUnavailable, InvalidRequest
@@ -19,6 +19,7 @@ from console_auth.domain.leases import PortLease
 from console_auth.domain.model import invalid_request
 from console_auth.domain.types import from_microseconds, to_microseconds
 
+from .repository import delete_selected
 from .statements import Statements
 from .tables import PORT_LEASES, PORT_RESERVATIONS
 
@@ -104,14 +105,7 @@ class SqlPortLeaseRepository:
         expired = _L.c.expires_at_us <= to_microseconds(now)
         where = expired if host is None else expired & (_L.c.host == host)
         oldest = select(_L.c.id).where(where).order_by(_L.c.expires_at_us, _L.c.id).limit(limit)
-
-        def purge(conn: Connection) -> int:
-            ids = conn.scalars(oldest).all()
-            if not ids:
-                return 0
-            return int(conn.execute(delete(_L).where(_L.c.id.in_(ids), where)).rowcount)
-
-        return self._statements.run(purge)
+        return delete_selected(self._statements, _L, oldest, where)
 
     def _current(self, host: str, port: int) -> PortLease | None:
         query = select(*_LEASE_COLUMNS).where(_L.c.host == host, _L.c.port == port)
@@ -130,22 +124,18 @@ class SqlPortReservationRepository:
         return _insert(self._statements, _R, row)
 
     def release(self, host: str, port: int) -> bool:
-        return (
-            _write(self._statements, delete(_R).where(_R.c.host == host, _R.c.port == port)) == 1
-        )
+        one = delete(_R).where(_R.c.host == host, _R.c.port == port)
+        return _write(self._statements, one) == 1
 
     def reserved(self, host: str, first: int, last: int) -> set[int]:
         query = select(_R.c.port).where(_R.c.host == host, _R.c.port.between(first, last))
         return self._statements.run(lambda conn: set(conn.scalars(query).all()))
 
 
-_TAKEN: Final = "taken"
-
-
 def _insert(statements: Statements, table: Table, row: Mapping[str, Any]) -> bool:
     """Insert one row; ``False`` when its unique key is already taken."""
     try:
-        statements.run(lambda conn: conn.execute(insert(table), dict(row)), on_conflict=_TAKEN)
+        statements.run(lambda conn: conn.execute(insert(table), dict(row)), on_conflict="taken")
     except InvalidRequest:
         return False
     return True
@@ -157,29 +147,17 @@ def _write(statements: Statements, statement: Any) -> int:
 
 
 def _lease_row(lease: PortLease) -> dict[str, Any]:
-    return {
-        "host": lease.host,
-        "port": lease.port,
-        "instance_uuid": str(lease.instance_uuid),
-        "kind": lease.kind.value,
-        "lease_id": lease.lease_id,
-        "token_hash": lease.token_hash,
-        "proxy_id": lease.proxy_id,
-        "since_us": to_microseconds(lease.since),
-        "expires_at_us": to_microseconds(lease.expires_at),
-    }
+    since, expires_at = to_microseconds(lease.since), to_microseconds(lease.expires_at)
+    row = lease.model_dump(mode="json", exclude={"since", "expires_at"})
+    return {**row, "since_us": since, "expires_at_us": expires_at}
 
 
 def _lease(row: RowMapping) -> PortLease:
+    times = {"since": row["since_us"], "expires_at": row["expires_at_us"]}
     try:
         return PortLease.model_validate(
-            {
-                **{key: row[key] for key in ("host", "port", "kind", "lease_id", "token_hash")},
-                "instance_uuid": row["instance_uuid"],
-                "proxy_id": row["proxy_id"],
-                "since": from_microseconds(row["since_us"]),
-                "expires_at": from_microseconds(row["expires_at_us"]),
-            }
+            {key: value for key, value in row.items() if not key.endswith("_us")}
+            | {key: from_microseconds(us) for key, us in times.items()}
         )
     except (ValidationError, OverflowError) as exc:
         problem = str(invalid_request(exc)) if isinstance(exc, ValidationError) else "bad time"

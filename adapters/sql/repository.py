@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     Insert,
     Select,
+    Table,
     bindparam,
     delete,
     func,
@@ -32,7 +33,7 @@ from console_auth.domain import BackendUnavailable, ConsoleConnection, ConsoleOp
 from console_auth.domain.model import invalid_request
 from console_auth.domain.types import from_microseconds, to_microseconds
 
-from .statements import DUPLICATE_HASH, Statements
+from .statements import DUPLICATE_HASH, Prepared, Statements
 from .tables import CONSOLE_CONNECTIONS, REVOCATIONS
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class SqlConsoleConnectionRepository:
 
     def __init__(self, statements: Statements) -> None:
         self._statements = statements
-        prepare = statements.prepare
+        prepare = functools.partial(Prepared, statements.engine)
         self._insert = prepare(_INSERT)
         self._by_hash = prepare(_BY_HASH)
         self._by_instance = prepare(_BY_INSTANCE)
@@ -100,21 +101,8 @@ class SqlConsoleConnectionRepository:
         """Select the oldest ids, then delete by id (ARCHITECTURE.md, "Purge deletes by id")."""
         if limit < 1:
             return 0
-        return self._delete_selected(oldest_expired(now, host, limit), now)
-
-    def _delete_selected(self, ids_of: Select[tuple[int]], now: datetime) -> int:
-        """Delete the rows ``ids_of`` selects that are still expired, in one transaction."""
-        still_expired = expired_again(now)
-
-        def purge(conn: Connection) -> int:
-            ids = conn.scalars(ids_of).all()
-            deleted = 0
-            for start in range(0, len(ids), DELETE_CHUNK):
-                chunk = _T.c.id.in_(ids[start : start + DELETE_CHUNK])
-                deleted += conn.execute(delete(_T).where(chunk, still_expired)).rowcount
-            return deleted
-
-        return self._statements.run(purge)
+        oldest = oldest_expired(now, host, limit)
+        return delete_selected(self._statements, _T, oldest, expired_again(now))
 
     def purge_instances(
         self, now: datetime, instance_uuids: Collection[UUID], batch_size: int
@@ -127,9 +115,8 @@ class SqlConsoleConnectionRepository:
             of_chunk = _T.c.instance_uuid.in_(wanted[start : start + DELETE_CHUNK])
 
             def batch(limit: int, of_chunk: ColumnElement[bool] = of_chunk) -> int:
-                return self._delete_selected(
-                    select(_T.c.id).where(of_chunk, expired).limit(limit), now
-                )
+                oldest = select(_T.c.id).where(of_chunk, expired).limit(limit)
+                return delete_selected(self._statements, _T, oldest, expired_again(now))
 
             total += in_batches(batch, batch_size)
         return total
@@ -164,6 +151,22 @@ class SqlConsoleConnectionRepository:
         return None
 
 
+def delete_selected(
+    statements: Statements, table: Table, ids_of: Select[tuple[int]], still: ColumnElement[bool]
+) -> int:
+    """Delete the rows ``ids_of`` selects where ``still`` holds, in one transaction."""
+
+    def purge(conn: Connection) -> int:
+        ids = conn.scalars(ids_of).all()
+        deleted = 0
+        for start in range(0, len(ids), DELETE_CHUNK):
+            chunk = table.c.id.in_(ids[start : start + DELETE_CHUNK])
+            deleted += conn.execute(delete(table).where(chunk, still)).rowcount
+        return deleted
+
+    return statements.run(purge)
+
+
 def _revoked_at(instance: str, revoked_at_us: object) -> datetime:
     """An unreadable row is a store fault, never "not revoked"."""
     try:
@@ -186,16 +189,12 @@ def _record_revocation(dialect: str) -> Insert:
         upsert = mysql.insert(_V).values(values)
         later = func.greatest(stored, upsert.inserted.revoked_at_us)
         return upsert.on_duplicate_key_update(revoked_at_us=later)
-    if dialect == "postgresql":
-        on_postgresql = postgresql.insert(_V).values(values)
-        later = func.greatest(stored, on_postgresql.excluded.revoked_at_us)
-        return on_postgresql.on_conflict_do_update(
-            index_elements=[_V.c.instance_uuid], set_={"revoked_at_us": later}
-        )
-    on_sqlite = sqlite.insert(_V).values(values)
-    later = func.max(stored, on_sqlite.excluded.revoked_at_us)  # SQLite's two-argument max
-    return on_sqlite.on_conflict_do_update(
-        index_elements=[_V.c.instance_uuid], set_={"revoked_at_us": later}
+    on_postgresql = dialect == "postgresql"
+    on_conflict = (postgresql.insert(_V) if on_postgresql else sqlite.insert(_V)).values(values)
+    greatest = func.greatest if on_postgresql else func.max  # SQLite's two-argument max
+    return on_conflict.on_conflict_do_update(
+        index_elements=[_V.c.instance_uuid],
+        set_={"revoked_at_us": greatest(stored, on_conflict.excluded.revoked_at_us)},
     )
 
 

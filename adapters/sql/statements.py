@@ -35,10 +35,9 @@ WRITE_ATTEMPTS: Final = 4
 """Runs of work the server rolled back as a deadlock victim."""
 RETRY_PAUSE_S: Final = 0.02
 """First pause between runs, doubled and jittered so colliders part."""
-RETRYABLE_MYSQL_ERRNOS: Final = frozenset({1213})
-"""InnoDB's deadlock victim; not 1205, a lock wait already as long as ``io_timeout``."""
-RETRYABLE_SQLSTATES: Final = frozenset({"40P01", "40001"})
-"""PostgreSQL's deadlock detected and serialization failure."""
+RETRYABLE_CODES: Final[frozenset[object]] = frozenset({1213, "40P01", "40001"})
+"""InnoDB's deadlock victim (not 1205, a lock wait already as long as ``io_timeout``);
+PostgreSQL's deadlock detected and serialization failure."""
 POSTGRESQL_BEGIN: Final = "BEGIN ISOLATION LEVEL READ COMMITTED"
 """As MariaDB's sessions (``engine.MYSQL_SESSION_ISOLATION``): no gap locks;
 each unit of work re-checks its conditions in its writes."""
@@ -97,24 +96,20 @@ def _close_in(pid: int, connection: PoolProxiedConnection) -> None:
             connection.close()
 
 
-class _PerThread:
+class _PerThread(threading.local):
     """Each thread holds its own connection (a SQLite file)."""
 
-    def __init__(self) -> None:
-        self._local = threading.local()
+    held: _Held | None = None
 
     def take(self) -> _Held | Literal[False] | None:
         """The held connection; ``None``: open one; ``False``: use the pool."""
-        return getattr(self._local, "held", None)
+        return self.held
 
     def keep(self, held: _Held | None) -> None:
-        self._local.held = held
+        self.held = held
 
     def give_back(self) -> None:
         return None
-
-    def forget(self) -> None:
-        self._local = threading.local()
 
 
 class _Shared:
@@ -132,9 +127,6 @@ class _Shared:
 
     def give_back(self) -> None:
         self._lock.release()
-
-    def forget(self) -> None:
-        self._held = None
 
 
 class Statements:
@@ -156,9 +148,6 @@ class Statements:
     @property
     def holds_connections(self) -> bool:
         return self._holder is not None
-
-    def prepare(self, statement: ClauseElement) -> Prepared:
-        return Prepared(self.engine, statement)
 
     def fetch_one(self, statement: Prepared, params: Mapping[str, Any]) -> Sequence[Any] | None:
         return cast(Sequence[Any] | None, self._call(statement, params, None, read=True))
@@ -186,7 +175,7 @@ class Statements:
     def close(self) -> None:
         """Let go of the held connections; the next call opens another."""
         if self._holder is not None:
-            self._holder.forget()
+            self._holder = type(self._holder)()
 
     def _call(
         self,
@@ -272,9 +261,8 @@ class Statements:
 
     def _forked(self) -> None:
         """Closing a parent's connection would end the parent's session."""
-        if self._holder is not None:
-            self._inherited.append(self._holder)
-            self._holder = type(self._holder)()
+        self._inherited.append(self._holder)
+        self.close()
         self._pid = os.getpid()
 
 
@@ -310,19 +298,13 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             yield connection
             connection.exec_driver_sql("COMMIT")
         except BaseException:
-            _roll_back(connection)
+            if not connection.invalidated:  # the pool does not roll back an autocommitting one
+                try:
+                    connection.exec_driver_sql("ROLLBACK")
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        connection.invalidate()
             raise
-
-
-def _roll_back(connection: Connection) -> None:
-    """The pool does not roll back an autocommitting connection."""
-    if connection.invalidated:
-        return
-    try:
-        connection.exec_driver_sql("ROLLBACK")
-    except Exception:
-        with contextlib.suppress(Exception):
-            connection.invalidate()
 
 
 def autocommits(dialect: Dialect, dbapi_connection: Any) -> bool:
@@ -357,40 +339,40 @@ def unavailable(exc: BaseException) -> BackendUnavailable:
 
 def describe(exc: BaseException) -> str:
     """E.g. ``sqlite3.OperationalError SQLITE_BUSY``, wrapped or raw."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        orig: BaseException | None = exc.orig
-    elif isinstance(exc, sa_exc.SQLAlchemyError):
-        orig = None
-    else:
-        orig = exc
+    orig = _driver_error(exc)
     if orig is None:
         return type(exc).__name__
     name = f"{type(orig).__module__}.{type(orig).__qualname__}"
-    if orig.args and isinstance(orig.args[0], int):
-        code: object = orig.args[0]  # MySQL/MariaDB drivers: the server's errno
-    else:
-        code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    code = _code(orig)
     return name if code is None else f"{name} {code}"
 
 
 def is_retryable(exc: BaseException | None) -> bool:
     """Whether the server rolled the work back whole to break a deadlock."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    if orig is None:
-        return False
-    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
-        return True
-    args = orig.args
-    return bool(args) and isinstance(args[0], int) and args[0] in RETRYABLE_MYSQL_ERRNOS
+    orig = None if exc is None else _driver_error(exc)
+    return orig is not None and _code(orig) in RETRYABLE_CODES
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.orig
+    return None if isinstance(exc, sa_exc.SQLAlchemyError) else exc
+
+
+def _code(orig: BaseException) -> object:
+    """MySQL/MariaDB drivers: the server's errno; SQLite's error name; else the SQLSTATE."""
+    if orig.args and isinstance(orig.args[0], int):
+        return orig.args[0]
+    return getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
 
 
 def retry_rolled_back(write: Callable[[], _R]) -> _R:
     """Not a lost connection: an insert may have committed before the answer was lost."""
-    for attempt in range(1, WRITE_ATTEMPTS + 1):
+    for attempt in range(1, WRITE_ATTEMPTS):
         try:
             return write()
         except BackendUnavailable as exc:
-            if attempt == WRITE_ATTEMPTS or not is_retryable(exc.__cause__):
+            if not is_retryable(exc.__cause__):
                 raise
             pause = RETRY_PAUSE_S * 2 ** (attempt - 1) * (0.5 + random.random())  # noqa: S311
             logger.warning(
@@ -401,4 +383,4 @@ def retry_rolled_back(write: Callable[[], _R]) -> _R:
                 pause * 1000,
             )
             time.sleep(pause)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return write()  # the last run: its fault is the caller's
