@@ -65,41 +65,39 @@ def _digest(host: str) -> int:
     return int.from_bytes(hashlib.sha256(host.encode("utf-8")).digest()[:16], "big")
 
 
+def _buckets(prefix: str) -> list[str]:
+    return [f"{prefix}:{bucket}" for bucket in range(HOST_BUCKETS)]
+
+
 class Keys:
     """The keys under one ``key_prefix``; ``InvalidRequest`` for a bad prefix."""
 
     def __init__(self, key_prefix: object) -> None:
         if not isinstance(key_prefix, str) or KEY_PREFIX_SHAPE.fullmatch(key_prefix) is None:
             raise InvalidRequest(f"memcached key prefix must match {KEY_PREFIX_SHAPE.pattern}")
-        self.prefix = key_prefix
-        # Public: validation (the hot path) concatenates it rather than call a method.
-        self.connection_prefix = f"{key_prefix}:c:"
-        self._registry_prefix = f"{key_prefix}:hosts:"
+        self.key_prefix = key_prefix
+        self._connection_prefix = f"{key_prefix}:c:"  # validation concatenates, with no call
 
-    def connection(self, token_hash: str) -> str:
-        return self.connection_prefix + token_hash
+    def connection_key(self, token_hash: str) -> str:
+        return self._connection_prefix + token_hash
 
-    def instance(self, instance_uuid: UUID | str) -> str:
-        return f"{self.prefix}:i:{instance_uuid}"
+    def instance_key(self, instance_uuid: UUID | str) -> str:
+        return f"{self.key_prefix}:i:{instance_uuid}"
 
-    def host(self, host: str, instance_uuid: UUID) -> str:
+    def revocation_key(self, instance_uuid: UUID) -> str:
+        return f"{self.key_prefix}:r:{instance_uuid}"
+
+    def host_key(self, host: str, instance_uuid: UUID) -> str:
         """The host-index bucket that lists ``instance_uuid`` on ``host``."""
-        return f"{self._host_prefix(host)}{instance_uuid.int % HOST_BUCKETS}"
+        return f"{self.key_prefix}:h:{_digest(host):032x}:{instance_uuid.int % HOST_BUCKETS}"
 
-    def hosts(self, host: str) -> list[str]:
+    def host_keys(self, host: str) -> list[str]:
         """Every bucket of ``host``'s index."""
-        prefix = self._host_prefix(host)
-        return [f"{prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
+        return _buckets(f"{self.key_prefix}:h:{_digest(host):032x}")
 
-    def registry(self, host: str) -> str:
+    def registry_key(self, host: str) -> str:
         """The registry bucket that lists ``host``."""
-        return f"{self._registry_prefix}{_digest(host) % HOST_BUCKETS}"
+        return f"{self.key_prefix}:hosts:{_digest(host) % HOST_BUCKETS}"
 
-    def registries(self) -> list[str]:
-        return [f"{self._registry_prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
-
-    def revocation(self, instance_uuid: UUID) -> str:
-        return f"{self.prefix}:r:{instance_uuid}"
-
-    def _host_prefix(self, host: str) -> str:
-        return f"{self.prefix}:h:{_digest(host):032x}:"
+    def registry_keys(self) -> list[str]:
+        return _buckets(f"{self.key_prefix}:hosts")
