@@ -174,23 +174,19 @@ class MemcachedClient:
 
     def gets(self, key: str) -> tuple[bytes | None, bytes | None]:
         """The value and its CAS unique, or ``(None, None)``."""
-        value, unique = self._run(self._node(key), True, Client.gets, key)
-        return value, unique
+        return self._run(self._node(key), True, Client.gets, key)
 
     def add(self, key: str, value: bytes, expire: int) -> bool:
         """Store only if absent; ``False`` if the key exists."""
-        return bool(self._run(self._node(key), False, Client.add, key, value, expire))
+        return self._run(self._node(key), False, Client.add, key, value, expire)
 
     def cas(self, key: str, value: bytes, unique: bytes, expire: int) -> bool | None:
         """``True`` stored, ``False`` changed since ``gets``, ``None`` gone."""
-        stored: bool | None = self._run(
-            self._node(key), False, Client.cas, key, value, unique, expire
-        )
-        return stored
+        return self._run(self._node(key), False, Client.cas, key, value, unique, expire)
 
     def delete(self, key: str) -> bool:
         """``True`` if the key existed."""
-        return bool(self._run(self._node(key), False, Client.delete, key))
+        return self._run(self._node(key), False, Client.delete, key)
 
     def evictions(self) -> dict[str, int]:
         """memcached's ``evictions`` stat of each server that answers (items dropped before

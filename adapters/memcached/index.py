@@ -11,7 +11,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from console_auth.domain import BackendUnavailable
 from console_auth.domain.tokens import is_token_hash
@@ -28,46 +28,23 @@ SKEW: Final = 60
 """Seconds of slack for clocks of clients and servers that disagree."""
 CAS_ATTEMPTS: Final = 100
 """Races lost in a row before ``BackendUnavailable``: seconds of contention, a fault, not load."""
-_MAX_BACKOFF: Final = 0.02
 _EMPTY_EXPIRY: Final = 60
 """An emptied index is written, not deleted (``delete`` has no CAS), and lingers this long."""
-_UUID_SHAPE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NAME: Final = re.compile(r".{1,255}", re.DOTALL)
+
+Field = type[int] | Callable[[str], object]
+"""An entry field's check: an int, or a string that passes it."""
+# The entries' fields (keys.py); readers check the first ones and carry later ones through.
+INSTANCE_INDEX: Final[tuple[Field, ...]] = (is_token_hash, int, int, _NAME.fullmatch)
+HOST_INDEX: Final[tuple[Field, ...]] = (_UUID.fullmatch, int)
+HOST_REGISTRY: Final[tuple[Field, ...]] = (_NAME.fullmatch, int)
 
 
-def _int(value: object) -> bool:
-    return type(value) is int
-
-
-def _str(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 255
-
-
-def _uuid(value: object) -> bool:
-    return isinstance(value, str) and _UUID_SHAPE.fullmatch(value) is not None
-
-
-def _hash(value: object) -> bool:
-    return isinstance(value, str) and is_token_hash(value)
-
-
-class IndexKind(NamedTuple):
-    """An index's name for messages and a check of each field readers use (the first ones)."""
-
-    name: str
-    fields: tuple[Callable[[object], bool], ...]
-
-    def check(self, entry: object) -> bool:
-        return (
-            isinstance(entry, list)
-            and len(entry) >= len(self.fields)
-            and all(check(value) for check, value in zip(self.fields, entry, strict=False))
-        )
-
-
-# The entries' fields: keys.py.
-INSTANCE_INDEX: Final = IndexKind("console instance index", (_hash, _int, _int, _str))
-HOST_INDEX: Final = IndexKind("console host index", (_uuid, _int))
-HOST_REGISTRY: Final = IndexKind("console host registry", (_str, _int))
+def _fits(field: Field, value: object) -> bool:
+    if field is int:
+        return type(value) is int
+    return isinstance(value, str) and bool(field(value))
 
 
 def unreadable(what: str, problem: str, token_hash: str = "") -> BackendUnavailable:
@@ -103,7 +80,7 @@ def cas_write(
         value, expire = wanted
         if client.cas(key, value, unique, expire) if unique else client.add(key, value, expire):
             return
-        time.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.0005 * 2**attempt)))  # noqa: S311
+        time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))  # noqa: S311
     logger.error("gave up updating a %s after %d races", what, CAS_ATTEMPTS)
     raise BackendUnavailable(
         f"{what} kept changing under concurrent writers; gave up after {CAS_ATTEMPTS} attempts"
@@ -113,10 +90,13 @@ def cas_write(
 class CasIndex:
     """Read and update index items of one kind."""
 
-    def __init__(self, client: MemcachedClient, kind: IndexKind, wall_clock: WallClock) -> None:
+    def __init__(
+        self, client: MemcachedClient, wall_clock: WallClock, name: str, fields: tuple[Field, ...]
+    ) -> None:
         self._client = client
-        self._kind = kind
         self._wall = wall_clock
+        self._name = name
+        self._fields = fields
 
     def read(self, *keys: str) -> list[Entry]:
         """The live entries of these indexes (a missing one is empty), one round trip a server."""
@@ -136,14 +116,21 @@ class CasIndex:
             expire = expiry(max(e[1] for e in entries) + SKEW, now) if entries else _EMPTY_EXPIRY
             return json.dumps(entries, separators=(",", ":")).encode("utf-8"), expire
 
-        cas_write(self._client, key, new, self._kind.name)
+        cas_write(self._client, key, new, self._name)
 
     def _decode(self, raw: bytes | None) -> list[Entry]:
         if raw is None:
             return []
-        entries = loads(raw, self._kind.name)
+        entries = loads(raw, self._name)
         if not isinstance(entries, list):
-            raise unreadable(self._kind.name, "not a JSON array")
-        if not all(self._kind.check(entry) for entry in entries):
-            raise unreadable(self._kind.name, "an entry has the wrong shape")
+            raise unreadable(self._name, "not a JSON array")
+        if not all(self._fit(entry) for entry in entries):
+            raise unreadable(self._name, "an entry has the wrong shape")
         return entries
+
+    def _fit(self, entry: object) -> bool:
+        return (
+            isinstance(entry, list)
+            and len(entry) >= len(self._fields)
+            and all(_fits(f, value) for f, value in zip(self._fields, entry, strict=False))
+        )

@@ -45,9 +45,7 @@ from .keys import (
     DEFAULT_RETENTION,
     REVOCATION_EXPIRY_S,
     Keys,
-    check_retention,
     expiry,
-    reclaim_time,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,13 +88,12 @@ class MemcachedConsoleConnectionRepository(Keys):
         expired_retention: int = DEFAULT_RETENTION,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(key_prefix)
-        self._retention = check_retention(expired_retention)
+        super().__init__(key_prefix, expired_retention)
         self._client = client
         self._wall = wall_clock
-        self._instances = CasIndex(client, INSTANCE_INDEX, wall_clock)
-        self._hosts = CasIndex(client, HOST_INDEX, wall_clock)
-        self._registry = CasIndex(client, HOST_REGISTRY, wall_clock)
+        self._instances = CasIndex(client, wall_clock, "console instance index", INSTANCE_INDEX)
+        self._hosts = CasIndex(client, wall_clock, "console host index", HOST_INDEX)
+        self._registry = CasIndex(client, wall_clock, "console host registry", HOST_REGISTRY)
         self._lock = threading.Lock()
         self.stats = MemcachedStats()
 
@@ -104,7 +101,7 @@ class MemcachedConsoleConnectionRepository(Keys):
         """The item, then the indexes; an index write that fails deletes the item
         again, so no token is handed out that revoke cannot reach."""
         now = self._wall()
-        reclaim_at = reclaim_time(connection.expires_at, now, self._retention)
+        reclaim_at = self.reclaim_time(connection.expires_at, now)
         token_hash = connection.token_hash
         value = json.dumps(
             connection.to_primitive(), separators=(",", ":"), ensure_ascii=False
@@ -148,9 +145,15 @@ class MemcachedConsoleConnectionRepository(Keys):
         the instance index is emptied with CAS (a token added meanwhile is
         deleted in the next round), and the instance leaves its hosts' indexes
         (best effort: a leftover entry costs a purge one ``get`` until it lapses)."""
-        self._record_revocation(self.revocation_key(instance_uuid), to_microseconds(revoked_at))
+        at_us = to_microseconds(revoked_at)
+        record, value = self.revocation_key(instance_uuid), str(at_us).encode("ascii")
         existed: dict[str, bool] = {}
         hosts: set[str] = set()
+
+        def later(raw: bytes | None) -> tuple[bytes, int] | None:
+            if raw is not None and raw.isdigit() and int(raw) >= at_us:
+                return None  # the later time is kept (racing revokes, skewed clocks)
+            return value, REVOCATION_EXPIRY_S  # earlier, gone or unreadable: ours replaces it
 
         def revoke(entries: list[Entry]) -> list[Entry]:
             for entry in entries:
@@ -159,35 +162,24 @@ class MemcachedConsoleConnectionRepository(Keys):
                     existed[entry[0]] = self._delete_listed(entry)
             return []
 
+        if not self._client.add(record, value, REVOCATION_EXPIRY_S):  # the first: one round trip
+            cas_write(self._client, record, later, "console revocation record")
         self._instances.update(self.instance_key(instance_uuid), revoke)
+        gone = _without({str(instance_uuid)})
         for host in sorted(hosts):
             try:
-                self._hosts.update(
-                    self.host_key(host, instance_uuid), _without({str(instance_uuid)})
-                )
+                self._hosts.update(self.host_key(host, instance_uuid), gone)
             except BackendUnavailable as exc:
                 logger.warning("a revoked instance stays listed in a host index: %s", exc)
         return sum(existed.values())
-
-    def _record_revocation(self, key: str, at_us: int) -> None:
-        """Keep the later time (racing revokes, skewed clocks), as every store does."""
-        value = str(at_us).encode("ascii")
-
-        def later(raw: bytes | None) -> tuple[bytes, int] | None:
-            if raw is not None and raw.isdigit() and int(raw) >= at_us:
-                return None
-            return value, REVOCATION_EXPIRY_S  # earlier, gone or unreadable: ours replaces it
-
-        if not self._client.add(key, value, REVOCATION_EXPIRY_S):  # the first: one round trip
-            cas_write(self._client, key, later, "console revocation record")
 
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
         by_key = {self.revocation_key(u): u for u in instance_uuids}
         found: dict[UUID, datetime] = {}
         for key, raw in self._client.get_many(list(by_key)).items():
             try:
-                found[by_key[key]] = from_microseconds(int(raw.decode("ascii")))
-            except (UnicodeDecodeError, ValueError, OverflowError):
+                found[by_key[key]] = from_microseconds(int(raw))
+            except (ValueError, OverflowError):
                 raise BackendUnavailable(
                     f"stored revocation of instance {by_key[key]} is unreadable"
                 ) from None
