@@ -147,8 +147,7 @@ class MemcachedClient:
         return self._node(key).server
 
     def get(self, key: str) -> bytes | None:
-        """The value, or ``None``: every validation's round trip, so its first try is inlined
-        (a call less); a failure goes on as in ``_run``."""
+        """The value, or ``None``: every validation's round trip, so its first try is inlined."""
         node = self._only or self._node(key)
         if not node.down_until:
             client = node.take()

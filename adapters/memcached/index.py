@@ -50,8 +50,8 @@ def _fits(field: Field, value: object) -> bool:
 def unreadable(what: str, problem: str, token_hash: str = "") -> BackendUnavailable:
     """A store fault for the caller, not an unknown token; only the log names a hash prefix."""
     about = f" (token hash {token_hash[:8]})" if token_hash else ""
-    logger.error("unreadable %s in memcached%s: %s", what, about, problem)
-    return BackendUnavailable(f"{what} in memcached is unreadable: {problem}")
+    logger.error("unreadable %s%s: %s", what, about, problem)
+    return BackendUnavailable(f"{what} is unreadable: {problem}")
 
 
 def loads(raw: bytes, what: str, token_hash: str = "") -> Any:
@@ -121,11 +121,12 @@ class CasIndex:
     def _decode(self, raw: bytes | None) -> list[Entry]:
         if raw is None:
             return []
-        entries = loads(raw, self._name)
+        what = f"{self._name} in memcached"
+        entries = loads(raw, what)
         if not isinstance(entries, list):
-            raise unreadable(self._name, "not a JSON array")
+            raise unreadable(what, "not a JSON array")
         if not all(self._fit(entry) for entry in entries):
-            raise unreadable(self._name, "an entry has the wrong shape")
+            raise unreadable(what, "an entry has the wrong shape")
         return entries
 
     def _fit(self, entry: object) -> bool:

@@ -40,13 +40,7 @@ from .index import (
     loads,
     unreadable,
 )
-from .keys import (
-    DEFAULT_PREFIX,
-    DEFAULT_RETENTION,
-    REVOCATION_EXPIRY_S,
-    Keys,
-    expiry,
-)
+from .keys import DEFAULT_PREFIX, DEFAULT_RETENTION, REVOCATION_EXPIRY_S, Keys, expiry
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +60,7 @@ _FAST_PREFIX: Final = _fast_prefix()
 _FAST_START: Final = len(_FAST_PREFIX)
 _validate_json: Final = ConsoleConnection.__pydantic_validator__.validate_json
 """``ConsoleConnection.model_validate_json`` without its Python wrapper."""
-_WHAT: Final = "console connection"
+_WHAT: Final = "stored console connection"
 
 
 @dataclasses.dataclass
