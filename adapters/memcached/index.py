@@ -5,6 +5,8 @@ longest (ARCHITECTURE.md, "Memcached is the legacy path, done safely")."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import random
@@ -31,20 +33,22 @@ CAS_ATTEMPTS: Final = 100
 _EMPTY_EXPIRY: Final = 60
 """An emptied index is written, not deleted (``delete`` has no CAS), and lingers this long."""
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_NAME: Final = re.compile(r".{1,255}", re.DOTALL)
-
-Field = type[int] | Callable[[str], object]
-"""An entry field's check: an int, or a string that passes it."""
-# The entries' fields (keys.py); readers check the first ones and carry later ones through.
-INSTANCE_INDEX: Final[tuple[Field, ...]] = (is_token_hash, int, int, _NAME.fullmatch)
-HOST_INDEX: Final[tuple[Field, ...]] = (_UUID.fullmatch, int)
-HOST_REGISTRY: Final[tuple[Field, ...]] = (_NAME.fullmatch, int)
 
 
-def _fits(field: Field, value: object) -> bool:
-    if field is int:
-        return type(value) is int
-    return isinstance(value, str) and bool(field(value))
+def _int(value: object) -> bool:
+    return type(value) is int
+
+
+def _str(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 255
+
+
+def _uuid(value: object) -> bool:
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
+def _hash(value: object) -> bool:
+    return isinstance(value, str) and is_token_hash(value)
 
 
 def unreadable(what: str, problem: str, token_hash: str = "") -> BackendUnavailable:
@@ -87,28 +91,26 @@ def cas_write(
     )
 
 
+@dataclasses.dataclass(frozen=True)
 class CasIndex:
     """Read and update index items of one kind."""
 
-    def __init__(
-        self, client: MemcachedClient, wall_clock: WallClock, name: str, fields: tuple[Field, ...]
-    ) -> None:
-        self._client = client
-        self._wall = wall_clock
-        self._name = name
-        self._fields = fields
+    client: MemcachedClient
+    wall: WallClock
+    name: str
+    check: Callable[[Entry], bool]
 
     def read(self, *keys: str) -> list[Entry]:
         """The live entries of these indexes (a missing one is empty), one round trip a server."""
-        found = self._client.get_many(keys)
-        now = self._wall()
+        found = self.client.get_many(keys)
+        now = self.wall()
         return [e for key in keys for e in self._decode(found.get(key)) if e[1] + SKEW >= now]
 
     def update(self, key: str, change: Callable[[list[Entry]], list[Entry]]) -> None:
         """``cas_write`` of what ``change`` (safe to repeat) makes of the live entries."""
 
         def new(raw: bytes | None) -> tuple[bytes, int] | None:
-            now = self._wall()
+            now = self.wall()
             stored = self._decode(raw)
             entries = change([e for e in stored if e[1] + SKEW >= now])
             if entries == stored:
@@ -116,22 +118,30 @@ class CasIndex:
             expire = expiry(max(e[1] for e in entries) + SKEW, now) if entries else _EMPTY_EXPIRY
             return json.dumps(entries, separators=(",", ":")).encode("utf-8"), expire
 
-        cas_write(self._client, key, new, self._name)
+        cas_write(self.client, key, new, self.name)
 
     def _decode(self, raw: bytes | None) -> list[Entry]:
         if raw is None:
             return []
-        what = f"{self._name} in memcached"
+        what = f"{self.name} in memcached"
         entries = loads(raw, what)
         if not isinstance(entries, list):
             raise unreadable(what, "not a JSON array")
-        if not all(self._fit(entry) for entry in entries):
-            raise unreadable(what, "an entry has the wrong shape")
+        for entry in entries:
+            if not isinstance(entry, list) or not self.check(entry):
+                raise unreadable(what, "an entry has the wrong shape")
         return entries
 
-    def _fit(self, entry: object) -> bool:
-        return (
-            isinstance(entry, list)
-            and len(entry) >= len(self._fields)
-            and all(_fits(f, value) for f, value in zip(self._fields, entry, strict=False))
-        )
+
+def indexes(client: MemcachedClient, wall_clock: WallClock) -> tuple[CasIndex, CasIndex, CasIndex]:
+    """The instance index, the host index and the host registry (their entries: keys.py), each
+    checking the fields its readers use, the first ones; later ones are carried through."""
+    index = functools.partial(CasIndex, client, wall_clock)
+    return (
+        index(
+            "console instance index",
+            lambda e: len(e) >= 4 and _hash(e[0]) and _int(e[1]) and _int(e[2]) and _str(e[3]),
+        ),
+        index("console host index", lambda e: len(e) >= 2 and _uuid(e[0]) and _int(e[1])),
+        index("console host registry", lambda e: len(e) >= 2 and _str(e[0]) and _int(e[1])),
+    )

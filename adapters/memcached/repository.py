@@ -29,17 +29,7 @@ from console_auth.domain import versions as _versions
 from console_auth.domain.types import from_microseconds, to_microseconds
 
 from .client import MemcachedClient
-from .index import (
-    HOST_INDEX,
-    HOST_REGISTRY,
-    INSTANCE_INDEX,
-    SKEW,
-    CasIndex,
-    Entry,
-    cas_write,
-    loads,
-    unreadable,
-)
+from .index import SKEW, Entry, cas_write, indexes, loads, unreadable
 from .keys import DEFAULT_PREFIX, DEFAULT_RETENTION, REVOCATION_EXPIRY_S, Keys, expiry
 
 logger = logging.getLogger(__name__)
@@ -85,9 +75,7 @@ class MemcachedConsoleConnectionRepository(Keys):
         super().__init__(key_prefix, expired_retention)
         self._client = client
         self._wall = wall_clock
-        self._instances = CasIndex(client, wall_clock, "console instance index", INSTANCE_INDEX)
-        self._hosts = CasIndex(client, wall_clock, "console host index", HOST_INDEX)
-        self._registry = CasIndex(client, wall_clock, "console host registry", HOST_REGISTRY)
+        self._instances, self._hosts, self._registry = indexes(client, wall_clock)
         self._lock = threading.Lock()
         self.stats = MemcachedStats()
 
