@@ -1,8 +1,5 @@
-"""The memcached adapter: the legacy consoleauth path, for one deprecation cycle.
-
-Tokens only (ARCHITECTURE.md, "No serial ports on memcached"). Needs the ``memcached``
-extra (pymemcache). Importing it connects to nothing.
-"""
+"""The memcached adapter: the legacy consoleauth path, for one deprecation cycle; tokens only
+(ARCHITECTURE.md, "No serial ports on memcached"). Needs the ``memcached`` extra (pymemcache)."""
 
 from .client import MemcachedClient, Server, parse_server
 from .repository import MemcachedConsoleConnectionRepository, MemcachedStats

@@ -8,13 +8,12 @@ Every failure is a ``BackendUnavailable`` naming the server and the error's type
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from queue import Empty, SimpleQueue
-from typing import Final, NamedTuple, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from pymemcache.client.base import Client
 from pymemcache.client.rendezvous import RendezvousHash
@@ -32,16 +31,18 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-
+_FAILURES: Final = (OSError, MemcacheError, ValueError)
+"""What a pymemcache command raises; ValueError: a reply line it could not parse (a desync)."""
+_LOST: Final = (OSError, MemcacheUnexpectedCloseError, ValueError)
+"""A connection-level failure: the server may be gone."""
 _NOT_DELIVERED: Final = (
     ConnectionRefusedError,
     ConnectionResetError,
     BrokenPipeError,
     MemcacheUnexpectedCloseError,
 )
-"""Errors after which no live server applied the command: the connection was
-refused, or it belonged to a server process that is gone (with its data).
-Only these are retried for writes; a timeout may hide an applied write."""
+"""No live server applied the command (refused, or its process is gone with its data): only
+these are retried for writes, since a timeout may hide an applied write."""
 
 
 class Server(NamedTuple):
@@ -72,17 +73,8 @@ def _servers(servers: Sequence[Server | str]) -> list[Server]:
     return parsed
 
 
-def _answered_badly(server: Server, failed: Exception) -> BackendUnavailable:
-    """A server that answered, with an error or a reply nobody expects."""
-    if isinstance(failed, MemcacheServerError | MemcacheClientError):
-        return BackendUnavailable(
-            f"memcached server {server.name} refused a command: {_server_text(failed)}"
-        )
-    return BackendUnavailable(f"memcached server {server.name} sent an unexpected reply")
-
-
 class _Node:
-    """One server: its idle connections and whether it is failing fast; a ``SimpleQueue``
+    """One server: its idle connections and until when it fails fast; a ``SimpleQueue``
     is a C-level take and return, cheaper than pymemcache's ``ObjectPool``."""
 
     def __init__(self, server: Server, make: Callable[[Server], Client], max_idle: int) -> None:
@@ -90,18 +82,13 @@ class _Node:
         self._make = make
         self._idle: SimpleQueue[Client] = SimpleQueue()
         self._max_idle = max_idle
-        self._open: weakref.WeakSet[Client] = weakref.WeakSet()
-        self._lock = threading.Lock()
         self.down_until = 0.0
 
     def take(self) -> Client:
         try:
             return self._idle.get_nowait()
         except Empty:
-            client = self._make(self.server)
-            with self._lock:
-                self._open.add(client)
-            return client
+            return self._make(self.server)
 
     def give_back(self, client: Client) -> None:
         if self._idle.qsize() < self._max_idle:
@@ -114,13 +101,6 @@ class _Node:
         with contextlib.suppress(Empty):
             while True:
                 self._idle.get_nowait().close()
-
-    def close(self) -> None:
-        with self._lock:
-            clients = list(self._open)
-        for client in clients:
-            client.close()
-        self.discard_idle()
 
 
 class MemcachedClient:
@@ -146,16 +126,13 @@ class MemcachedClient:
         self._retry_attempts = retry_attempts
         self._retry_timeout = retry_timeout
         self._dead_timeout = dead_timeout
-
-        def make(server: Server) -> Client:
-            return Client(
-                (server.host, server.port),
-                connect_timeout=connect_timeout,
-                timeout=timeout,
-                no_delay=True,
-                default_noreply=False,
-            )
-
+        make = functools.partial(
+            Client,  # a Server is the (host, port) tuple pymemcache takes
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            no_delay=True,
+            default_noreply=False,
+        )
         self._nodes = {s.name: _Node(s, make, max_idle) for s in parsed}
         self._only = self._nodes[parsed[0].name] if len(parsed) == 1 else None
         # HashClient's default hasher, over its node names: the same placement.
@@ -170,82 +147,61 @@ class MemcachedClient:
         return self._node(key).server
 
     def get(self, key: str) -> bytes | None:
-        """The hot path (every validation), inlined: one pooled connection,
-        one ``get``; a failure goes on through ``_run`` and its rules."""
+        """The value, or ``None``: every validation's round trip, so its first try is inlined."""
         node = self._only or self._node(key)
-        value: bytes | None
-        if node.down_until:
-            value = self._run(key, True, lambda c: c.get(key))
+        if not node.down_until:
+            client = node.take()
+            try:
+                value: bytes | None = client.get(key)
+            except _FAILURES as exc:
+                self._failed(node, client, exc, retry=self._retry_attempts > 0)
+                return self._run(node, True, Client.get, key, tried=1)  # type: ignore[no-any-return]
+            node.give_back(client)
             return value
-        client = node.take()
-        try:
-            value = client.get(key)
-        except _FAILURES as exc:
-            self._drop(node, client, exc)
-            value = self._run(key, True, lambda c: c.get(key), failed=exc)
-            return value
-        node.give_back(client)
-        return value
+        return self._run(node, True, Client.get, key)  # type: ignore[no-any-return]
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The values of those ``keys`` that exist: one round trip per server."""
-        by_node: dict[str, list[str]] = {}
+        by_node: dict[_Node, list[str]] = {}
         for key in keys:
-            by_node.setdefault(self._node(key).server.name, []).append(key)
+            by_node.setdefault(self._node(key), []).append(key)
         found: dict[str, bytes] = {}
-        for batch in by_node.values():
-            values = self._run(batch[0], True, lambda c: c.get_many(batch))  # noqa: B023
+        for node, batch in by_node.items():
+            values = self._run(node, True, Client.get_many, batch)
             found.update(cast(dict[str, bytes], values))  # pymemcache gives the keys back as given
         return found
 
     def gets(self, key: str) -> tuple[bytes | None, bytes | None]:
         """The value and its CAS unique, or ``(None, None)``."""
-        value, unique = self._run(key, True, lambda c: c.gets(key))
-        return value, unique
+        return self._run(self._node(key), True, Client.gets, key)
 
     def add(self, key: str, value: bytes, expire: int) -> bool:
         """Store only if absent; ``False`` if the key exists."""
-        return bool(self._run(key, False, lambda c: c.add(key, value, expire, noreply=False)))
-
-    def set(self, key: str, value: bytes, expire: int) -> None:
-        """Store, replacing whatever is there."""
-        self._run(key, False, lambda c: c.set(key, value, expire, noreply=False))
+        return self._run(self._node(key), False, Client.add, key, value, expire)
 
     def cas(self, key: str, value: bytes, unique: bytes, expire: int) -> bool | None:
         """``True`` stored, ``False`` changed since ``gets``, ``None`` gone."""
-        stored: bool | None = self._run(
-            key, False, lambda c: c.cas(key, value, unique, expire, noreply=False)
-        )
-        return stored
+        return self._run(self._node(key), False, Client.cas, key, value, unique, expire)
 
     def delete(self, key: str) -> bool:
         """``True`` if the key existed."""
-        return bool(self._run(key, False, lambda c: c.delete(key, noreply=False)))
+        return self._run(self._node(key), False, Client.delete, key)
 
     def evictions(self) -> dict[str, int]:
-        """memcached's ``evictions`` stat of each server that answers (items
-        dropped before they expired, server-wide), by server name: read for
-        metrics at scrape time, so a server that fails is left out."""
+        """memcached's ``evictions`` stat of each server that answers (items dropped before
+        they expired, server-wide), by server name: read for metrics at scrape time."""
         counts: dict[str, int] = {}
         for name, node in self._nodes.items():
-            if node.down_until and time.monotonic() < node.down_until:
-                continue
-            client = node.take()
-            try:
-                stats = client.stats()  # type: ignore[no-untyped-call]
-            except _FAILURES as exc:
-                self._drop(node, client, exc)
-                continue
-            node.give_back(client)
-            count = stats.get(b"evictions", stats.get("evictions"))
-            if isinstance(count, int):
-                counts[name] = count
+            with contextlib.suppress(BackendUnavailable):  # a server that fails is left out
+                count = self._run(node, True, Client.stats).get(b"evictions")
+                if isinstance(count, int):
+                    counts[name] = count
         return counts
 
     def close(self) -> None:
-        """Close every connection; a later command opens new ones."""
+        """Close every idle connection; a later command opens new ones."""
         for node in self._nodes.values():
-            node.close()
+            node.discard_idle()
 
     def _node(self, key: str) -> _Node:
         if self._only is not None:
@@ -254,84 +210,56 @@ class MemcachedClient:
         return self._nodes[name]
 
     def _run(
-        self,
-        key: str,
-        idempotent: bool,
-        command: Callable[[Client], _T],
-        failed: Exception | None = None,
+        self, node: _Node, idempotent: bool, command: Callable[..., _T], *args: Any, tried: int = 0
     ) -> _T:
-        """Run ``command`` on the key's server, retried and failing fast as the README's
-        ``memcached.*`` settings say; ``failed``: the first attempt already failed."""
-        node = self._node(key)
-        if failed is None:
-            self._fail_fast(node)
-        attempt = 0
-        while True:
-            if failed is None:
-                client = node.take()
-                try:
-                    result = command(client)
-                except _FAILURES as exc:
-                    self._drop(node, client, exc)
-                    failed = exc
-                else:
-                    node.down_until = 0.0
-                    node.give_back(client)
-                    return result
-            if not _lost_connection(failed):
-                raise _answered_badly(node.server, failed) from failed
-            retry = idempotent or isinstance(failed, _NOT_DELIVERED)
-            if not retry or attempt >= self._retry_attempts:
-                raise self._down(node, failed) from failed
-            attempt += 1
-            failed = None
-            time.sleep(self._retry_timeout)
-
-    def _fail_fast(self, node: _Node) -> None:
+        """Run ``command(client, *args)`` on ``node``, retried and failing fast as the README's
+        ``memcached.*`` settings say; ``tried``: tries already made."""
         if node.down_until and time.monotonic() < node.down_until:
             raise BackendUnavailable(
                 f"memcached server {node.server.name} is unavailable "
                 f"(failing fast for up to {self._dead_timeout:g} s after an error)"
             )
+        while True:
+            client = node.take()
+            try:
+                result = command(client, *args)
+            except _FAILURES as exc:
+                retry = idempotent or isinstance(exc, _NOT_DELIVERED)
+                self._failed(node, client, exc, retry=retry and tried < self._retry_attempts)
+                tried += 1
+            else:
+                node.down_until = 0.0
+                node.give_back(client)
+                return result
 
-    def _down(self, node: _Node, failed: Exception) -> BackendUnavailable:
-        """A server that lost the connection: failing fast for a while."""
+    def _failed(self, node: _Node, client: Client, exc: Exception, *, retry: bool) -> None:
+        """After a failed try: wait to try again, or raise its ``BackendUnavailable``; a lost
+        connection not retried makes the server fail fast for a while."""
+        if not isinstance(exc, _LOST):
+            raise _answered_badly(node, client, exc) from exc
+        client.close()
+        node.discard_idle()
+        if retry:
+            time.sleep(self._retry_timeout)
+            return
         if self._dead_timeout:
             node.down_until = time.monotonic() + self._dead_timeout
-        logger.warning("memcached server %s failed: %s", node.server.name, type(failed).__name__)
-        return BackendUnavailable(
-            f"memcached server {node.server.name} is unavailable ({type(failed).__name__})"
-        )
-
-    @staticmethod
-    def _drop(node: _Node, client: Client, exc: Exception) -> None:
-        """After an error: a connection whose server answered (with an error)
-        is still good; any other is closed and forgotten."""
-        if _lost_connection(exc):
-            client.close()
-            node.discard_idle()
-        elif isinstance(exc, MemcacheServerError | MemcacheClientError):
-            node.give_back(client)
-        else:
-            client.close()
+        name, error = node.server.name, type(exc).__name__
+        logger.warning("memcached server %s failed: %s", name, error)
+        raise BackendUnavailable(f"memcached server {name} is unavailable ({error})") from exc
 
 
-_FAILURES: Final = (OSError, MemcacheError, ValueError)
-"""What a pymemcache command raises; ValueError: a reply line it could not
-parse (a desync)."""
-
-
-def _lost_connection(exc: Exception) -> bool:
-    """A connection-level failure: the server may be gone."""
-    return isinstance(exc, OSError | MemcacheUnexpectedCloseError | ValueError)
-
-
-def _server_text(exc: MemcacheError) -> str:
-    """The server's own words (``object too large for cache``), which name
-    no key; pymemcache's client-side messages may quote one, so those are
-    reduced to their type."""
-    if isinstance(exc, MemcacheServerError) and exc.args:
-        said = exc.args[0]
-        text = said.decode("ascii", "replace") if isinstance(said, bytes) else str(said)
-        return text.strip()[:100] or type(exc).__name__
-    return type(exc).__name__
+def _answered_badly(node: _Node, client: Client, failed: Exception) -> BackendUnavailable:
+    """A server that answered with an error (the connection stays good) or a reply nobody
+    expects. Its own words (``object too large for cache``) name no key; pymemcache's
+    client-side messages may quote one, so those are reduced to their type."""
+    if not isinstance(failed, MemcacheServerError | MemcacheClientError):
+        client.close()
+        return BackendUnavailable(f"memcached server {node.server.name} sent an unexpected reply")
+    node.give_back(client)
+    said = failed.args[0] if isinstance(failed, MemcacheServerError) and failed.args else ""
+    text = said.decode("ascii", "replace") if isinstance(said, bytes) else str(said)
+    return BackendUnavailable(
+        f"memcached server {node.server.name} refused a command: "
+        f"{text.strip()[:100] or type(failed).__name__}"
+    )

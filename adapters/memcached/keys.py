@@ -45,61 +45,55 @@ def expiry(reclaim_at: int, now: float) -> int:
     return max(relative, 1) if relative <= RELATIVE_EXPIRY_LIMIT else reclaim_at
 
 
-def reclaim_time(expires_at: datetime, now: float, retention: int) -> int:
-    """The unix second after which memcached may drop an item that expires
-    at ``expires_at`` and is kept ``retention`` seconds beyond."""
-    # at most MAX_TTL ahead, so a skewed or fake clock cannot pin memory for years
-    remaining = min(max((expires_at - EPOCH).total_seconds() - now, 0.0), MAX_TTL_SECONDS)
-    return math.ceil(now + remaining) + retention
-
-
-def check_retention(expired_retention: object) -> int:
-    """``expired_retention`` if it is a whole number of seconds memcached can keep."""
-    if type(expired_retention) is not int or not 1 <= expired_retention <= MAX_TTL_SECONDS:
-        raise InvalidRequest(f"expired retention must be 1 to {MAX_TTL_SECONDS} seconds")
-    return expired_retention
-
-
 def _digest(host: str) -> int:
     """128 bits of the host's SHA-256: a host name may be longer than a key may be."""
     return int.from_bytes(hashlib.sha256(host.encode("utf-8")).digest()[:16], "big")
 
 
-class Keys:
-    """The keys under one ``key_prefix``; ``InvalidRequest`` for a bad prefix."""
+def _buckets(prefix: str) -> list[str]:
+    return [f"{prefix}:{bucket}" for bucket in range(HOST_BUCKETS)]
 
-    def __init__(self, key_prefix: object) -> None:
+
+class Keys:
+    """The keys under one ``key_prefix`` and how long their items live; ``InvalidRequest``
+    for a bad prefix or a retention that is not a whole number of seconds memcached keeps."""
+
+    def __init__(self, key_prefix: object, expired_retention: object) -> None:
         if not isinstance(key_prefix, str) or KEY_PREFIX_SHAPE.fullmatch(key_prefix) is None:
             raise InvalidRequest(f"memcached key prefix must match {KEY_PREFIX_SHAPE.pattern}")
-        self.prefix = key_prefix
-        # Public: validation (the hot path) concatenates it rather than call a method.
-        self.connection_prefix = f"{key_prefix}:c:"
-        self._registry_prefix = f"{key_prefix}:hosts:"
+        if type(expired_retention) is not int or not 1 <= expired_retention <= MAX_TTL_SECONDS:
+            raise InvalidRequest(f"expired retention must be 1 to {MAX_TTL_SECONDS} seconds")
+        self.key_prefix = key_prefix
+        self._retention = expired_retention
+        self._connection_prefix = f"{key_prefix}:c:"  # validation concatenates, with no call
 
-    def connection(self, token_hash: str) -> str:
-        return self.connection_prefix + token_hash
+    def reclaim_time(self, expires_at: datetime, now: float) -> int:
+        """The unix second after which memcached may drop an item that expires
+        at ``expires_at`` and is kept the retention beyond."""
+        # at most MAX_TTL ahead, so a skewed or fake clock cannot pin memory for years
+        remaining = min(max((expires_at - EPOCH).total_seconds() - now, 0.0), MAX_TTL_SECONDS)
+        return math.ceil(now + remaining) + self._retention
 
-    def instance(self, instance_uuid: UUID | str) -> str:
-        return f"{self.prefix}:i:{instance_uuid}"
+    def connection_key(self, token_hash: str) -> str:
+        return self._connection_prefix + token_hash
 
-    def host(self, host: str, instance_uuid: UUID) -> str:
+    def instance_key(self, instance_uuid: UUID | str) -> str:
+        return f"{self.key_prefix}:i:{instance_uuid}"
+
+    def revocation_key(self, instance_uuid: UUID) -> str:
+        return f"{self.key_prefix}:r:{instance_uuid}"
+
+    def host_key(self, host: str, instance_uuid: UUID) -> str:
         """The host-index bucket that lists ``instance_uuid`` on ``host``."""
-        return f"{self._host_prefix(host)}{instance_uuid.int % HOST_BUCKETS}"
+        return f"{self.key_prefix}:h:{_digest(host):032x}:{instance_uuid.int % HOST_BUCKETS}"
 
-    def hosts(self, host: str) -> list[str]:
+    def host_keys(self, host: str) -> list[str]:
         """Every bucket of ``host``'s index."""
-        prefix = self._host_prefix(host)
-        return [f"{prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
+        return _buckets(f"{self.key_prefix}:h:{_digest(host):032x}")
 
-    def registry(self, host: str) -> str:
+    def registry_key(self, host: str) -> str:
         """The registry bucket that lists ``host``."""
-        return f"{self._registry_prefix}{_digest(host) % HOST_BUCKETS}"
+        return f"{self.key_prefix}:hosts:{_digest(host) % HOST_BUCKETS}"
 
-    def registries(self) -> list[str]:
-        return [f"{self._registry_prefix}{bucket}" for bucket in range(HOST_BUCKETS)]
-
-    def revocation(self, instance_uuid: UUID) -> str:
-        return f"{self.prefix}:r:{instance_uuid}"
-
-    def _host_prefix(self, host: str) -> str:
-        return f"{self.prefix}:h:{_digest(host):032x}:"
+    def registry_keys(self) -> list[str]:
+        return _buckets(f"{self.key_prefix}:hosts")

@@ -4,6 +4,7 @@ why they are laid out so: ARCHITECTURE.md, "Memcached is the legacy path, done s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -11,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -28,16 +29,8 @@ from console_auth.domain import versions as _versions
 from console_auth.domain.types import from_microseconds, to_microseconds
 
 from .client import MemcachedClient
-from .index import CAS_ATTEMPTS, HOST_INDEX, HOST_REGISTRY, INSTANCE_INDEX, SKEW, CasIndex, Entry
-from .keys import (
-    DEFAULT_PREFIX,
-    DEFAULT_RETENTION,
-    REVOCATION_EXPIRY_S,
-    Keys,
-    check_retention,
-    expiry,
-    reclaim_time,
-)
+from .index import SKEW, Entry, cas_write, indexes, loads, unreadable
+from .keys import DEFAULT_PREFIX, DEFAULT_RETENTION, REVOCATION_EXPIRY_S, Keys, expiry
 
 logger = logging.getLogger(__name__)
 
@@ -57,30 +50,18 @@ _FAST_PREFIX: Final = _fast_prefix()
 _FAST_START: Final = len(_FAST_PREFIX)
 _validate_json: Final = ConsoleConnection.__pydantic_validator__.validate_json
 """``ConsoleConnection.model_validate_json`` without its Python wrapper."""
+_WHAT: Final = "stored console connection"
 
 
+@dataclasses.dataclass
 class MemcachedStats:
     """Counters for an operator's metrics; safe to read from any thread."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._evicted = 0
-
-    @property
-    def evicted(self) -> int:
-        """Connections an index walk found gone before their TTL: evicted."""
-        return self._evicted
-
-    def record_eviction(self, token_hash: str) -> None:
-        with self._lock:
-            self._evicted += 1
-        logger.warning(
-            "console connection was evicted by memcached before its TTL (token hash %.8s)",
-            token_hash,
-        )
+    evicted: int = 0
+    """Connections an index walk found gone before their TTL: evicted."""
 
 
-class MemcachedConsoleConnectionRepository:
+class MemcachedConsoleConnectionRepository(Keys):
     """Safe for threads: the client's pools give each call its own connection."""
 
     def __init__(
@@ -91,54 +72,31 @@ class MemcachedConsoleConnectionRepository:
         expired_retention: int = DEFAULT_RETENTION,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._keys = Keys(key_prefix)
-        self._retention = check_retention(expired_retention)
+        super().__init__(key_prefix, expired_retention)
         self._client = client
         self._wall = wall_clock
-        self._instances = CasIndex(client, INSTANCE_INDEX, wall_clock)
-        self._hosts = CasIndex(client, HOST_INDEX, wall_clock)
-        self._registry = CasIndex(client, HOST_REGISTRY, wall_clock)
-        self._connection_key = self._keys.connection_prefix
+        self._instances, self._hosts, self._registry = indexes(client, wall_clock)
+        self._lock = threading.Lock()
         self.stats = MemcachedStats()
-
-    @property
-    def key_prefix(self) -> str:
-        return self._keys.prefix
-
-    def connection_key(self, token_hash: str) -> str:
-        return self._keys.connection(token_hash)
-
-    def instance_key(self, instance_uuid: UUID) -> str:
-        return self._keys.instance(instance_uuid)
-
-    def host_key(self, host: str, instance_uuid: UUID) -> str:
-        """The host-index bucket that lists ``instance_uuid`` on ``host``."""
-        return self._keys.host(host, instance_uuid)
-
-    def host_keys(self, host: str) -> list[str]:
-        """Every bucket of ``host``'s index."""
-        return self._keys.hosts(host)
-
-    def registry_key(self, host: str) -> str:
-        """The registry bucket that lists ``host``."""
-        return self._keys.registry(host)
 
     def add(self, connection: ConsoleConnection) -> None:
         """The item, then the indexes; an index write that fails deletes the item
         again, so no token is handed out that revoke cannot reach."""
         now = self._wall()
-        reclaim_at = reclaim_time(connection.expires_at, now, self._retention)
+        reclaim_at = self.reclaim_time(connection.expires_at, now)
         token_hash = connection.token_hash
-        expires_us = to_microseconds(connection.expires_at)
         value = json.dumps(
             connection.to_primitive(), separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
         if not self._client.add(self.connection_key(token_hash), value, expiry(reclaim_at, now)):
             raise InvalidRequest("a connection with this token hash is already stored")
+        expires_us = to_microseconds(connection.expires_at)
         instance_entry: Entry = [token_hash, reclaim_at, expires_us, connection.host]
         instance_key = self.instance_key(connection.instance_uuid)
         try:
-            self._instances.update(instance_key, _put(instance_entry))
+            self._instances.update(
+                instance_key, lambda entries: [*_without({token_hash})(entries), instance_entry]
+            )
             self._hosts.update(
                 self.host_key(connection.host, connection.instance_uuid),
                 _cover(str(connection.instance_uuid), reclaim_at),
@@ -147,13 +105,21 @@ class MemcachedConsoleConnectionRepository:
                 self.registry_key(connection.host), _cover(connection.host, reclaim_at)
             )
         except BaseException:
-            self._undo_add(token_hash, instance_key)
+            try:  # best effort: the caller sees the original error either way
+                self._client.delete(self.connection_key(token_hash))
+                self._instances.update(instance_key, _without({token_hash}))
+            except BackendUnavailable:
+                logger.warning(
+                    "could not undo a failed add (token hash %.8s); its item expires by TTL, "
+                    "and its token was never handed out",
+                    token_hash,
+                )
             raise
 
     def get_by_hash(
         self, token_hash: str, instance_uuid: UUID | None = None
     ) -> ConsoleConnection | None:
-        raw = self._client.get(self._connection_key + token_hash)
+        raw = self._client.get(self._connection_prefix + token_hash)
         return None if raw is None else _decode(token_hash, raw)
 
     def delete_by_instance(self, instance_uuid: UUID, revoked_at: datetime) -> int:
@@ -161,9 +127,15 @@ class MemcachedConsoleConnectionRepository:
         the instance index is emptied with CAS (a token added meanwhile is
         deleted in the next round), and the instance leaves its hosts' indexes
         (best effort: a leftover entry costs a purge one ``get`` until it lapses)."""
-        self._record_revocation(self._keys.revocation(instance_uuid), to_microseconds(revoked_at))
+        at_us = to_microseconds(revoked_at)
+        record, value = self.revocation_key(instance_uuid), str(at_us).encode("ascii")
         existed: dict[str, bool] = {}
         hosts: set[str] = set()
+
+        def later(raw: bytes | None) -> tuple[bytes, int] | None:
+            if raw is not None and raw.isdigit() and int(raw) >= at_us:
+                return None  # the later time is kept (racing revokes, skewed clocks)
+            return value, REVOCATION_EXPIRY_S  # earlier, gone or unreadable: ours replaces it
 
         def revoke(entries: list[Entry]) -> list[Entry]:
             for entry in entries:
@@ -172,41 +144,24 @@ class MemcachedConsoleConnectionRepository:
                     existed[entry[0]] = self._delete_listed(entry)
             return []
 
+        if not self._client.add(record, value, REVOCATION_EXPIRY_S):  # the first: one round trip
+            cas_write(self._client, record, later, "console revocation record")
         self._instances.update(self.instance_key(instance_uuid), revoke)
+        gone = _without({str(instance_uuid)})
         for host in sorted(hosts):
             try:
-                self._hosts.update(
-                    self.host_key(host, instance_uuid), _without({str(instance_uuid)})
-                )
+                self._hosts.update(self.host_key(host, instance_uuid), gone)
             except BackendUnavailable as exc:
                 logger.warning("a revoked instance stays listed in a host index: %s", exc)
         return sum(existed.values())
 
-    def _record_revocation(self, key: str, at_us: int) -> None:
-        """Keep the later time (racing revokes, skewed clocks), as every store does."""
-        value = str(at_us).encode("ascii")
-        if self._client.add(key, value, REVOCATION_EXPIRY_S):
-            return
-        for _ in range(CAS_ATTEMPTS):
-            raw, unique = self._client.gets(key)
-            if raw is None:
-                written = self._client.add(key, value, REVOCATION_EXPIRY_S)
-            elif raw.isdigit() and int(raw) >= at_us:
-                return
-            else:  # earlier, or unreadable: ours replaces it
-                assert unique is not None
-                written = bool(self._client.cas(key, value, unique, REVOCATION_EXPIRY_S))
-            if written:
-                return
-        raise BackendUnavailable("a revocation record kept changing under concurrent writers")
-
     def revocations(self, instance_uuids: Collection[UUID]) -> dict[UUID, datetime]:
-        by_key = {self._keys.revocation(u): u for u in instance_uuids}
+        by_key = {self.revocation_key(u): u for u in instance_uuids}
         found: dict[UUID, datetime] = {}
         for key, raw in self._client.get_many(list(by_key)).items():
             try:
-                found[by_key[key]] = from_microseconds(int(raw.decode("ascii")))
-            except (UnicodeDecodeError, ValueError, OverflowError):
+                found[by_key[key]] = from_microseconds(int(raw))
+            except (ValueError, OverflowError):
                 raise BackendUnavailable(
                     f"stored revocation of instance {by_key[key]} is unreadable"
                 ) from None
@@ -225,14 +180,10 @@ class MemcachedConsoleConnectionRepository:
         if limit < 1:
             return 0
         now_us = to_microseconds(now)
-        hosts = (
-            [host]
-            if host is not None
-            else sorted({e[0] for e in self._registry.read_many(self._keys.registries())})
-        )
+        hosts = [[host]] if host is not None else self._registry.read(*self.registry_keys())
         deleted = 0
-        for name in hosts:
-            for instance in sorted({e[0] for e in self._hosts.read_many(self.host_keys(name))}):
+        for name in sorted({e[0] for e in hosts}):
+            for instance in sorted({e[0] for e in self._hosts.read(*self.host_keys(name))}):
                 deleted += self._purge_instance(instance, name, now_us, limit - deleted)
                 if deleted >= limit:
                     return deleted
@@ -243,11 +194,10 @@ class MemcachedConsoleConnectionRepository:
     ) -> int:
         """Each instance's index, in batches of its due entries."""
         now_us = to_microseconds(now)
-        total = 0
-        for instance in sorted({str(instance_uuid) for instance_uuid in instance_uuids}):
-            batch = functools.partial(self._purge_instance, instance, None, now_us)
-            total += in_batches(batch, batch_size)
-        return total
+        return sum(
+            in_batches(functools.partial(self._purge_instance, i, None, now_us), batch_size)
+            for i in sorted({str(instance_uuid) for instance_uuid in instance_uuids})
+        )
 
     def connections(
         self,
@@ -268,23 +218,19 @@ class MemcachedConsoleConnectionRepository:
         indexed = self._instances.read(self.instance_key(instance_uuid))
         listed = sorted(e[0] for e in indexed if after is None or e[0] > after)
         page: list[StoredConnection] = []
+        where = (after, instance_uuid, host, live_at)
         for start in range(0, len(listed), limit):  # an index may list evicted items
-            for connection in self._stored(listed[start : start + limit]):
-                if is_listed(connection, after, instance_uuid, host, live_at):
-                    page.append(StoredConnection(connection))
+            stored = self._stored(listed[start : start + limit])
+            page += [StoredConnection(c) for c in stored if is_listed(c, *where)]
             if len(page) >= limit:
                 break
         return page[:limit]
 
     def _stored(self, token_hashes: list[str]) -> list[ConsoleConnection]:
         """The connections still stored under these hashes, in their order."""
-        keys = [self.connection_key(token_hash) for token_hash in token_hashes]
-        found = self._client.get_many(keys)
-        return [
-            _decode(token_hash, found[key])
-            for token_hash, key in zip(token_hashes, keys, strict=True)
-            if key in found
-        ]
+        keys = {self.connection_key(h): h for h in token_hashes}
+        found = self._client.get_many(list(keys))
+        return [_decode(h, found[key]) for key, h in keys.items() if key in found]
 
     def delete_by_hash(self, token_hash: str) -> int:
         """The item, then its entry in its instance's index."""
@@ -298,13 +244,9 @@ class MemcachedConsoleConnectionRepository:
         return None
 
     def _purge_instance(self, instance: str, host: str | None, now_us: int, budget: int) -> int:
-        key = self._keys.instance(instance)
+        key = self.instance_key(instance)
         due = sorted(
-            (
-                e
-                for e in self._instances.read(key)
-                if (host is None or e[3] == host) and e[2] <= now_us
-            ),
+            (e for e in self._instances.read(key) if host in (None, e[3]) and e[2] <= now_us),
             key=lambda e: (e[2], e[0]),
         )
         walked: set[str] = set()
@@ -324,34 +266,17 @@ class MemcachedConsoleConnectionRepository:
         if self._client.delete(self.connection_key(token_hash)):
             return True
         if self._wall() < reclaim_at - SKEW:
-            self.stats.record_eviction(token_hash)
-        return False
-
-    def _undo_add(self, token_hash: str, instance_key: str) -> None:
-        """Best effort: the caller sees the original error either way."""
-        try:
-            self._client.delete(self.connection_key(token_hash))
-            self._instances.update(instance_key, _without({token_hash}))
-        except BackendUnavailable:
+            with self._lock:
+                self.stats.evicted += 1
             logger.warning(
-                "could not undo a failed add (token hash %.8s); its item expires by TTL, "
-                "and its token was never handed out",
+                "console connection was evicted by memcached before its TTL (token hash %.8s)",
                 token_hash,
             )
-
-
-def _put(entry: Entry) -> Callable[[list[Entry]], list[Entry]]:
-    def change(entries: list[Entry]) -> list[Entry]:
-        return [e for e in entries if e[0] != entry[0]] + [entry]
-
-    return change
+        return False
 
 
 def _without(ids: set[str]) -> Callable[[list[Entry]], list[Entry]]:
-    def change(entries: list[Entry]) -> list[Entry]:
-        return [e for e in entries if e[0] not in ids]
-
-    return change
+    return lambda entries: [e for e in entries if e[0] not in ids]
 
 
 def _cover(name: str, reclaim_at: int) -> Callable[[list[Entry]], list[Entry]]:
@@ -377,19 +302,14 @@ def _decode(token_hash: str, raw: bytes) -> ConsoleConnection:
     if connection is None:
         connection = _decode_primitive(token_hash, raw)
     if connection.token_hash != token_hash:
-        raise _unreadable(token_hash, "it holds another token hash than its key")
+        raise unreadable(_WHAT, "it holds another token hash than its key", token_hash)
     return connection
 
 
 def _decode_primitive(token_hash: str, raw: bytes) -> ConsoleConnection:
-    try:
-        primitive: Any = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise _unreadable(token_hash, "not JSON") from None
-    except RecursionError:
-        raise _unreadable(token_hash, "nested too deeply") from None
+    primitive = loads(raw, _WHAT, token_hash)
     if not isinstance(primitive, dict):
-        raise _unreadable(token_hash, "not a JSON object")
+        raise unreadable(_WHAT, "not a JSON object", token_hash)
     try:
         return ConsoleConnection.from_primitive(primitive)
     except UnsupportedVersion:
@@ -400,10 +320,4 @@ def _decode_primitive(token_hash: str, raw: bytes) -> ConsoleConnection:
         )
         raise
     except InvalidRequest as exc:  # names fields, never values
-        raise _unreadable(token_hash, str(exc)) from None
-
-
-def _unreadable(token_hash: str, problem: str) -> BackendUnavailable:
-    """A store fault for the caller, not an unknown token."""
-    logger.error("unreadable console connection item (token hash %.8s): %s", token_hash, problem)
-    return BackendUnavailable(f"stored console connection is unreadable: {problem}")
+        raise unreadable(_WHAT, str(exc), token_hash) from None
