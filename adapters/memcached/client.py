@@ -192,10 +192,17 @@ class MemcachedClient:
         they expired, server-wide), by server name: read for metrics at scrape time."""
         counts: dict[str, int] = {}
         for name, node in self._nodes.items():
-            with contextlib.suppress(BackendUnavailable):  # a server that fails is left out
-                count = self._run(node, True, Client.stats).get(b"evictions")
-                if isinstance(count, int):
-                    counts[name] = count
+            if node.down_until and time.monotonic() < node.down_until:
+                continue
+            client = node.take()
+            try:  # not through _run: a failed scrape must not make the server fail fast
+                count = client.stats().get(b"evictions")  # type: ignore[no-untyped-call]
+            except _FAILURES:
+                client.close()  # a server that fails is left out
+                continue
+            node.give_back(client)
+            if isinstance(count, int):
+                counts[name] = count
         return counts
 
     def close(self) -> None:

@@ -364,6 +364,28 @@ def test_a_killed_server_is_a_typed_error_and_the_same_client_recovers(
     client.close()
 
 
+def test_a_scrape_that_times_out_leaves_the_server_serving(
+    processes: list[MemcachedProcess],
+) -> None:
+    """Metrics only observe: a stats read that fails is left out of the
+    scrape, and the next command is not failed fast for it."""
+    process = start(processes)
+    client = client_for([process.address], timeout=0.3, retry_attempts=1, dead_timeout=30)
+    repository = MemcachedConsoleConnectionRepository(client, key_prefix=fresh_prefix())
+    service = real_time_service(repository)
+    issued = service.authorize(uuid.uuid4(), "compute-1", 5900, "novnc")
+    assert process.address in client.evictions()
+    process.pause()
+    try:
+        began = time.monotonic()
+        assert client.evictions() == {}
+        assert time.monotonic() - began < 0.3 + 1.0  # one try: a scrape is not retried
+    finally:
+        process.resume()
+    assert service.validate(issued.token.get_secret_value()) == issued.connection
+    client.close()
+
+
 def test_a_hung_server_times_out_as_a_typed_error(processes: list[MemcachedProcess]) -> None:
     """Bounded by (retry_attempts + 1) x timeout for a read; a write that
     timed out is not retried, since the server may have applied it."""
