@@ -153,7 +153,9 @@ def _opened(stack: ExitStack, url: str, cell: str) -> Engine:
     except (BackendUnavailable, ValueError, TypeError) as exc:
         if not isinstance(exc, ConsoleAuthError):  # a driver argument create_engine cannot convert
             exc = InvalidRequest("database URL has an invalid option in its query")
-        raise type(exc)(f"cell {cell}: {exc}" if cell else str(exc)) from exc.__cause__
+        if cell:
+            raise type(exc)(f"cell {cell}: {exc}") from (exc.__cause__ or exc)
+        raise exc from exc.__cause__
     stack.callback(engine.dispose)
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         logger.info("token store: SQLite file %s", Path(engine.url.database).absolute())

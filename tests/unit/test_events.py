@@ -325,3 +325,19 @@ class _FullLeases(InMemoryPortLeaseRepository):
 def test_an_errors_code_is_the_proxys_refusal_reason(error: ConsoleAuthError) -> None:
     """One vocabulary: an event's reason and the proxy's refusal agree."""
     assert refusal_for(error).reason == error.code
+
+
+def test_a_recorder_without_validated_is_refused_when_the_service_is_built() -> None:
+    class RecordOnly:  # written against a port that had only record and around
+        around = None
+
+        def record(self, event: ConsoleEvent) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"validated\(connection, duration\)"):
+        ConsoleAuthService(
+            InMemoryConsoleConnectionRepository(),
+            FakeClock(),
+            FixedTokenSource(),
+            events=RecordOnly(),  # type: ignore[arg-type]
+        )
