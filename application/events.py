@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from enum import StrEnum
 from time import perf_counter
+from types import MethodType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -324,18 +325,19 @@ def _nothing_asked(*args: object, **kwargs: object) -> EventFields:
 
 
 def observed(
-    use_case: UseCase, asked: Callable[..., EventFields] = _nothing_asked
+    use_case: UseCase, asked: Callable[..., EventFields] = _nothing_asked, *, hot: bool = False
 ) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
     """Report each run of the decorated use case to the service's ``events``.
 
     ``asked(*args, **kwargs)`` says what the caller asked for (an instance,
     a host, a presented token's hash prefix), for a failure or a count; it
     must never raise nor keep a token. The success event's fields come from
-    the result (a connection, a lease, a count).
+    the result (a connection, a lease, a count). ``hot``: the validate hot
+    path, ``(token, instance_uuid=None)``, which ``bind_observed`` times in
+    a frame of that signature when the recorder keeps no span.
     """
 
     success = _SUCCESS[use_case]
-    failure = EventName.REFUSED if use_case in _REFUSING else EventName.FAILED
     validating = use_case is UseCase.VALIDATE  # answers with a ConsoleConnection
 
     def decorate(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
@@ -345,29 +347,17 @@ def observed(
             if events is None:  # the hot path when nobody listens: nothing built
                 return method(self, *args, **kwargs)
             around = events.around
-            if around is not None:
-                with around(use_case):
-                    return reported(events, self, args, kwargs)
-            if not validating:
+            if around is None:  # a recorder without spans (metrics): nothing to enter
                 return reported(events, self, args, kwargs)
-            started = perf_counter()  # validate without spans (metrics): inline, the hot path
-            try:
-                result = method(self, *args, **kwargs)
-            except Exception as exc:
-                failed(events, exc, perf_counter() - started, args, kwargs)
-                raise
-            try:  # validated_safely, inline
-                events.validated(result, perf_counter() - started)  # type: ignore[arg-type]
-            except Exception:
-                logger.exception("console event %s not recorded", success)
-            return result
+            with around(use_case):
+                return reported(events, self, args, kwargs)
 
         def reported(events: ConsoleEvents, service: _S, args: Any, kwargs: Any) -> _R:
             started = perf_counter()
             try:
                 result = method(service, *args, **kwargs)
             except Exception as exc:
-                failed(events, exc, perf_counter() - started, args, kwargs)
+                failed(events, use_case, asked, exc, perf_counter() - started, args, kwargs)
                 raise
             duration = perf_counter() - started
             if validating:  # no event built: the recorder's own choice
@@ -388,16 +378,66 @@ def observed(
                 logger.exception("console event %s not recorded", event.name)
             return result
 
-        def failed(
-            events: ConsoleEvents, exc: Exception, duration: float, args: Any, kwargs: Any
-        ) -> None:
-            fields = asked(*args, **kwargs)
-            fields["reason"] = exc.code if isinstance(exc, ConsoleAuthError) else "internal_error"
-            record_safely(events, ConsoleEvent(failure, use_case, duration, None, fields))
-
+        run.__observed__ = method  # type: ignore[attr-defined]  # for bind_observed()
+        run.__hot__ = hot  # type: ignore[attr-defined]
         return run
 
     return decorate
+
+
+def failed(
+    events: ConsoleEvents,
+    use_case: UseCase,
+    asked: Callable[..., EventFields],
+    exc: Exception,
+    duration: float,
+    args: Any,
+    kwargs: Any,
+) -> None:
+    """Record a use case's failure, with what the caller asked for."""
+    fields = asked(*args, **kwargs)
+    fields["reason"] = exc.code if isinstance(exc, ConsoleAuthError) else "internal_error"
+    name = EventName.REFUSED if use_case in _REFUSING else EventName.FAILED
+    record_safely(events, ConsoleEvent(name, use_case, duration, None, fields))
+
+
+def bind_observed(service: Observable) -> None:
+    """Bind ``service``'s use cases for its ``events``, once, when it is built:
+    with nobody listening, to the undecorated methods (not even the
+    decorator's frame is paid); with a recorder that keeps no span, the hot
+    validate to a frame of its own signature (no ``*args`` to pack)."""
+    events, cls = service.events, type(service)
+    for name in dir(cls):
+        wrapper = getattr(cls, name, None)
+        method = getattr(wrapper, "__observed__", None)
+        if method is None:
+            continue
+        if events is None:
+            setattr(service, name, MethodType(method, service))
+        elif events.around is None and getattr(wrapper, "__hot__", False):
+            setattr(service, name, _timed_validate(MethodType(method, service), events))
+
+
+def _timed_validate(
+    validate: Callable[[Any, Any], ConsoleConnection], events: ConsoleEvents
+) -> Callable[..., ConsoleConnection]:
+    validated = events.validated
+
+    def run(token: Any, instance_uuid: Any = None) -> ConsoleConnection:
+        started = perf_counter()
+        try:
+            result = validate(token, instance_uuid)
+        except Exception as exc:
+            duration = perf_counter() - started
+            failed(events, UseCase.VALIDATE, presented, exc, duration, (token, instance_uuid), {})
+            raise
+        try:  # validated_safely, inline
+            validated(result, perf_counter() - started)
+        except Exception:
+            logger.exception("console event %s not recorded", EventName.VALIDATED)
+        return result
+
+    return run
 
 
 class FanOutConsoleEvents:

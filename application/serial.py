@@ -32,7 +32,7 @@ from console_auth.domain.leases import LeaseKind, PortLease
 from console_auth.domain.model import parse_host, parse_instance_uuid
 from console_auth.domain.types import MAX_PORT, MIN_PORT, is_port, parse_proxy_id
 
-from .events import UseCase, asked_lease, observed, presented
+from .events import UseCase, asked_lease, bind_observed, observed, presented
 from .ports import LeaseIdSource, PortLeaseRepository, PortReservationRepository
 from .service import ConsoleAuthService, IssueOptions, purge_cutoff
 
@@ -63,6 +63,7 @@ class ConsolePortService:
         self._lease_ids = lease_ids
         self.events: Final = consoles.events
         """The token service's: tokens and ports report to one place."""
+        bind_observed(self)
 
     def authorize_serial(
         self,

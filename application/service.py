@@ -44,6 +44,7 @@ from .events import (
     asked_console,
     asked_host,
     asked_instance,
+    bind_observed,
     observed,
     presented,
     presented_url,
@@ -189,6 +190,7 @@ class ConsoleAuthService:
             )
         self.events: Final = events
         """Where use cases report; ``None``: nowhere (an attribute: read on every call)."""
+        bind_observed(self)
 
     @property
     def policy(self) -> ServicePolicy:
@@ -257,7 +259,7 @@ class ConsoleAuthService:
         except OverflowError:
             raise InvalidRequest("ttl puts the expiry past the supported date range") from None
 
-    @observed(UseCase.VALIDATE, presented)
+    @observed(UseCase.VALIDATE, presented, hot=True)
     def validate(
         self, token: str | bytes, instance_uuid: UUID | str | None = None
     ) -> ConsoleConnection:

@@ -341,3 +341,71 @@ def test_a_recorder_without_validated_is_refused_when_the_service_is_built() -> 
             FixedTokenSource(),
             events=RecordOnly(),  # type: ignore[arg-type]
         )
+
+
+class Spanless(RecordingEvents):
+    """A recorder that keeps no span (as the metrics one): validate's hot frame."""
+
+    around = None  # type: ignore[assignment]
+
+
+def test_without_spans_validate_reports_from_its_own_frame_keywords_and_all() -> None:
+    events = Spanless()
+    service, _, _ = make(events)
+    token = service.authorize(INSTANCE, "compute-1", 5900, "novnc").token.get_secret_value()
+    prefix = hash_token(token)[:8]
+    events.events.clear()
+
+    assert service.validate(token=token, instance_uuid=INSTANCE).instance_uuid == INSTANCE
+    event = only(events)
+    assert (event.name, event.kind, event.token_hash_prefix) == (
+        EventName.VALIDATED,
+        "novnc",
+        prefix,
+    )
+    assert event.duration is not None
+    assert event.duration >= 0
+    with pytest.raises(InstanceMismatch):
+        service.validate(token, OTHER)
+    event = only(events)
+    assert (event.name, event.reason, event.token_hash_prefix, event.instance_uuid) == (
+        EventName.REFUSED,
+        "wrong_instance",
+        prefix,
+        OTHER,
+    )
+    with pytest.raises(InvalidToken):
+        service.validate("A" * len(token))
+    event = only(events)
+    assert (event.name, event.reason, event.token_hash_prefix) == (
+        EventName.REFUSED,
+        "unknown_token",
+        hash_token("A" * len(token))[:8],
+    )
+
+
+class BrokenSpanless:
+    around = None
+
+    def record(self, event: ConsoleEvent) -> None:
+        raise RuntimeError("recorder bug")
+
+    def validated(self, connection: ConsoleConnection, duration: float) -> None:
+        raise RuntimeError("recorder bug")
+
+
+def test_without_spans_a_failing_recorder_never_fails_validate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = ConsoleAuthService(
+        InMemoryConsoleConnectionRepository(),
+        FakeClock(),
+        FixedTokenSource(),
+        events=BrokenSpanless(),
+    )
+    token = service.authorize(INSTANCE, "h", 5900, "novnc").token.get_secret_value()
+    assert service.validate(token).instance_uuid == INSTANCE
+    assert "console event console.validated not recorded" in caplog.text
+    with pytest.raises(InvalidToken):
+        service.validate("A" * len(token))
+    assert "console event console.refused not recorded" in caplog.text
