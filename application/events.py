@@ -1,9 +1,10 @@
 """What the use cases report, and the one decorator that reports it.
 
 A use case is instrumented by one line, ``@observed(UseCase.X, asked)``
-(a new one also gets its ``UseCase`` member and success ``EventName``):
-with no ``ConsoleEvents`` wired the decorator only checks ``None`` and
-calls through, so nothing is built or timed; with one, the run is timed,
+(a new one also gets its ``UseCase`` member and success ``EventName``; its
+service calls ``bind_observed(self)`` once built): with no ``ConsoleEvents``
+wired the undecorated method runs, so nothing is built or timed; with one,
+the run is timed,
 wrapped in the recorder's ``around`` when it has one (a tracer's span), and
 ends in one ``ConsoleEvent``: the use case's success event, or its failure
 with the error's reason code; a validate that succeeds, the hot path, is
@@ -344,7 +345,7 @@ def observed(
         @functools.wraps(method)
         def run(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             events = self.events
-            if events is None:  # the hot path when nobody listens: nothing built
+            if events is None:  # a service that did not bind_observed: nothing built
                 return method(self, *args, **kwargs)
             around = events.around
             if around is None:  # a recorder without spans (metrics): nothing to enter
