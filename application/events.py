@@ -438,7 +438,7 @@ def _timed_validate(
             logger.exception("console event %s not recorded", EventName.VALIDATED)
         return result
 
-    return run
+    return functools.update_wrapper(run, validate)  # its name, doc and signature
 
 
 class FanOutConsoleEvents:

@@ -356,6 +356,7 @@ def test_without_spans_validate_reports_from_its_own_frame_keywords_and_all() ->
     prefix = hash_token(token)[:8]
     events.events.clear()
 
+    assert service.validate.__doc__ == ConsoleAuthService.validate.__doc__  # help() still reads
     assert service.validate(token=token, instance_uuid=INSTANCE).instance_uuid == INSTANCE
     event = only(events)
     assert (event.name, event.kind, event.token_hash_prefix) == (
