@@ -358,7 +358,7 @@ def observed(
             try:
                 result = method(service, *args, **kwargs)
             except Exception as exc:
-                failed(events, use_case, asked, exc, perf_counter() - started, args, kwargs)
+                _failed(events, use_case, asked, exc, perf_counter() - started, args, kwargs)
                 raise
             duration = perf_counter() - started
             if validating:  # no event built: the recorder's own choice
@@ -373,10 +373,7 @@ def observed(
                 if "instance_uuid" not in fields:
                     fields = asked(*args, **kwargs) | fields
                 event = ConsoleEvent(success, use_case, duration, None, fields)
-            try:
-                events.record(event)
-            except Exception:
-                logger.exception("console event %s not recorded", event.name)
+            record_safely(events, event)
             return result
 
         run.__observed__ = method  # type: ignore[attr-defined]  # for bind_observed()
@@ -386,7 +383,7 @@ def observed(
     return decorate
 
 
-def failed(
+def _failed(
     events: ConsoleEvents,
     use_case: UseCase,
     asked: Callable[..., EventFields],
@@ -430,7 +427,7 @@ def _timed_validate(
             result = validate(token, instance_uuid)
         except Exception as exc:
             duration = perf_counter() - started
-            failed(events, UseCase.VALIDATE, presented, exc, duration, (token, instance_uuid), {})
+            _failed(events, UseCase.VALIDATE, presented, exc, duration, (token, instance_uuid), {})
             raise
         try:  # validated_safely, inline
             validated(result, perf_counter() - started)
