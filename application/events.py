@@ -340,6 +340,8 @@ def observed(
 
     success = _SUCCESS[use_case]
     validating = use_case is UseCase.VALIDATE  # answers with a ConsoleConnection
+    if hot and not validating:
+        raise ValueError("only a validate use case has the hot path")
 
     def decorate(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
         @functools.wraps(method)
@@ -377,7 +379,7 @@ def observed(
             return result
 
         run.__observed__ = method  # type: ignore[attr-defined]  # for bind_observed()
-        run.__hot__ = hot  # type: ignore[attr-defined]
+        run.__hot__ = asked if hot else None  # type: ignore[attr-defined]
         return run
 
     return decorate
@@ -405,19 +407,25 @@ def bind_observed(service: Observable) -> None:
     decorator's frame is paid); with a recorder that keeps no span, the hot
     validate to a frame of its own signature (no ``*args`` to pack)."""
     events, cls = service.events, type(service)
+    if events is not None and not callable(getattr(events, "validated", None)):
+        raise TypeError("events: a ConsoleEvents recorder needs validated(connection, duration)")
     for name in dir(cls):
         wrapper = getattr(cls, name, None)
         method = getattr(wrapper, "__observed__", None)
         if method is None:
             continue
+        hot_asked = getattr(wrapper, "__hot__", None)
         if events is None:
             setattr(service, name, MethodType(method, service))
-        elif events.around is None and getattr(wrapper, "__hot__", False):
-            setattr(service, name, _timed_validate(MethodType(method, service), events))
+        elif events.around is None and hot_asked is not None:
+            bound = MethodType(method, service)
+            setattr(service, name, _timed_validate(bound, events, hot_asked))
 
 
 def _timed_validate(
-    validate: Callable[[Any, Any], ConsoleConnection], events: ConsoleEvents
+    validate: Callable[[Any, Any], ConsoleConnection],
+    events: ConsoleEvents,
+    asked: Callable[..., EventFields],
 ) -> Callable[..., ConsoleConnection]:
     validated = events.validated
 
@@ -427,7 +435,7 @@ def _timed_validate(
             result = validate(token, instance_uuid)
         except Exception as exc:
             duration = perf_counter() - started
-            _failed(events, UseCase.VALIDATE, presented, exc, duration, (token, instance_uuid), {})
+            _failed(events, UseCase.VALIDATE, asked, exc, duration, (token, instance_uuid), {})
             raise
         try:  # validated_safely, inline
             validated(result, perf_counter() - started)

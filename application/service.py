@@ -183,11 +183,6 @@ class ConsoleAuthService:
         self._clock = clock
         self._tokens = tokens
         self._policy = policy or ServicePolicy()
-        if events is not None and not callable(getattr(events, "validated", None)):
-            # checked once here: the validate hot path calls it unguarded
-            raise TypeError(
-                "events: a ConsoleEvents recorder needs validated(connection, duration)"
-            )
         self.events: Final = events
         """Where use cases report; ``None``: nowhere (an attribute: read on every call)."""
         bind_observed(self)

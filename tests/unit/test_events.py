@@ -22,6 +22,7 @@ from console_auth.application.events import (
     FanOutConsoleEvents,
     UseCase,
     combined,
+    observed,
 )
 from console_auth.domain import (
     BackendUnavailable,
@@ -404,3 +405,8 @@ def test_without_spans_a_failing_recorder_never_fails_validate(
     with pytest.raises(InvalidToken):
         service.validate("A" * len(token))
     assert "console event console.refused not recorded" in caplog.text
+
+
+def test_only_validate_may_take_the_hot_path() -> None:
+    with pytest.raises(ValueError, match="only a validate"):
+        observed(UseCase.REVOKE, hot=True)
