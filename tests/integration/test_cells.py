@@ -529,3 +529,24 @@ def test_the_readme_cells_example_loads(tmp_path: Path) -> None:
     assert locator.cell_of(uuid.UUID("6c8f9e4e-2b1a-4c57-9f1e-0a1b2c3d4e5f")) == "cell1"
     assert locator.cell_of(uuid.UUID("0f1e2d3c-4b5a-4697-8877-665544332211")) == "cell2"
     assert locator.cell_of_host("compute-3") == "cell2"
+
+
+def test_a_cells_bad_database_url_is_named_and_keeps_its_cause(tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {
+            "cells": {
+                "a": {"database": {"url": f"sqlite:///{tmp_path}/cell-a.sqlite3"}},
+                "b": {"database": {"url": "nosuch:///x"}},
+            },
+            "cell_map_file": _cell_map(tmp_path / "cells.toml", {}),
+        }
+    )
+    container = build_container(settings)
+    try:
+        with pytest.raises(
+            InvalidRequest, match=r"^cell b: SQLAlchemy has no dialect 'nosuch'$"
+        ) as e:
+            container.service()
+        assert isinstance(e.value.__cause__, InvalidRequest)  # the engine's own error, chained
+    finally:
+        container.shutdown_resources()
